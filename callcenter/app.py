@@ -1,0 +1,63 @@
+"""Composition root: settings in, wired services out. The one place that builds things."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import structlog
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from callcenter.cases.catalogue import Catalogue
+from callcenter.cases.grids import GridIndex
+from callcenter.cases.messages import MessageTemplates
+from callcenter.db.engine import create_engine, make_sessionmaker
+from callcenter.service.cases import CaseService
+from callcenter.service.tokens import TokenStore
+from callcenter.settings import Settings
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass
+class Services:
+    settings: Settings
+    engine: AsyncEngine
+    sessions: async_sessionmaker[AsyncSession]
+    catalogue: Catalogue
+    grids: GridIndex
+    templates: MessageTemplates
+    cases: CaseService
+    tokens: TokenStore
+
+    async def check_database(self) -> None:
+        async with self.engine.connect() as conn:
+            await conn.execute(text("SELECT 1"))
+
+    async def close(self) -> None:
+        await self.engine.dispose()
+
+
+def load_reference_data(settings: Settings) -> tuple[Catalogue, GridIndex, MessageTemplates]:
+    """Catalogue, grids and templates: read once at start-up; a bad file stops start-up."""
+    catalogue = Catalogue.load(
+        [settings.path(p) for p in [*settings.catalogue.files, *settings.catalogue.extensions]],
+        edition=settings.catalogue.edition,
+    )
+    grids = GridIndex.load([settings.path(p) for p in settings.grids.files])
+    templates = MessageTemplates.load(settings.path(settings.messages.templates),
+                                      signature=settings.messages.signature)
+    return catalogue, grids, templates
+
+
+def build_services(settings: Settings) -> Services:
+    catalogue, grids, templates = load_reference_data(settings)
+    engine = create_engine(settings.database)
+    sessions = make_sessionmaker(engine)
+    cases = CaseService(
+        engine=engine, sessions=sessions, catalogue=catalogue, grids=grids, templates=templates,
+        timezone=settings.cases.timezone, region=settings.cases.default_region,
+        serial_digits=settings.cases.serial_digits,
+    )
+    return Services(settings=settings, engine=engine, sessions=sessions, catalogue=catalogue, grids=grids,
+                    templates=templates, cases=cases, tokens=TokenStore(sessions))

@@ -1,0 +1,37 @@
+"""Reporter phone numbers: normalised to E.164 once, at the edge."""
+
+from __future__ import annotations
+
+import unicodedata
+
+import phonenumbers
+
+
+class InvalidPhoneNumber(ValueError):
+    pass
+
+
+def normalise_phone(raw: str, region: str = "CN") -> str:
+    """Return E.164 (`+8613812345678`) or raise InvalidPhoneNumber.
+
+    Accepts what SMSCs and Asterisk hand us: `13812345678`, `8613812345678`,
+    `+86 138-1234-5678`, `075512345678`, full-width digits.
+    """
+    if not isinstance(raw, str):
+        raise InvalidPhoneNumber("phone number must be a string")
+    text = unicodedata.normalize("NFKC", raw).strip()
+    if not text or len(text) > 32:
+        raise InvalidPhoneNumber("phone number is empty or too long")
+    if any(ch not in "+0123456789 -()" for ch in text):
+        raise InvalidPhoneNumber("phone number has characters other than digits")
+    digits = "".join(ch for ch in text if ch.isdigit())
+    # SMSCs often send Chinese mobiles as 86XXXXXXXXXXX without the plus sign.
+    if not text.startswith("+") and digits.startswith("86") and len(digits) == 13:
+        text = "+" + digits
+    try:
+        parsed = phonenumbers.parse(text, region)
+    except phonenumbers.NumberParseException as exc:
+        raise InvalidPhoneNumber(f"not a phone number: {exc}") from exc
+    if not phonenumbers.is_possible_number(parsed):
+        raise InvalidPhoneNumber("not a possible phone number")
+    return phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)

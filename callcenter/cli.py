@@ -1,0 +1,115 @@
+"""`callcenter` command line: serve, db, token."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Sequence
+
+from callcenter.settings import Settings, SettingsError, load_settings
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    try:
+        return load_settings(args.config)
+    except SettingsError as exc:
+        print(f"callcenter: {exc}", file=sys.stderr)
+        raise SystemExit(2) from exc
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from callcenter.server import serve
+
+    settings = _settings(args)
+    overrides = {}
+    if args.host:
+        overrides["host"] = args.host
+    if args.port is not None:
+        overrides["port"] = args.port
+    if overrides:
+        settings = settings.model_copy(update={"http": settings.http.model_copy(update=overrides)})
+    return serve(settings)
+
+
+def cmd_db(args: argparse.Namespace) -> int:
+    from callcenter.db import migrate
+
+    settings = _settings(args)
+    if args.db_command == "upgrade":
+        migrate.upgrade(settings.database.url)
+        print(f"database at revision {migrate.current_revision(settings.database.url)}")
+    elif args.db_command == "current":
+        print(migrate.current_revision(settings.database.url) or "empty (no migrations applied)")
+    elif args.db_command == "revision":
+        migrate.revision(settings.database.url, args.message)
+    return 0
+
+
+def cmd_token(args: argparse.Namespace) -> int:
+    from callcenter.db import migrate
+    from callcenter.db.engine import create_engine, make_sessionmaker
+    from callcenter.service.tokens import Role, TokenStore
+
+    settings = _settings(args)
+    migrate.upgrade_if_empty(settings.database.url)
+
+    async def run() -> int:
+        engine = create_engine(settings.database)
+        store = TokenStore(make_sessionmaker(engine))
+        try:
+            if args.token_command == "create":
+                token = await store.create(Role(args.role), args.name)
+                print(token)
+                print(f"token for {args.name} (role {args.role}) created; it is shown only this once",
+                      file=sys.stderr)
+            else:
+                count = await store.revoke(args.name)
+                print(f"revoked {count} token(s) named {args.name}", file=sys.stderr)
+        finally:
+            await engine.dispose()
+        return 0
+
+    return asyncio.run(run())
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="callcenter", description="Urban-management hotline intake service")
+    parser.add_argument("--config", help="settings file (default config/callcenter.toml)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the service (HTTP API, FastAGI, SMS)")
+    serve.add_argument("--host", help="HTTP listen address (overrides http.host)")
+    serve.add_argument("--port", type=int, help="HTTP port, 0 for any free port (overrides http.port)")
+    serve.set_defaults(func=cmd_serve)
+
+    db = sub.add_parser("db", help="database migrations")
+    db_sub = db.add_subparsers(dest="db_command", required=True)
+    db_sub.add_parser("upgrade", help="migrate to the latest schema")
+    db_sub.add_parser("current", help="print the schema revision")
+    revision = db_sub.add_parser("revision", help="autogenerate a migration (developers)")
+    revision.add_argument("-m", "--message", required=True)
+    db.set_defaults(func=cmd_db)
+
+    token = sub.add_parser("token", help="API bearer tokens")
+    token_sub = token.add_subparsers(dest="token_command", required=True)
+    create = token_sub.add_parser("create", help="create a token and print it once")
+    create.add_argument("--role", required=True, choices=["staff", "platform", "gateway", "admin"])
+    create.add_argument("--name", required=True)
+    revoke = token_sub.add_parser("revoke", help="revoke every token with this name")
+    revoke.add_argument("--name", required=True)
+    token.set_defaults(func=cmd_token)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    # Arguments given before or after the subcommand both count.
+    if getattr(args, "config", None) is None:
+        args.config = None
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,117 @@
+"""ORM tables. Queries live in the service and repository modules, never in handlers."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from sqlalchemy import JSON, BigInteger, Boolean, Float, ForeignKey, Index, Integer, String, Text
+from sqlalchemy.orm import Mapped, mapped_column, relationship
+
+from callcenter.db.base import Base
+
+# BigInteger primary keys that are still INTEGER PRIMARY KEY (rowid) on SQLite.
+BigId = BigInteger().with_variant(Integer(), "sqlite")
+
+
+class CaseRow(Base):
+    __tablename__ = "cases"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    number: Mapped[str] = mapped_column(String(12), unique=True, comment="受理编号 intake number")
+    status: Mapped[str] = mapped_column(String(16), index=True)
+    channel: Mapped[str] = mapped_column(String(16), index=True)
+    source_ref: Mapped[str | None] = mapped_column(
+        String(128), comment="channel's own id (SMS message key, Open311 token): de-duplication"
+    )
+    reporter_phone: Mapped[str | None] = mapped_column(String(20), index=True, comment="E.164")
+    anonymous: Mapped[bool] = mapped_column(Boolean, default=False)
+    confidential: Mapped[bool] = mapped_column(Boolean, default=False)
+    description: Mapped[str] = mapped_column(Text, default="")
+    recording_ref: Mapped[str | None] = mapped_column(String(512))
+    kind: Mapped[str | None] = mapped_column(String(16), comment="component 部件 / event 事件")
+    category_code: Mapped[str | None] = mapped_column(String(8), index=True, comment="C0101/E0103")
+    category_edition: Mapped[str | None] = mapped_column(String(32))
+    suggested_category: Mapped[str | None] = mapped_column(String(8))
+    suggested_confidence: Mapped[float | None] = mapped_column(Float)
+    grid_code: Mapped[str | None] = mapped_column(String(15), index=True, comment="CJ/T 213")
+    address: Mapped[str | None] = mapped_column(String(256))
+    lon: Mapped[float | None] = mapped_column(Float)
+    lat: Mapped[float | None] = mapped_column(Float)
+    platform_number: Mapped[str | None] = mapped_column(String(64), comment="案卷号")
+    rating: Mapped[int | None] = mapped_column(Integer)
+    master_id: Mapped[int | None] = mapped_column(ForeignKey("cases.id"), index=True)
+    flags: Mapped[list[str]] = mapped_column(JSON, default=list)
+    version: Mapped[int] = mapped_column(Integer, default=1)
+    created_at: Mapped[dt.datetime] = mapped_column(index=True)
+    updated_at: Mapped[dt.datetime]
+
+    log: Mapped[list[CaseLogRow]] = relationship(
+        back_populates="case", order_by="CaseLogRow.id", cascade="all, delete-orphan"
+    )
+
+    __table_args__ = (
+        Index("uq_cases_channel_source_ref", "channel", "source_ref", unique=True),
+    )
+
+
+class CaseLogRow(Base):
+    """Append-only: every change to a case, what, who, when, why."""
+
+    __tablename__ = "case_log"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    case_id: Mapped[int] = mapped_column(ForeignKey("cases.id"), index=True)
+    at: Mapped[dt.datetime]
+    actor: Mapped[str] = mapped_column(String(128))
+    action: Mapped[str] = mapped_column(String(32))
+    from_status: Mapped[str | None] = mapped_column(String(16))
+    to_status: Mapped[str | None] = mapped_column(String(16))
+    changes: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    reason: Mapped[str | None] = mapped_column(Text)
+    event_id: Mapped[str | None] = mapped_column(String(128), comment="platform event id")
+
+    case: Mapped[CaseRow] = relationship(back_populates="log")
+
+    __table_args__ = (Index("uq_case_log_case_event", "case_id", "event_id", unique=True),)
+
+
+class OutboxRow(Base):
+    """Outgoing SMS, written in the same transaction as the change it tells of."""
+
+    __tablename__ = "outbox"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    idempotency_key: Mapped[str] = mapped_column(String(128), unique=True)
+    case_id: Mapped[int | None] = mapped_column(ForeignKey("cases.id"), index=True)
+    recipient: Mapped[str] = mapped_column(String(20), comment="E.164")
+    template: Mapped[str] = mapped_column(String(32))
+    body: Mapped[str] = mapped_column(Text)
+    status: Mapped[str] = mapped_column(String(16), default="pending", index=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    not_before: Mapped[dt.datetime]
+    created_at: Mapped[dt.datetime]
+    sent_at: Mapped[dt.datetime | None]
+    delivered_at: Mapped[dt.datetime | None]
+    delivery_state: Mapped[str | None] = mapped_column(String(16))
+    last_error: Mapped[str | None] = mapped_column(Text)
+
+
+class IntakeCounterRow(Base):
+    """One row a day; the daily serial of intake numbers."""
+
+    __tablename__ = "intake_counters"
+
+    day: Mapped[str] = mapped_column(String(6), primary_key=True)
+    last: Mapped[int] = mapped_column(Integer)
+
+
+class ApiTokenRow(Base):
+    __tablename__ = "api_tokens"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(128))
+    role: Mapped[str] = mapped_column(String(16))
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True, comment="sha256 hex")
+    created_at: Mapped[dt.datetime]
+    revoked_at: Mapped[dt.datetime | None]

@@ -1,0 +1,578 @@
+"""The case service: every way a case is created or changed goes through here.
+
+Each public method is one database transaction: the case change, its log entry and any
+outbox message for the reporter commit together or not at all.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import structlog
+from sqlalchemy import Select, func, or_, select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from sqlalchemy.orm import selectinload
+
+from callcenter.cases.catalogue import Catalogue, CategoryCode, InvalidCategoryCode
+from callcenter.cases.grids import GridCode, GridIndex, InvalidGridCode
+from callcenter.cases.lifecycle import (
+    EDITABLE_STATES,
+    CaseStatus,
+    IllegalTransition,
+    RejectionReason,
+    check_transition,
+)
+from callcenter.cases.messages import MessageTemplates
+from callcenter.cases.model import CaseView, Channel, LogEntry
+from callcenter.cases.numbering import CaseNumber, InvalidCaseNumber
+from callcenter.cases.phones import InvalidPhoneNumber, normalise_phone
+from callcenter.db.tables import CaseLogRow, CaseRow, IntakeCounterRow, OutboxRow
+from callcenter.service.errors import CaseNotFound, Conflict, InvalidInput, TransitionRefused
+from sms.privacy import mask_number
+
+log = structlog.get_logger(__name__)
+
+MAX_DESCRIPTION = 4000
+MAX_ADDRESS = 256
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+@dataclass(frozen=True)
+class DraftInput:
+    channel: Channel
+    description: str = ""
+    reporter_phone: str | None = None
+    anonymous: bool = False
+    confidential: bool = False
+    category: str | None = None
+    grid: str | None = None
+    address: str | None = None
+    lon: float | None = None
+    lat: float | None = None
+    recording_ref: str | None = None
+    flags: Sequence[str] = ()
+    source_ref: str | None = None
+    notify_reporter: bool = True
+
+
+@dataclass(frozen=True)
+class CaseFilter:
+    status: str | None = None
+    channel: str | None = None
+    category: str | None = None
+    grid: str | None = None
+    reporter_phone: str | None = None
+    created_from: dt.datetime | None = None
+    created_to: dt.datetime | None = None
+    text: str | None = None
+
+
+@dataclass(frozen=True)
+class Page:
+    items: list[CaseView]
+    total: int
+    offset: int
+    limit: int
+
+
+@dataclass(frozen=True)
+class PlatformEvent:
+    """A status change told to us by the urban-management platform."""
+
+    event_id: str
+    status: CaseStatus
+    platform_number: str | None = None
+    reason: RejectionReason | None = None
+    note: str | None = None
+
+
+@dataclass
+class CaseService:
+    engine: AsyncEngine
+    sessions: async_sessionmaker[AsyncSession]
+    catalogue: Catalogue
+    grids: GridIndex
+    templates: MessageTemplates
+    timezone: str = "Asia/Shanghai"
+    region: str = "CN"
+    serial_digits: int = 5
+    now: Callable[[], dt.datetime] = utcnow
+    _tz: ZoneInfo = field(init=False)
+
+    def __post_init__(self) -> None:
+        self._tz = ZoneInfo(self.timezone)
+
+    # ---- validation helpers (pure) -------------------------------------------------
+
+    def parse_number(self, text: str) -> CaseNumber:
+        try:
+            return CaseNumber.parse(text)
+        except InvalidCaseNumber as exc:
+            raise InvalidInput(str(exc), field="number") from exc
+
+    def _phone(self, raw: str | None, field_name: str = "reporter_phone") -> str | None:
+        if raw is None or raw == "":
+            return None
+        try:
+            return normalise_phone(raw, self.region)
+        except InvalidPhoneNumber as exc:
+            raise InvalidInput(str(exc), field=field_name) from exc
+
+    def _category(self, raw: str | None) -> tuple[str, str, str] | None:
+        """(code, kind, edition) for a known category, or None when not given."""
+        if raw is None or raw == "":
+            return None
+        try:
+            code = CategoryCode.parse(raw)
+        except InvalidCategoryCode as exc:
+            raise InvalidInput(str(exc), field="category") from exc
+        category = self.catalogue.get(code)
+        if category is None:
+            raise InvalidInput(f"unknown category code {code}", field="category")
+        return str(category.code), category.code.kind.value, category.edition
+
+    def _grid(self, raw: str | None) -> str | None:
+        if raw is None or raw == "":
+            return None
+        try:
+            code = GridCode.parse(raw)
+        except InvalidGridCode as exc:
+            raise InvalidInput(str(exc), field="grid") from exc
+        if self.grids.get(code) is None:
+            raise InvalidInput(f"unknown grid code {code.value}", field="grid")
+        return code.value
+
+    @staticmethod
+    def _text(value: str | None, field_name: str, limit: int) -> str | None:
+        if value is None:
+            return None
+        if "\x00" in value:
+            raise InvalidInput("text contains a NUL character", field=field_name)
+        value = value.strip()
+        if len(value) > limit:
+            raise InvalidInput(f"at most {limit} characters", field=field_name)
+        return value
+
+    @staticmethod
+    def _coordinates(lon: float | None, lat: float | None) -> None:
+        if (lon is None) != (lat is None):
+            raise InvalidInput("give both lon and lat, or neither", field="lon" if lon is None else "lat")
+        if lon is not None and not -180 <= lon <= 180:
+            raise InvalidInput("longitude out of range", field="lon")
+        if lat is not None and not -90 <= lat <= 90:
+            raise InvalidInput("latitude out of range", field="lat")
+
+    # ---- numbering -----------------------------------------------------------------
+
+    async def _allocate_number(self) -> CaseNumber:
+        """Take the next daily serial in its own short transaction.
+
+        Kept apart from the case insert so concurrent writers hold the counter row only for
+        an instant; a failed insert afterwards leaves a gap, never a duplicate.
+        """
+        day = self.now().astimezone(self._tz).date()
+        key = f"{day:%y%m%d}"
+        table = IntakeCounterRow.__table__
+        insert = pg_insert if self.engine.dialect.name == "postgresql" else sqlite_insert
+        stmt = (
+            insert(table)
+            .values(day=key, last=1)
+            .on_conflict_do_update(index_elements=["day"], set_={"last": table.c.last + 1})
+            .returning(table.c.last)
+        )
+        async with self.engine.begin() as conn:
+            serial = (await conn.execute(stmt)).scalar_one()
+        return CaseNumber.build(day, serial, self.serial_digits)
+
+    # ---- reads -----------------------------------------------------------------------
+
+    async def get(self, number: str, *, with_log: bool = True) -> CaseView:
+        parsed = self.parse_number(number)
+        async with self.sessions() as session:
+            row = await self._load(session, parsed.value, with_log=with_log)
+            return await self._view(session, row, with_log=with_log)
+
+    async def find_by_source(self, channel: Channel, source_ref: str) -> CaseView | None:
+        async with self.sessions() as session:
+            row = await session.scalar(
+                select(CaseRow).where(CaseRow.channel == channel.value, CaseRow.source_ref == source_ref)
+            )
+            return None if row is None else await self._view(session, row, with_log=False)
+
+    async def search(self, filters: CaseFilter, *, offset: int = 0, limit: int = 50) -> Page:
+        query: Select[Any] = select(CaseRow)
+        if filters.status:
+            query = query.where(CaseRow.status == filters.status)
+        if filters.channel:
+            query = query.where(CaseRow.channel == filters.channel)
+        if filters.category:
+            parsed = self._category(filters.category)
+            assert parsed is not None
+            query = query.where(CaseRow.category_code == parsed[0])
+        if filters.grid:
+            try:
+                grid = GridCode.parse(filters.grid).value
+            except InvalidGridCode as exc:
+                raise InvalidInput(str(exc), field="grid") from exc
+            query = query.where(CaseRow.grid_code == grid)
+        if filters.reporter_phone:
+            query = query.where(CaseRow.reporter_phone == self._phone(filters.reporter_phone))
+        if filters.created_from:
+            query = query.where(CaseRow.created_at >= filters.created_from)
+        if filters.created_to:
+            query = query.where(CaseRow.created_at < filters.created_to)
+        if filters.text:
+            pattern = "%" + filters.text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+            query = query.where(
+                or_(CaseRow.description.like(pattern, escape="\\"), CaseRow.address.like(pattern, escape="\\"))
+            )
+        async with self.sessions() as session:
+            total = await session.scalar(select(func.count()).select_from(query.subquery())) or 0
+            rows = (
+                await session.scalars(
+                    query.order_by(CaseRow.created_at.desc(), CaseRow.id.desc()).offset(offset).limit(limit)
+                )
+            ).all()
+            masters = await self._master_numbers(session, rows)
+            items = [self._to_view(row, masters.get(row.master_id)) for row in rows]
+        return Page(items=items, total=total, offset=offset, limit=limit)
+
+    # ---- writes ------------------------------------------------------------------------
+
+    async def create_draft(self, draft: DraftInput, *, actor: str) -> CaseView:
+        """Open a draft case and commit it, with its log entry and the reporter's receipt SMS.
+
+        With a `source_ref` the call is idempotent per channel: a redelivered SMS or a retried
+        Open311 POST returns the case made the first time.
+        """
+        if draft.source_ref:
+            existing = await self.find_by_source(draft.channel, draft.source_ref)
+            if existing is not None:
+                return existing
+        description = self._text(draft.description, "description", MAX_DESCRIPTION) or ""
+        address = self._text(draft.address, "address", MAX_ADDRESS)
+        phone = self._phone(draft.reporter_phone)
+        category = self._category(draft.category)
+        grid = self._grid(draft.grid)
+        self._coordinates(draft.lon, draft.lat)
+        if not description and not draft.recording_ref:
+            raise InvalidInput("a report needs a description or a recording", field="description")
+        suggestion = None
+        if category is None and description:
+            ranked = self.catalogue.suggest(description)
+            if ranked:
+                suggestion = (str(ranked[0][0].code), round(ranked[0][1], 3))
+
+        number = await self._allocate_number()
+        now = self.now()
+        row = CaseRow(
+            number=number.value, status=CaseStatus.DRAFT.value, channel=draft.channel.value,
+            source_ref=draft.source_ref, reporter_phone=phone, anonymous=draft.anonymous,
+            confidential=draft.confidential, description=description,
+            recording_ref=draft.recording_ref, kind=category[1] if category else None,
+            category_code=category[0] if category else None,
+            category_edition=category[2] if category else None,
+            suggested_category=suggestion[0] if suggestion else None,
+            suggested_confidence=suggestion[1] if suggestion else None,
+            grid_code=grid, address=address, lon=draft.lon, lat=draft.lat,
+            flags=sorted(set(draft.flags)), version=1, created_at=now, updated_at=now,
+        )
+        async with self.sessions() as session:
+            try:
+                async with session.begin():
+                    session.add(row)
+                    await session.flush()
+                    self._log(session, row, actor, "created", None, CaseStatus.DRAFT,
+                              {"channel": draft.channel.value})
+                    if draft.notify_reporter and phone:
+                        self._notify(session, row, "received", recipients=[phone])
+            except IntegrityError:
+                if draft.source_ref:  # lost a race with the same redelivery
+                    found = await self.find_by_source(draft.channel, draft.source_ref)
+                    if found is not None:
+                        return found
+                raise
+            view = await self._view(session, row, with_log=True)
+        log.info("case.created", case_number=number.value, channel=draft.channel.value,
+                 reporter=mask_number(phone))
+        return view
+
+    async def update_transcription(
+        self, number: str, changes: dict[str, Any], *, actor: str, expected_version: int | None = None
+    ) -> CaseView:
+        """Staff transcription: category, grid, address, text. Only while the case is editable."""
+        allowed = {"category", "grid", "address", "description", "lon", "lat", "anonymous", "confidential",
+                   "reporter_phone"}
+        unknown = set(changes) - allowed
+        if unknown:
+            raise InvalidInput(f"cannot change {', '.join(sorted(unknown))}", field=sorted(unknown)[0])
+        values: dict[str, Any] = {}
+        if "category" in changes:
+            category = self._category(changes["category"])
+            values.update(category_code=category[0] if category else None,
+                          kind=category[1] if category else None,
+                          category_edition=category[2] if category else None)
+        if "grid" in changes:
+            values["grid_code"] = self._grid(changes["grid"])
+        if "address" in changes:
+            values["address"] = self._text(changes["address"], "address", MAX_ADDRESS)
+        if "description" in changes:
+            values["description"] = self._text(changes["description"], "description", MAX_DESCRIPTION) or ""
+        if "reporter_phone" in changes:
+            values["reporter_phone"] = self._phone(changes["reporter_phone"])
+        for flag in ("anonymous", "confidential"):
+            if flag in changes:
+                values[flag] = bool(changes[flag])
+        if "lon" in changes or "lat" in changes:
+            self._coordinates(changes.get("lon"), changes.get("lat"))
+            values["lon"], values["lat"] = changes.get("lon"), changes.get("lat")
+        parsed = self.parse_number(number)
+        async with self.sessions() as session:
+            async with session.begin():
+                row = await self._load(session, parsed.value, for_update=True)
+                if expected_version is not None and row.version != expected_version:
+                    raise Conflict(
+                        f"case {row.number} was changed by someone else (version {row.version}, "
+                        f"you had {expected_version}); reload it", field="version")
+                if CaseStatus(row.status) not in EDITABLE_STATES:
+                    raise TransitionRefused(
+                        f"case {row.number} is {row.status}; only draft or submitted cases can be edited")
+                diff = {}
+                for key, value in values.items():
+                    old = getattr(row, key)
+                    if old != value:
+                        diff[key] = {"from": _jsonable(old), "to": _jsonable(value)}
+                        setattr(row, key, value)
+                if diff:
+                    row.version += 1
+                    row.updated_at = self.now()
+                    self._log(session, row, actor, "updated", None, None, diff)
+            return await self._view(session, row, with_log=True)
+
+    async def submit(self, number: str, *, actor: str, expected_version: int | None = None) -> CaseView:
+        return await self._transition(number, CaseStatus.SUBMITTED, actor=actor, action="submitted",
+                                      expected_version=expected_version, require_category=True)
+
+    async def reject(self, number: str, reason: RejectionReason, *, actor: str, note: str | None = None,
+                     event_id: str | None = None) -> CaseView:
+        return await self._transition(number, CaseStatus.REJECTED, actor=actor, action="rejected",
+                                      reason=note or reason.value, notify="rejected",
+                                      fields={"reason": reason.label_zh}, event_id=event_id,
+                                      changes={"reason": reason.value})
+
+    async def merge(self, number: str, into: str, *, actor: str, note: str | None = None) -> CaseView:
+        """Fold a duplicate into its master case; every reporter of both hears the master's number."""
+        child_number = self.parse_number(number)
+        master_number = self.parse_number(into)
+        if child_number == master_number:
+            raise InvalidInput("a case cannot be merged into itself", field="into")
+        async with self.sessions() as session:
+            async with session.begin():
+                child = await self._load(session, child_number.value, for_update=True)
+                master = await self._load(session, master_number.value, for_update=True)
+                if master.master_id is not None or master.status == CaseStatus.MERGED:
+                    raise TransitionRefused(f"case {master.number} is itself merged; merge into its master")
+                if master.status in (CaseStatus.REJECTED, CaseStatus.CLOSED):
+                    raise TransitionRefused(f"case {master.number} is {master.status}; cannot merge into it")
+                try:
+                    check_transition(CaseStatus(child.status), CaseStatus.MERGED)
+                except IllegalTransition as exc:
+                    raise TransitionRefused(str(exc)) from exc
+                # Cases already merged into the child follow it to the new master.
+                grandchildren = (await session.scalars(
+                    select(CaseRow).where(CaseRow.master_id == child.id))).all()
+                for grandchild in grandchildren:
+                    grandchild.master_id = master.id
+                old = child.status
+                child.status = CaseStatus.MERGED.value
+                child.master_id = master.id
+                child.version += 1
+                child.updated_at = self.now()
+                self._log(session, child, actor, "merged", CaseStatus(old), CaseStatus.MERGED,
+                          {"into": master.number}, reason=note)
+                self._log(session, master, actor, "merged_in", None, None, {"from": child.number}, reason=note)
+                # The duplicate's reporters (and those of cases merged into it before) learn the
+                # master's number; from now on they hear every change of the master.
+                recipients = [p for p in [child.reporter_phone, *(g.reporter_phone for g in grandchildren)] if p]
+                self._notify(session, child, "merged", fields={"master": master.number},
+                             recipients=list(dict.fromkeys(recipients)))
+            return await self._view(session, child, with_log=True)
+
+    async def apply_platform_event(self, number: str, event: PlatformEvent, *, actor: str = "platform") -> CaseView:
+        """A status change from the platform. Idempotent on `event_id`."""
+        parsed = self.parse_number(number)
+        async with self.sessions() as session:
+            row = await self._load(session, parsed.value)
+            seen = await session.scalar(
+                select(CaseLogRow.id).where(CaseLogRow.case_id == row.id, CaseLogRow.event_id == event.event_id))
+            if seen is not None:
+                return await self._view(session, row, with_log=True)
+        if event.status == CaseStatus.REJECTED:
+            return await self.reject(number, event.reason or RejectionReason.INVALID, actor=actor,
+                                     note=event.note, event_id=event.event_id)
+        notify = {
+            CaseStatus.REGISTERED: "registered", CaseStatus.DISPATCHED: "dispatched",
+            CaseStatus.CLOSED: "closed", CaseStatus.REOPENED: "reopened",
+        }.get(event.status)
+        extra = {"platform_number": event.platform_number} if event.platform_number else {}
+        return await self._transition(number, event.status, actor=actor, action="platform_event",
+                                      reason=event.note, notify=notify, event_id=event.event_id,
+                                      set_values=extra, changes=dict(extra))
+
+    async def rate(self, number: str, score: int, *, actor: str, phone: str | None = None) -> CaseView:
+        """The reporter's rating (1-5) of a closed case; only the reporter may rate by phone or SMS."""
+        if not isinstance(score, int) or isinstance(score, bool) or not 1 <= score <= 5:
+            raise InvalidInput("rating must be a whole number from 1 to 5", field="rating")
+        parsed = self.parse_number(number)
+        caller = self._phone(phone, "phone") if phone else None
+        async with self.sessions() as session:
+            async with session.begin():
+                row = await self._load(session, parsed.value, for_update=True)
+                if row.status != CaseStatus.CLOSED:
+                    raise TransitionRefused(f"case {row.number} is not closed yet; only closed cases can be rated")
+                if caller is not None and caller != row.reporter_phone:
+                    raise TransitionRefused("only the reporter can rate this case", field="phone")
+                old = row.rating
+                row.rating = score
+                row.version += 1
+                row.updated_at = self.now()
+                self._log(session, row, actor, "rated", None, None, {"rating": {"from": old, "to": score}})
+            return await self._view(session, row, with_log=True)
+
+    # ---- internals ---------------------------------------------------------------------
+
+    async def _transition(
+        self, number: str, target: CaseStatus, *, actor: str, action: str, reason: str | None = None,
+        notify: str | None = None, fields: dict[str, str] | None = None, event_id: str | None = None,
+        expected_version: int | None = None, require_category: bool = False,
+        set_values: dict[str, Any] | None = None, changes: dict[str, Any] | None = None,
+    ) -> CaseView:
+        parsed = self.parse_number(number)
+        async with self.sessions() as session:
+            try:
+                async with session.begin():
+                    row = await self._load(session, parsed.value, for_update=True)
+                    if expected_version is not None and row.version != expected_version:
+                        raise Conflict(f"case {row.number} was changed by someone else; reload it",
+                                       field="version")
+                    current = CaseStatus(row.status)
+                    try:
+                        check_transition(current, target)
+                    except IllegalTransition as exc:
+                        raise TransitionRefused(str(exc)) from exc
+                    if require_category and not row.category_code:
+                        raise InvalidInput("choose a category before submitting", field="category")
+                    for key, value in (set_values or {}).items():
+                        setattr(row, key, value)
+                    row.status = target.value
+                    row.version += 1
+                    row.updated_at = self.now()
+                    self._log(session, row, actor, action, current, target, changes or {},
+                              reason=reason, event_id=event_id)
+                    if notify:
+                        recipients = await self._recipients(session, row)
+                        self._notify(session, row, notify, fields=fields or {}, recipients=recipients)
+            except IntegrityError:
+                if event_id is None:
+                    raise
+                # The same platform event raced in twice; the first one won.
+                session.expunge_all()
+                row = await self._load(session, parsed.value, with_log=True)
+                return await self._view(session, row, with_log=True)
+            log.info("case.status", case_number=row.number, from_status=current.value, to_status=target.value,
+                     actor=actor)
+            return await self._view(session, row, with_log=True)
+
+    async def _load(self, session: AsyncSession, number: str, *, for_update: bool = False,
+                    with_log: bool = False) -> CaseRow:
+        query = select(CaseRow).where(CaseRow.number == number)
+        if with_log:
+            query = query.options(selectinload(CaseRow.log))
+        if for_update and session.bind is not None and self.engine.dialect.name == "postgresql":
+            query = query.with_for_update()
+        row = await session.scalar(query)
+        if row is None:
+            raise CaseNotFound(f"no case with intake number {number}", field="number")
+        return row
+
+    async def _recipients(self, session: AsyncSession, row: CaseRow) -> list[str]:
+        """The reporter and the reporters of every case merged into this one, once each."""
+        phones = [row.reporter_phone] if row.reporter_phone else []
+        merged = await session.scalars(
+            select(CaseRow.reporter_phone).where(CaseRow.master_id == row.id, CaseRow.reporter_phone.is_not(None))
+            .order_by(CaseRow.id))
+        phones.extend(p for p in merged if p)
+        return list(dict.fromkeys(phones))
+
+    def _log(self, session: AsyncSession, row: CaseRow, actor: str, action: str,
+             from_status: CaseStatus | None, to_status: CaseStatus | None, changes: dict[str, Any],
+             *, reason: str | None = None, event_id: str | None = None) -> None:
+        session.add(CaseLogRow(
+            case_id=row.id, at=self.now(), actor=actor[:128], action=action,
+            from_status=from_status.value if from_status else None,
+            to_status=to_status.value if to_status else None, changes=changes, reason=reason,
+            event_id=event_id))
+
+    def _notify(self, session: AsyncSession, row: CaseRow, template: str, *, recipients: Sequence[str],
+                fields: dict[str, str] | None = None) -> None:
+        if not recipients:
+            return
+        body = self.templates.render(
+            template, number=row.number, platform_number=row.platform_number or "",
+            status=CaseStatus(row.status).label_zh, **(fields or {}))
+        now = self.now()
+        for phone in recipients:
+            # One message per (case, change, recipient): a retried transaction cannot queue it twice.
+            key = hashlib.sha256(f"{row.number}|{template}|{row.version}|{phone}".encode()).hexdigest()
+            session.add(OutboxRow(
+                idempotency_key=key, case_id=row.id, recipient=phone, template=template, body=body,
+                status="pending", attempts=0, not_before=now, created_at=now))
+
+    async def _master_numbers(self, session: AsyncSession, rows: Sequence[CaseRow]) -> dict[int, str]:
+        ids = {row.master_id for row in rows if row.master_id is not None}
+        if not ids:
+            return {}
+        result = await session.execute(select(CaseRow.id, CaseRow.number).where(CaseRow.id.in_(ids)))
+        return {case_id: case_number for case_id, case_number in result.all()}
+
+    async def _view(self, session: AsyncSession, row: CaseRow, *, with_log: bool) -> CaseView:
+        masters = await self._master_numbers(session, [row])
+        entries: tuple[LogEntry, ...] = ()
+        if with_log:
+            log_rows = (await session.scalars(
+                select(CaseLogRow).where(CaseLogRow.case_id == row.id).order_by(CaseLogRow.id))).all()
+            entries = tuple(
+                LogEntry(at=e.at, actor=e.actor, action=e.action, from_status=e.from_status,
+                         to_status=e.to_status, changes=e.changes or {}, reason=e.reason, event_id=e.event_id)
+                for e in log_rows)
+        return self._to_view(row, masters.get(row.master_id) if row.master_id else None, entries)
+
+    @staticmethod
+    def _to_view(row: CaseRow, master_number: str | None, entries: tuple[LogEntry, ...] = ()) -> CaseView:
+        return CaseView(
+            id=row.id, number=row.number, status=row.status, channel=row.channel,
+            reporter_phone=row.reporter_phone, anonymous=row.anonymous, confidential=row.confidential,
+            description=row.description, recording_ref=row.recording_ref, kind=row.kind,
+            category=row.category_code, category_edition=row.category_edition,
+            suggested_category=row.suggested_category, suggested_confidence=row.suggested_confidence,
+            grid=row.grid_code, address=row.address, lon=row.lon, lat=row.lat,
+            platform_number=row.platform_number, rating=row.rating, master_number=master_number,
+            flags=tuple(row.flags or ()), version=row.version, created_at=row.created_at,
+            updated_at=row.updated_at, source_ref=row.source_ref, log=entries)
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dt.datetime):
+        return value.isoformat()
+    return value
