@@ -75,15 +75,19 @@ def cmd_token(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="callcenter", description="Urban-management hotline intake service")
-    parser.add_argument("--config", help="settings file (default config/callcenter.toml)")
+    config_help = "settings file (default config/callcenter.toml)"
+    parser.add_argument("--config", help=config_help)
+    # Also accepted after the subcommand; SUPPRESS keeps the top-level value when absent there.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", default=argparse.SUPPRESS, help=config_help)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    serve = sub.add_parser("serve", help="run the service (HTTP API, FastAGI, SMS)")
+    serve = sub.add_parser("serve", parents=[common], help="run the service (HTTP API, FastAGI, SMS)")
     serve.add_argument("--host", help="HTTP listen address (overrides http.host)")
     serve.add_argument("--port", type=int, help="HTTP port, 0 for any free port (overrides http.port)")
     serve.set_defaults(func=cmd_serve)
 
-    db = sub.add_parser("db", help="database migrations")
+    db = sub.add_parser("db", parents=[common], help="database migrations")
     db_sub = db.add_subparsers(dest="db_command", required=True)
     db_sub.add_parser("upgrade", help="migrate to the latest schema")
     db_sub.add_parser("current", help="print the schema revision")
@@ -91,7 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     revision.add_argument("-m", "--message", required=True)
     db.set_defaults(func=cmd_db)
 
-    token = sub.add_parser("token", help="API bearer tokens")
+    token = sub.add_parser("token", parents=[common], help="API bearer tokens")
     token_sub = token.add_subparsers(dest="token_command", required=True)
     create = token_sub.add_parser("create", help="create a token and print it once")
     create.add_argument("--role", required=True, choices=["staff", "platform", "gateway", "admin"])
@@ -105,9 +109,6 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    # Arguments given before or after the subcommand both count.
-    if getattr(args, "config", None) is None:
-        args.config = None
     return int(args.func(args) or 0)
 
 

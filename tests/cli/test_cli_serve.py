@@ -1,0 +1,95 @@
+"""The console script as an operator runs it: real processes, real sockets."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def run_cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "callcenter", *args], cwd=ROOT, env=env, text=True,
+                          capture_output=True, timeout=120)
+
+
+def cli_env(database_url: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CALLCENTER_")}
+    env["CALLCENTER_DATABASE__URL"] = database_url
+    return env
+
+
+def test_serve_migrates_listens_answers_and_stops_on_sigterm(database_url: str) -> None:
+    env = cli_env(database_url)
+    token = run_cli("token", "create", "--role", "staff", "--name", "接线员01", env=env)
+    assert token.returncode == 0, token.stderr
+    secret = token.stdout.strip()
+    assert secret.startswith("cc_staff_") and "shown only this once" in token.stderr
+
+    proc = subprocess.Popen([sys.executable, "-m", "callcenter", "serve", "--port", "0"], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        address = None
+        deadline = time.monotonic() + 60
+        lines: list[str] = []
+        assert proc.stdout is not None
+        while time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            if not line:
+                break
+            lines.append(line)
+            match = re.search(r"address=(http://127\.0\.0\.1:\d+/)", line)
+            if match:
+                address = match.group(1)
+                break
+        assert address, "no listening line in:\n" + "".join(lines)
+        with urllib.request.urlopen(address + "healthz", timeout=10) as response:
+            assert json.load(response) == {"status": "ok", "database": "ok"}
+        request = urllib.request.Request(
+            address + "api/v1/cases", method="POST",
+            data=json.dumps({"description": "路灯不亮", "reporter_phone": "13812345678"}).encode(),
+            headers={"Authorization": f"Bearer {secret}", "Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=10) as response:
+            assert response.status == 201 and json.load(response)["status"] == "draft"
+        proc.send_signal(signal.SIGTERM)
+        rest, _ = proc.communicate(timeout=30)
+        assert proc.returncode == 0, rest
+        assert "stopped" in rest
+        assert "13812345678" not in "".join(lines) + rest  # numbers never logged in clear
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_db_upgrade_and_current(database_url: str) -> None:
+    env = cli_env(database_url)
+    assert run_cli("db", "current", env=env).stdout.strip().startswith("empty")
+    upgraded = run_cli("db", "upgrade", env=env)
+    assert upgraded.returncode == 0, upgraded.stderr
+    assert run_cli("db", "current", env=env).stdout.strip() == "0001_case_core"
+
+
+@pytest.mark.parametrize(("env_extra", "needle"), [
+    ({"CALLCENTER_HTTP__PORT": "not-a-port"}, "CALLCENTER_HTTP__PORT"),
+    ({"CALLCENTER_DATABASE__URL": "oracle://x"}, "database.url"),
+])
+def test_bad_settings_stop_start_up_naming_the_key(env_extra: dict[str, str], needle: str) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CALLCENTER_")} | env_extra
+    result = run_cli("serve", env=env)
+    assert result.returncode == 2 and needle in result.stderr
+
+
+def test_bad_role_is_refused(tmp_path: Path) -> None:
+    result = run_cli("token", "create", "--role", "root", "--name", "x",
+                     env=cli_env(f"sqlite:///{tmp_path / 'x.db'}"))
+    assert result.returncode == 2 and "invalid choice" in result.stderr
