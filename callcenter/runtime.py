@@ -1,28 +1,42 @@
-"""The Twisted reactor on the asyncio loop: one loop for Twisted, aiohttp and the database."""
+"""One event loop for everything: Twisted's asyncio reactor on top of the asyncio loop.
+
+The FastAGI server is Twisted; the HTTP API, the database engine and the IVR handlers are
+asyncio. Running Twisted on `asyncioreactor` puts both on one loop and one thread, so an
+AGI handler can await aiohttp or SQLAlchemy directly. A Twisted reactor is installed once
+per process and stays bound to the loop it was built on, hence this guarded helper.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import sys
-from typing import Any
+
+from twisted.internet.asyncioreactor import AsyncioSelectorReactor
 
 
-def install_reactor(loop: asyncio.AbstractEventLoop) -> Any:
-    """Install AsyncioSelectorReactor on `loop` (idempotent); return the reactor.
+def install_reactor(loop: asyncio.AbstractEventLoop) -> AsyncioSelectorReactor:
+    """Install the asyncio reactor on `loop`, or return the one already installed there.
 
-    A reactor can be installed once per process; a second call with the same loop returns
-    it, a call after some other reactor was installed is an error we want loud.
+    Raises RuntimeError if another kind of reactor is installed, or if the asyncio reactor
+    is bound to a different loop (it would never see any I/O on this one).
+
+    When `loop` is already running (`asyncio.run`, pytest-asyncio), nobody will call
+    `reactor.run()`, so the reactor is marked as started here: startup triggers fire and
+    `callWhenRunning` works. Otherwise the caller runs it with `reactor.run()`.
     """
-    from twisted.internet import asyncioreactor
+    installed = sys.modules.get("twisted.internet.reactor")
+    if installed is None:
+        from twisted.internet import asyncioreactor
 
-    existing = sys.modules.get("twisted.internet.reactor")
-    if existing is not None:
-        if not isinstance(existing, asyncioreactor.AsyncioSelectorReactor):
-            raise RuntimeError(f"a non-asyncio Twisted reactor is already installed: {existing!r}")
-        if existing._asyncioEventloop is not loop:  # noqa: SLF001
-            raise RuntimeError("the asyncio reactor is installed on another event loop")
-        return existing
-    asyncioreactor.install(loop)
-    from twisted.internet import reactor
-
-    return reactor
+        asyncioreactor.install(loop)
+        from twisted.internet import reactor as installed
+    if not isinstance(installed, AsyncioSelectorReactor):
+        raise RuntimeError(
+            f"a {type(installed).__name__} reactor is already installed; the AGI server needs "
+            "the asyncio reactor (install it before anything imports twisted.internet.reactor)"
+        )
+    if installed._asyncioEventloop is not loop:  # noqa: SLF001 - Twisted has no public accessor
+        raise RuntimeError("the asyncio reactor is already bound to a different event loop")
+    if loop.is_running() and not installed._started:  # noqa: SLF001
+        installed.startRunning(installSignalHandlers=False)
+    return installed
