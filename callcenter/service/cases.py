@@ -76,6 +76,9 @@ class CaseFilter:
     created_from: dt.datetime | None = None
     created_to: dt.datetime | None = None
     text: str | None = None
+    # Set-valued forms, OR-ed with the single ones (Open311 asks for "open" = several statuses).
+    statuses: tuple[str, ...] = ()
+    categories: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -212,14 +215,15 @@ class CaseService:
 
     async def search(self, filters: CaseFilter, *, offset: int = 0, limit: int = 50) -> Page:
         query: Select[Any] = select(CaseRow)
-        if filters.status:
-            query = query.where(CaseRow.status == filters.status)
+        statuses = {*filters.statuses, *([filters.status] if filters.status else [])}
+        if statuses:
+            query = query.where(CaseRow.status.in_(sorted(statuses)))
         if filters.channel:
             query = query.where(CaseRow.channel == filters.channel)
-        if filters.category:
-            parsed = self._category(filters.category)
-            assert parsed is not None
-            query = query.where(CaseRow.category_code == parsed[0])
+        raw_categories = [*filters.categories, *([filters.category] if filters.category else [])]
+        if raw_categories:
+            codes = {parsed[0] for raw in raw_categories if (parsed := self._category(raw))}
+            query = query.where(CaseRow.category_code.in_(sorted(codes)))
         if filters.grid:
             try:
                 grid = GridCode.parse(filters.grid).value
