@@ -21,7 +21,7 @@ import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Self
 
 import pytest
 
@@ -172,7 +172,7 @@ class SmscSimulator:
         """Whether the child process is alive."""
         return self._process is not None and self._process.poll() is None
 
-    def __enter__(self) -> SmscSimulator:
+    def __enter__(self) -> Self:
         self.start()
         return self
 
@@ -203,7 +203,9 @@ class SmscSimulator:
     async def acall(self, cmd: str, /, timeout: float = 30.0, **args: Any) -> Any:
         """Send one control command without blocking the event loop."""
         async with asyncio.timeout(timeout):
-            reader, writer = await asyncio.open_connection(self.host, self.control_port)
+            reader, writer = await asyncio.open_connection(
+                self.host, self.control_port, limit=64 * 1024 * 1024
+            )
             try:
                 writer.write(self._request_line(cmd, args))
                 await writer.drain()
