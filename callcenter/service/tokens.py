@@ -6,7 +6,8 @@ import datetime as dt
 import enum
 import hashlib
 import secrets
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -37,7 +38,14 @@ def hash_token(token: str) -> str:
 
 @dataclass
 class TokenStore:
+    """Token check with a short positive cache: every API request asks, the answer rarely changes.
+
+    A revocation takes effect at once in this process and within `cache_seconds` in others.
+    """
+
     sessions: async_sessionmaker[AsyncSession]
+    cache_seconds: float = 30.0
+    _cache: dict[str, tuple[Principal, float]] = field(default_factory=dict, repr=False)
 
     async def create(self, role: Role, name: str) -> str:
         name = name.strip()
@@ -52,11 +60,21 @@ class TokenStore:
     async def verify(self, token: str) -> Principal | None:
         if not token or len(token) > 256:
             return None
+        digest = hash_token(token)
+        cached = self._cache.get(digest)
+        if cached is not None and cached[1] > time.monotonic():
+            return cached[0]
         async with self.sessions() as session:
             row = await session.scalar(
-                select(ApiTokenRow).where(ApiTokenRow.token_hash == hash_token(token),
-                                          ApiTokenRow.revoked_at.is_(None)))
-            return None if row is None else Principal(name=row.name, role=Role(row.role))
+                select(ApiTokenRow).where(ApiTokenRow.token_hash == digest, ApiTokenRow.revoked_at.is_(None)))
+        if row is None:
+            self._cache.pop(digest, None)
+            return None
+        principal = Principal(name=row.name, role=Role(row.role))
+        if len(self._cache) > 10_000:
+            self._cache.clear()
+        self._cache[digest] = (principal, time.monotonic() + self.cache_seconds)
+        return principal
 
     async def revoke(self, name: str) -> int:
         async with self.sessions() as session, session.begin():
@@ -64,4 +82,5 @@ class TokenStore:
                 select(ApiTokenRow).where(ApiTokenRow.name == name, ApiTokenRow.revoked_at.is_(None)))).all()
             for row in rows:
                 row.revoked_at = dt.datetime.now(dt.UTC)
+                self._cache.pop(row.token_hash, None)
             return len(rows)

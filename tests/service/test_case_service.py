@@ -218,3 +218,46 @@ async def test_unknown_number_and_bad_check_digit(services: Services) -> None:
     unused = CaseNumber.build(dt.date(2020, 1, 1), 1).value
     with pytest.raises(CaseNotFound):
         await services.cases.get(unused)
+
+
+async def test_nul_in_a_recording_reference_is_refused(services: Services) -> None:
+    with pytest.raises(InvalidInput) as info:
+        await draft(services, recording_ref="/var/rec/a\x00b.wav")
+    assert info.value.field == "recording_ref"
+
+
+async def test_draft_listeners_hear_each_new_draft_once(services: Services) -> None:
+    heard: list[str] = []
+    services.cases.on_draft_created = lambda view: heard.append(view.number)
+    first = await draft(services, channel=Channel.SMS, source_ref="m-1")
+    await draft(services, channel=Channel.SMS, source_ref="m-1")  # a redelivery: no new draft
+
+    def broken(_view: object) -> None:
+        raise RuntimeError("listener bug")
+
+    services.cases.on_draft_created = broken
+    second = await draft(services)  # a failing listener does not lose the report
+    assert heard == [first]
+    assert (await services.cases.get(second)).status == "draft"
+
+
+async def test_a_broad_search_counts_up_to_the_cap(services: Services, monkeypatch: pytest.MonkeyPatch) -> None:
+    import callcenter.service.cases as module
+
+    monkeypatch.setattr(module, "COUNT_CAP", 3)
+    for _ in range(5):
+        await draft(services, reporter_phone=None)
+    page = await services.cases.search(CaseFilter(), limit=2)
+    assert (page.total, page.total_is_exact, len(page.items)) == (3, False, 2)
+    page = await services.cases.search(CaseFilter(text="不存在的内容"))
+    assert (page.total, page.total_is_exact) == (0, True)
+
+
+async def test_a_revoked_token_stops_working_at_once(services: Services) -> None:
+    from callcenter.service.tokens import Role
+
+    token = await services.tokens.create(Role.STAFF, "临时")
+    assert (await services.tokens.verify(token)) is not None
+    assert (await services.tokens.verify(token)) is not None  # served from the cache
+    await services.tokens.revoke("临时")
+    assert await services.tokens.verify(token) is None
