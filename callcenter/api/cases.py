@@ -108,7 +108,7 @@ async def list_cases(request: web.Request) -> web.Response:
     page = await services.cases.search(filters, offset=offset, limit=limit)
     return json_response(CasePage(
         items=[_out(item, principal, with_log=False) for item in page.items],
-        total=page.total, offset=page.offset, limit=page.limit))
+        total=page.total, total_is_exact=page.total_is_exact, offset=page.offset, limit=page.limit))
 
 
 async def update_case(request: web.Request) -> web.Response:

@@ -142,7 +142,8 @@ class CaseOut(BaseModel):
 
 class CasePage(BaseModel):
     items: list[CaseOut]
-    total: int
+    total: int = Field(description="matches, counted up to 10000")
+    total_is_exact: bool = Field(description="false when there are more matches than `total`")
     offset: int
     limit: int
 

@@ -81,12 +81,18 @@ class CaseFilter:
     categories: tuple[str, ...] = ()
 
 
+# Counting every match of a broad search scans the table; past this many the total is
+# reported as a lower bound ("10000+"), which is all a person paging through needs.
+COUNT_CAP = 10_000
+
+
 @dataclass(frozen=True)
 class Page:
     items: list[CaseView]
     total: int
     offset: int
     limit: int
+    total_is_exact: bool = True
 
 
 @dataclass(frozen=True)
@@ -111,6 +117,9 @@ class CaseService:
     region: str = "CN"
     serial_digits: int = 5
     now: Callable[[], dt.datetime] = utcnow
+    # Told of every new draft after its commit (not of a replayed source_ref): the console's
+    # live queue and screen-pop listen here. Must not raise or block.
+    on_draft_created: Callable[[CaseView], None] | None = None
     _tz: ZoneInfo = field(init=False)
 
     def __post_init__(self) -> None:
@@ -242,7 +251,8 @@ class CaseService:
                 or_(CaseRow.description.like(pattern, escape="\\"), CaseRow.address.like(pattern, escape="\\"))
             )
         async with self.sessions() as session:
-            total = await session.scalar(select(func.count()).select_from(query.subquery())) or 0
+            capped = query.with_only_columns(CaseRow.id).limit(COUNT_CAP + 1).subquery()
+            total = await session.scalar(select(func.count()).select_from(capped)) or 0
             rows = (
                 await session.scalars(
                     query.order_by(CaseRow.created_at.desc(), CaseRow.id.desc()).offset(offset).limit(limit)
@@ -250,7 +260,8 @@ class CaseService:
             ).all()
             masters = await self._master_numbers(session, rows)
             items = [self._to_view(row, masters.get(row.master_id)) for row in rows]
-        return Page(items=items, total=total, offset=offset, limit=limit)
+        return Page(items=items, total=min(total, COUNT_CAP), offset=offset, limit=limit,
+                    total_is_exact=total <= COUNT_CAP)
 
     # ---- writes ------------------------------------------------------------------------
 
@@ -266,11 +277,12 @@ class CaseService:
                 return existing
         description = self._text(draft.description, "description", MAX_DESCRIPTION) or ""
         address = self._text(draft.address, "address", MAX_ADDRESS)
+        recording_ref = self._text(draft.recording_ref, "recording_ref", 512)
         phone = self._phone(draft.reporter_phone)
         category = self._category(draft.category)
         grid = self._grid(draft.grid)
         self._coordinates(draft.lon, draft.lat)
-        if not description and not draft.recording_ref:
+        if not description and not recording_ref:
             raise InvalidInput("a report needs a description or a recording", field="description")
         suggestion = None
         if category is None and description:
@@ -284,7 +296,7 @@ class CaseService:
             number=number.value, status=CaseStatus.DRAFT.value, channel=draft.channel.value,
             source_ref=draft.source_ref, reporter_phone=phone, anonymous=draft.anonymous,
             confidential=draft.confidential, description=description,
-            recording_ref=draft.recording_ref, kind=category[1] if category else None,
+            recording_ref=recording_ref, kind=category[1] if category else None,
             category_code=category[0] if category else None,
             category_edition=category[2] if category else None,
             suggested_category=suggestion[0] if suggestion else None,
@@ -297,8 +309,8 @@ class CaseService:
                 async with session.begin():
                     session.add(row)
                     await session.flush()
-                    self._log(session, row, actor, "created", None, CaseStatus.DRAFT,
-                              {"channel": draft.channel.value})
+                    entry = self._log(session, row, actor, "created", None, CaseStatus.DRAFT,
+                                      {"channel": draft.channel.value})
                     if draft.notify_reporter and phone:
                         self._notify(session, row, "received", recipients=[phone])
             except IntegrityError:
@@ -307,9 +319,14 @@ class CaseService:
                     if found is not None:
                         return found
                 raise
-            view = await self._view(session, row, with_log=True)
+        view = self._to_view(row, None, (_entry(entry),))
         log.info("case.created", case_number=number.value, channel=draft.channel.value,
                  reporter=mask_number(phone))
+        if self.on_draft_created is not None:
+            try:
+                self.on_draft_created(view)
+            except Exception:  # a listener's fault must not undo a committed report
+                log.exception("case.created.listener_failed", case_number=number.value)
         return view
 
     async def update_transcription(
@@ -521,12 +538,14 @@ class CaseService:
 
     def _log(self, session: AsyncSession, row: CaseRow, actor: str, action: str,
              from_status: CaseStatus | None, to_status: CaseStatus | None, changes: dict[str, Any],
-             *, reason: str | None = None, event_id: str | None = None) -> None:
-        session.add(CaseLogRow(
+             *, reason: str | None = None, event_id: str | None = None) -> CaseLogRow:
+        entry = CaseLogRow(
             case_id=row.id, at=self.now(), actor=actor[:128], action=action,
             from_status=from_status.value if from_status else None,
             to_status=to_status.value if to_status else None, changes=changes, reason=reason,
-            event_id=event_id))
+            event_id=event_id)
+        session.add(entry)
+        return entry
 
     def _notify(self, session: AsyncSession, row: CaseRow, template: str, *, recipients: Sequence[str],
                 fields: dict[str, str] | None = None) -> None:
@@ -556,10 +575,7 @@ class CaseService:
         if with_log:
             log_rows = (await session.scalars(
                 select(CaseLogRow).where(CaseLogRow.case_id == row.id).order_by(CaseLogRow.id))).all()
-            entries = tuple(
-                LogEntry(at=e.at, actor=e.actor, action=e.action, from_status=e.from_status,
-                         to_status=e.to_status, changes=e.changes or {}, reason=e.reason, event_id=e.event_id)
-                for e in log_rows)
+            entries = tuple(_entry(e) for e in log_rows)
         return self._to_view(row, masters.get(row.master_id) if row.master_id else None, entries)
 
     @staticmethod
@@ -574,6 +590,12 @@ class CaseService:
             platform_number=row.platform_number, rating=row.rating, master_number=master_number,
             flags=tuple(row.flags or ()), version=row.version, created_at=row.created_at,
             updated_at=row.updated_at, source_ref=row.source_ref, log=entries)
+
+
+def _entry(row: CaseLogRow) -> LogEntry:
+    return LogEntry(at=row.at, actor=row.actor, action=row.action, from_status=row.from_status,
+                    to_status=row.to_status, changes=row.changes or {}, reason=row.reason,
+                    event_id=row.event_id)
 
 
 def _jsonable(value: Any) -> Any:
