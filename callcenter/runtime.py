@@ -9,7 +9,9 @@ per process and stays bound to the loop it was built on, hence this guarded help
 from __future__ import annotations
 
 import asyncio
+import functools
 import sys
+import threading
 
 from twisted.internet.asyncioreactor import AsyncioSelectorReactor
 
@@ -22,7 +24,8 @@ def install_reactor(loop: asyncio.AbstractEventLoop) -> AsyncioSelectorReactor:
 
     When `loop` is already running (`asyncio.run`, pytest-asyncio), nobody will call
     `reactor.run()`, so the reactor is marked as started here: startup triggers fire and
-    `callWhenRunning` works. Otherwise the caller runs it with `reactor.run()`.
+    `callWhenRunning` and the thread pool work. Otherwise the caller runs it with
+    `reactor.run()`, whose shutdown also stops the thread pool.
     """
     installed = sys.modules.get("twisted.internet.reactor")
     if installed is None:
@@ -31,12 +34,15 @@ def install_reactor(loop: asyncio.AbstractEventLoop) -> AsyncioSelectorReactor:
         asyncioreactor.install(loop)
         from twisted.internet import reactor as installed
     if not isinstance(installed, AsyncioSelectorReactor):
-        raise RuntimeError(
+        raise RuntimeError(  # noqa: TRY004 - a process-state problem, not a bad argument
             f"a {type(installed).__name__} reactor is already installed; the AGI server needs "
             "the asyncio reactor (install it before anything imports twisted.internet.reactor)"
         )
-    if installed._asyncioEventloop is not loop:  # noqa: SLF001 - Twisted has no public accessor
+    if installed._asyncioEventloop is not loop:
         raise RuntimeError("the asyncio reactor is already bound to a different event loop")
-    if loop.is_running() and not installed._started:  # noqa: SLF001
+    if loop.is_running() and not installed._started:
+        # Nobody will fire the reactor's shutdown either, so the thread pool (hostname
+        # lookups) gets daemon threads, which cannot keep the interpreter from exiting.
+        installed.getThreadPool().threadFactory = functools.partial(threading.Thread, daemon=True)
         installed.startRunning(installSignalHandlers=False)
     return installed
