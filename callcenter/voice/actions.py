@@ -1,0 +1,370 @@
+"""The flows' service calls (`Invoke`) against the case service, in-process.
+
+Each action answers with one of the outcomes `callcenter.ivr.flow.ACTIONS` allows and never
+raises: a failure is the `error` outcome, which every flow routes to a person. Actions run
+after the caller hung up too (the engine asks for what is still owed), so nothing here
+touches the channel.
+
+What each writes:
+
+- `create_draft`: a phone draft with its recording (`recording_ref`, a file name under
+  `recordings.service_dir`), flags `needs_transcription` and, when the file has no audio,
+  `recording_missing` / `recording_empty`. `notify_reporter=False`: the receipt SMS is
+  queued by `send_number_sms`, exactly once per draft.
+- `set_contact`: the keyed number becomes the draft's reporter phone.
+- `send_number_sms`: the "received" template (the intake number) to the keyed number or
+  the caller, in the outbox, keyed by the case number so a second attempt (a hang-up while
+  the number was being read, a retried call) cannot queue it twice.
+- `rate_case`: the rating, only by the reporter (caller ID must match) on the hotline.
+- `voicemail_draft`: a draft flagged `needs_transcription` (+ `after_hours` outside staff hours).
+
+Category from the phone menu (decision, see docs/voice.md): a caller chooses only the kind
+(部件/事件) and the major category (大类); the minor category (小类) needs a person. The
+confirmed category stays empty. The description names the choice for staff, and the case
+service's own suggester fills `suggested_category` from it: with the major's 其他 row
+(XX99) where the catalogue has one (事件 01, 05), else nothing. `phone_report_text()` builds
+the text so that the suggester finds exactly that row and nothing else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import hashlib
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+
+import phonenumbers
+import structlog
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from callcenter.cases.catalogue import CaseKind, Catalogue, Category, MajorCategory
+from callcenter.cases.lifecycle import CaseStatus
+from callcenter.cases.messages import MessageTemplates
+from callcenter.cases.model import CaseFlag, CaseView, Channel
+from callcenter.cases.phones import InvalidPhoneNumber, normalise_phone
+from callcenter.db.tables import OutboxRow
+from callcenter.ivr import ActionResult, BusinessHours, Invoke
+from callcenter.service.cases import CaseService, DraftInput
+from callcenter.service.errors import CaseNotFound, InvalidInput, ServiceError, TransitionRefused
+from callcenter.voice.metrics import VoiceMetrics
+from callcenter.voice.recordings import RecordingCheck, RecordingStore
+from sms.privacy import mask_number
+
+log = structlog.get_logger(__name__)
+
+ACTOR = "ivr"
+# A service call that takes longer than this is an `error`: the caller goes to a person.
+ACTION_TIMEOUT_SECONDS = 30.0
+# Transient database failures while filing a draft are retried (idempotent by source_ref).
+DRAFT_RETRY_DELAYS: tuple[float, ...] = (0.2, 1.0)
+RECORDING_WORD = "录音"
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+@dataclass(frozen=True)
+class CallInfo:
+    """The call an action belongs to: for logs and the actor; `caller` is E.164 or None."""
+
+    call_id: str
+    route: str
+    caller: str | None = None
+
+
+Outcome = tuple[str, dict[str, str]]
+
+
+def phone_report_text(catalogue: Catalogue, kind: str | None, major: str | None,
+                      seconds: int) -> tuple[str, str | None]:
+    """The description of a phone report, and the category the suggester should find in it.
+
+    Only catalogue terms we mean are in the text: the 其他 row's alias for a major that has
+    one, the major's name otherwise unless the name itself would suggest something (e.g.
+    部件 06 其他设施类 contains 其他, the name of two event rows), then only the code.
+    """
+    parts = ["电话报告，待转写"]
+    expected: str | None = None
+    try:
+        case_kind: CaseKind | None = CaseKind(kind or "")
+    except ValueError:
+        case_kind = None
+    found: MajorCategory | None = None
+    if case_kind is not None and major and major.isdigit():
+        found = catalogue.major_by_digit(case_kind, int(major))
+    if case_kind is not None and found is not None:
+        code = f"{case_kind.prefix}{found.code}"
+        other = _other_row(catalogue, case_kind, found.code)
+        name = found.name if not catalogue.suggest(found.name) else ""
+        choice = f"{case_kind.label_zh}{code}大类" + (f"（{name}）" if name else "")
+        parts.append(f"来电人按键选择：{choice}")
+        if other is not None and other.aliases:
+            parts.append(f"小类待定（{other.aliases[0]}）")
+            expected = str(other.code)
+    elif case_kind is not None:
+        parts.append(f"来电人按键选择：{case_kind.label_zh}")
+    parts.append(f"{RECORDING_WORD}{seconds}秒")
+    return "；".join(parts) + "。", expected
+
+
+def _other_row(catalogue: Catalogue, kind: CaseKind, major: str) -> Category | None:
+    for category in catalogue.minors(kind, major):
+        if category.code.minor == "99":
+            return category
+    return None
+
+
+def voicemail_text(seconds: int, related: str | None) -> str:
+    text = f"电话留言，待转写；{RECORDING_WORD}{seconds}秒"
+    if related:
+        text += f"；关联受理编号{related}"
+    return text + "。"
+
+
+def is_mobile(phone: str) -> bool:
+    """Whether an E.164 number can receive an SMS (a mobile, not a landline)."""
+    try:
+        parsed = phonenumbers.parse(phone, None)
+    except phonenumbers.NumberParseException:
+        return False
+    kind = phonenumbers.number_type(parsed)
+    return kind in (phonenumbers.PhoneNumberType.MOBILE,
+                    phonenumbers.PhoneNumberType.FIXED_LINE_OR_MOBILE)
+
+
+def receipt_key(case_number: str) -> str:
+    """Outbox idempotency key of a phone draft's number SMS: one per draft, whoever gets it."""
+    return hashlib.sha256(f"voice|received|{case_number}".encode()).hexdigest()
+
+
+class VoiceActions:
+    """Runs one `Invoke` for one call and answers with an `ActionResult`."""
+
+    def __init__(
+        self,
+        *,
+        cases: CaseService,
+        engine: AsyncEngine,
+        sessions: async_sessionmaker[AsyncSession],
+        templates: MessageTemplates,
+        catalogue: Catalogue,
+        recordings: RecordingStore,
+        metrics: VoiceMetrics,
+        hours: BusinessHours | None,
+        region: str = "CN",
+        now: Callable[[], dt.datetime] = utcnow,
+        timeout: float = ACTION_TIMEOUT_SECONDS,
+    ) -> None:
+        self.cases = cases
+        self.engine = engine
+        self.sessions = sessions
+        self.templates = templates
+        self.catalogue = catalogue
+        self.recordings = recordings
+        self.metrics = metrics
+        self.hours = hours
+        self.region = region
+        self.now = now
+        self.timeout = timeout
+        self._uncovered_years: set[int] = set()
+        self._handlers: dict[str, Callable[[Mapping[str, str | None], CallInfo], Awaitable[Outcome]]] = {
+            "check_hours": self._check_hours,
+            "create_draft": self._create_draft,
+            "set_contact": self._set_contact,
+            "send_number_sms": self._send_number_sms,
+            "lookup_status": self._lookup_status,
+            "check_rating": self._check_rating,
+            "rate_case": self._rate_case,
+            "voicemail_draft": self._voicemail_draft,
+        }
+
+    async def invoke(self, action: Invoke, call: CallInfo) -> ActionResult:
+        name = action.action_name
+        handler = self._handlers.get(name)
+        if handler is None:
+            log.error("voice.action_unknown", call_id=call.call_id, action=name)
+            return ActionResult(name, "error")
+        try:
+            async with asyncio.timeout(self.timeout):
+                outcome, values = await handler(action.args, call)
+        except TimeoutError:
+            log.error("voice.action_timeout", call_id=call.call_id, action=name, seconds=self.timeout)
+            outcome, values = "error", {}
+        except Exception:  # noqa: BLE001 - the flow sends the caller to a person on `error`
+            log.exception("voice.action_failed", call_id=call.call_id, action=name)
+            outcome, values = "error", {}
+        log.info("voice.action", call_id=call.call_id, action=name, outcome=outcome,
+                 case_number=values.get("case_number") or action.args.get("case_number"))
+        return ActionResult(name, outcome, values)
+
+    # ---- helpers
+
+    def _phone(self, raw: str | None) -> str | None:
+        if not raw:
+            return None
+        try:
+            return normalise_phone(raw, self.region)
+        except InvalidPhoneNumber:
+            return None
+
+    def _after_hours(self) -> bool:
+        if self.hours is None:
+            return False
+        now = self.now()
+        if not self.hours.covers(now.date()) and now.year not in self._uncovered_years:
+            self._uncovered_years.add(now.year)
+            log.warning("voice.hours_year_not_listed", year=now.year, source=self.hours.source)
+        return not self.hours.is_open(now)
+
+    @staticmethod
+    def _seconds(args: Mapping[str, str | None]) -> int:
+        raw = args.get("recording_ms") or "0"
+        return int(raw) // 1000 if raw.isdigit() else 0
+
+    async def _file_draft(self, draft: DraftInput, call: CallInfo, action: str) -> CaseView:
+        """create_draft with retries on transient database errors; source_ref makes a retry
+        return the draft a lost-answer attempt already committed."""
+        for attempt, delay in enumerate((*DRAFT_RETRY_DELAYS, None), start=1):
+            try:
+                view = await self.cases.create_draft(draft, actor=ACTOR)
+            except DBAPIError as exc:
+                transient = isinstance(exc, OperationalError) or exc.connection_invalidated
+                if delay is None or not transient:
+                    raise
+                log.warning("voice.draft_retry", call_id=call.call_id, attempt=attempt, error=str(exc)[:200])
+                await asyncio.sleep(delay)
+                continue
+            self.metrics.drafts.inc(action=action)
+            return view
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _recording(self, ref: str | None, kind: str, call: CallInfo) -> RecordingCheck:
+        check = self.recordings.check(ref)
+        self.metrics.recordings.inc(kind=kind, state=check.state.value)
+        if check.flags:
+            log.warning("voice.recording_unusable", call_id=call.call_id, recording=check.ref,
+                        state=check.state.value, detail=check.detail)
+        return check
+
+    # ---- the actions
+
+    async def _check_hours(self, args: Mapping[str, str | None], call: CallInfo) -> Outcome:
+        return ("after_hours" if self._after_hours() else "ok"), {}
+
+    async def _create_draft(self, args: Mapping[str, str | None], call: CallInfo) -> Outcome:
+        ref = args.get("recording") or None
+        check = self._recording(ref, "report", call)
+        description, expected = phone_report_text(self.catalogue, args.get("kind"), args.get("major"),
+                                                   self._seconds(args))
+        caller = self._phone(args.get("caller")) or call.caller
+        flags = [CaseFlag.NEEDS_TRANSCRIPTION.value, *check.flags]
+        view = await self._file_draft(DraftInput(
+            channel=Channel.PHONE, description=description, reporter_phone=caller, recording_ref=ref,
+            flags=flags, source_ref=f"voice:{ref}" if ref else None, notify_reporter=False,
+        ), call, "create_draft")
+        if view.suggested_category != expected:
+            log.warning("voice.suggestion_differs", case_number=view.number, expected=expected,
+                        suggested=view.suggested_category)
+        log.info("voice.draft_created", call_id=call.call_id, case_number=view.number,
+                 kind=args.get("kind"), major=args.get("major"), recording=ref,
+                 recording_state=check.state.value, reporter=mask_number(caller))
+        return "ok", {"case_number": view.number}
+
+    async def _voicemail_draft(self, args: Mapping[str, str | None], call: CallInfo) -> Outcome:
+        ref = args.get("recording") or None
+        check = self._recording(ref, "voicemail", call)
+        related = args.get("case_number") or None
+        caller = self._phone(args.get("caller")) or call.caller
+        flags = [CaseFlag.NEEDS_TRANSCRIPTION.value, *check.flags]
+        if self._after_hours():
+            flags.append(CaseFlag.AFTER_HOURS.value)
+        view = await self._file_draft(DraftInput(
+            channel=Channel.PHONE, description=voicemail_text(self._seconds(args), related),
+            reporter_phone=caller, recording_ref=ref, flags=flags,
+            source_ref=f"voice:{ref}" if ref else f"voice:voicemail:{call.call_id}",
+            notify_reporter=False,
+        ), call, "voicemail_draft")
+        log.info("voice.voicemail_created", call_id=call.call_id, case_number=view.number,
+                 related=related, recording=ref, recording_state=check.state.value,
+                 reporter=mask_number(caller), flags=flags)
+        return "ok", {"case_number": view.number}
+
+    async def _set_contact(self, args: Mapping[str, str | None], call: CallInfo) -> Outcome:
+        number, contact = args.get("case_number"), self._phone(args.get("contact"))
+        if not number or contact is None:
+            return "error", {}
+        await self.cases.update_transcription(number, {"reporter_phone": contact}, actor=ACTOR)
+        log.info("voice.contact_set", call_id=call.call_id, case_number=number, reporter=mask_number(contact))
+        return "ok", {}
+
+    async def _send_number_sms(self, args: Mapping[str, str | None], call: CallInfo) -> Outcome:
+        number = args.get("case_number")
+        if not number:
+            return "error", {}
+        recipient = self._phone(args.get("contact")) or self._phone(args.get("caller")) or call.caller
+        if recipient is None or not is_mobile(recipient):
+            log.info("voice.sms_no_mobile", call_id=call.call_id, case_number=number,
+                     recipient=mask_number(recipient))
+            return "no_number", {}
+        view = await self.cases.get(number, with_log=False)
+        body = self.templates.render("received", number=view.number, platform_number=view.platform_number or "",
+                                     status=CaseStatus(view.status).label_zh)
+        now = self.cases.now()
+        values = {"idempotency_key": receipt_key(view.number), "case_id": view.id, "recipient": recipient,
+                  "template": "received", "body": body, "status": "pending", "attempts": 0,
+                  "not_before": now, "created_at": now}
+        insert = pg_insert if self.engine.dialect.name == "postgresql" else sqlite_insert
+        statement = insert(OutboxRow.__table__).values(**values).on_conflict_do_nothing(
+            index_elements=["idempotency_key"])
+        async with self.sessions() as session, session.begin():
+            result = await session.execute(statement)
+        queued = bool(result.rowcount)
+        log.info("voice.sms_queued" if queued else "voice.sms_already_queued", call_id=call.call_id,
+                 case_number=view.number, recipient=mask_number(recipient))
+        return "ok", {}
+
+    async def _lookup_status(self, args: Mapping[str, str | None], call: CallInfo) -> Outcome:
+        try:
+            view = await self.cases.get(args.get("case_number") or "", with_log=False)
+        except (CaseNotFound, InvalidInput):
+            return "not_found", {}
+        return "ok", {"status": view.status}
+
+    async def _rating_check(self, args: Mapping[str, str | None]) -> tuple[str, CaseView | None]:
+        try:
+            view = await self.cases.get(args.get("case_number") or "", with_log=False)
+        except (CaseNotFound, InvalidInput):
+            return "not_found", None
+        if view.status != CaseStatus.CLOSED:
+            return "not_closed", view
+        if "caller" in args:  # the hotline: only the reporter, recognised by caller ID
+            caller = self._phone(args.get("caller"))
+            if caller is None or caller != view.reporter_phone:
+                return "not_reporter", view
+        return "ok", view
+
+    async def _check_rating(self, args: Mapping[str, str | None], call: CallInfo) -> Outcome:
+        outcome, _ = await self._rating_check(args)
+        return outcome, {}
+
+    async def _rate_case(self, args: Mapping[str, str | None], call: CallInfo) -> Outcome:
+        outcome, view = await self._rating_check(args)
+        score = args.get("score") or ""
+        if outcome != "ok" or view is None:
+            return outcome, {}
+        if not (len(score) == 1 and score in "12345"):
+            return "error", {}
+        phone = self._phone(args.get("caller")) if "caller" in args else None
+        try:
+            await self.cases.rate(view.number, int(score), actor=ACTOR, phone=phone)
+        except TransitionRefused as exc:
+            return ("not_reporter" if exc.field == "phone" else "not_closed"), {}
+        except ServiceError:
+            return "error", {}
+        log.info("voice.rated", call_id=call.call_id, case_number=view.number, score=int(score))
+        return "ok", {}

@@ -1,0 +1,134 @@
+"""The voice channel wired together: flows, actions, recordings, routes, AMI, metrics.
+
+Built once in the composition root from `Services`; `callcenter serve` (Runtime) starts
+the FastAGI listener with `routes` and, when `[ami] enabled`, the AMI client; on shutdown
+it stops listening, lets calls in progress finish (`[voice] drain_seconds`; a caller
+still in a menu is handed to a person with the owed work done), then cuts the rest.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import structlog
+from twisted.internet.asyncioreactor import AsyncioSelectorReactor
+from twisted.internet.interfaces import IListeningPort
+
+from callcenter.agi.server import AgiHandler, AgiServerFactory, start_agi_server
+from callcenter.ivr import BusinessHours, Flow, HoursError, load_flows
+from callcenter.settings import Settings
+from callcenter.voice.actions import VoiceActions, utcnow
+from callcenter.voice.ami import AmiClient
+from callcenter.voice.metrics import VoiceMetrics
+from callcenter.voice.recordings import RecordingStore
+from callcenter.voice.routes import apply_overrides, build_routes
+from callcenter.voice.runner import RunnerDeps
+
+if TYPE_CHECKING:
+    from callcenter.app import Services
+
+log = structlog.get_logger(__name__)
+
+
+def load_hours(settings: Settings) -> BusinessHours | None:
+    """The staff-hours calendar; without one, every call may try a person (the queue's
+    own fallback is voicemail), which beats refusing to start the hotline."""
+    path = settings.path(settings.voice.hours_file)
+    try:
+        return BusinessHours.load(path)
+    except HoursError as exc:
+        log.error("voice.no_hours", error=str(exc))
+        return None
+
+
+class VoiceChannel:
+    def __init__(self, services: Services, *, now: Callable[[], dt.datetime] = utcnow,
+                 flows: dict[str, Flow] | None = None, hours: BusinessHours | None = None) -> None:
+        settings = services.settings
+        self.settings = settings
+        self.metrics = VoiceMetrics.register(services.metrics)
+        self.recordings = RecordingStore.from_settings(settings)
+        loaded = flows if flows is not None else load_flows(
+            settings.path(settings.voice.flows_dir), settings.path(settings.prompts.source))
+        self.flows = {name: apply_overrides(flow, settings.voice) for name, flow in loaded.items()}
+        self.hours = hours if hours is not None else load_hours(settings)
+        self.actions = VoiceActions(
+            cases=services.cases, engine=services.engine, sessions=services.sessions,
+            templates=services.templates, catalogue=services.catalogue, recordings=self.recordings,
+            metrics=self.metrics, hours=self.hours, region=settings.cases.default_region, now=now)
+        self._draining = False
+        self._active = 0
+        self.deps = RunnerDeps(
+            actions=self.actions, recordings=self.recordings, metrics=self.metrics, events=services.events,
+            sounds_dir=settings.prompts.asterisk_sounds_dir, region=settings.cases.default_region,
+            draining=lambda: self._draining)
+        self.routes: dict[str, AgiHandler] = build_routes(self.flows, self.deps, self._track)
+        self.ami: AmiClient | None = None
+        if settings.ami.enabled:
+            self.ami = AmiClient(settings.ami, queue=settings.voice.queue, metrics=self.metrics,
+                                 region=settings.cases.default_region)
+            services.metrics.on_refresh(self.ami.refresh_metrics)
+        self.factory: AgiServerFactory | None = None
+        self._listening: IListeningPort | None = None
+        if settings.console.recordings_dir != settings.recordings.service_dir:
+            log.warning("voice.recordings_dirs_differ", console=settings.console.recordings_dir,
+                        service=settings.recordings.service_dir)
+
+    def _track(self, delta: int) -> None:
+        self._active += delta
+        self.metrics.active.set(self._active)
+
+    @property
+    def active_calls(self) -> int:
+        return self._active
+
+    @property
+    def draining(self) -> bool:
+        return self._draining
+
+    def listen(self, reactor: AsyncioSelectorReactor, host: str, port: int) -> IListeningPort:
+        """Start the FastAGI listener (port 0 picks a free one)."""
+        self._listening = start_agi_server(reactor, host, port, self.routes)
+        self.factory = self._listening.factory  # type: ignore[attr-defined]
+        return self._listening
+
+    async def start_ami(self) -> None:
+        if self.ami is not None:
+            await self.ami.start()
+
+    async def stop(self) -> None:
+        """Stop taking calls, drain the ones in progress, stop AMI."""
+        loop = asyncio.get_running_loop()
+        if self._listening is not None:
+            from twisted.internet.defer import Deferred
+
+            stopped = self._listening.stopListening()
+            if isinstance(stopped, Deferred):
+                await stopped.asFuture(loop)
+            self._listening = None
+        await self.drain(self.settings.voice.drain_seconds)
+        if self.ami is not None:
+            await self.ami.stop()
+
+    def start_draining(self) -> None:
+        """From now on a caller reaching a prompt is handed to a person (owed work done)."""
+        self._draining = True
+
+    async def drain(self, seconds: float) -> None:
+        """Let calls finish; callers at their next prompt go to a person; cut the rest."""
+        self.start_draining()
+        factory = self.factory
+        if factory is None or factory.active_calls == 0:
+            return
+        log.info("voice.draining", calls=factory.active_calls, seconds=seconds)
+        try:
+            await asyncio.wait_for(factory.drain(), seconds)
+        except TimeoutError:
+            tasks = list(factory._tasks)  # noqa: SLF001 - the factory offers no cancel-all
+            log.warning("voice.drain_timeout", cut_off=len(tasks))
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)

@@ -1,0 +1,127 @@
+"""Recordings of reports and voicemails: one volume, two mounts.
+
+Asterisk writes a file where *it* sees the volume (`recordings.asterisk_dir`, the path we
+send in RECORD FILE); the service reads the same file where *it* sees the volume
+(`recordings.service_dir`). In docker-compose both are the same path; on two hosts sharing
+NFS they usually differ. A draft stores only the file name (`recording_ref`, relative to
+the directory, as the console resolves it), so a mount point can move without touching cases.
+
+`check()` never raises: a missing file or one with no audio (RECORD FILE writes a 44-byte
+WAV header and nothing else when the caller said nothing, or the mount is not shared) is a
+flag on the draft for staff, not a crash that loses the caller's report.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+import re
+import secrets
+import wave
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+import structlog
+
+from callcenter.cases.model import CaseFlag
+from callcenter.settings import RecordingSettings, Settings
+
+log = structlog.get_logger(__name__)
+
+FORMAT = "wav"
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
+_HINT = re.compile(r"[a-z][a-z0-9_]{0,31}")
+_MAX_ID_CHARS = 40
+
+
+class RecordingState(enum.StrEnum):
+    OK = "ok"
+    MISSING = "missing"
+    EMPTY = "empty"
+
+
+@dataclass(frozen=True)
+class RecordingCheck:
+    """What the service found behind a recording_ref."""
+
+    ref: str
+    state: RecordingState
+    frames: int = 0
+    duration_ms: int = 0
+    detail: str = ""
+
+    @property
+    def flags(self) -> tuple[str, ...]:
+        """Case flags for the draft (none when the file has audio)."""
+        if self.state is RecordingState.MISSING:
+            return (CaseFlag.RECORDING_MISSING.value,)
+        if self.state is RecordingState.EMPTY:
+            return (CaseFlag.RECORDING_EMPTY.value,)
+        return ()
+
+
+@dataclass(frozen=True)
+class RecordingTarget:
+    """Where one recording goes: `asterisk_path` for RECORD FILE (no extension, Asterisk
+    adds it), `ref` for the draft."""
+
+    asterisk_path: str
+    ref: str
+
+
+class RecordingStore:
+    """Names recordings, and checks what Asterisk wrote."""
+
+    def __init__(self, asterisk_dir: str, service_dir: Path) -> None:
+        self.asterisk_dir = asterisk_dir.rstrip("/") or "/"
+        self.service_dir = service_dir
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> RecordingStore:
+        section: RecordingSettings = settings.recordings
+        return cls(section.asterisk_dir, settings.path(section.service_dir))
+
+    def new_target(self, hint: str, call_id: str, now: dt.datetime | None = None) -> RecordingTarget:
+        """A fresh, flat file name: `report-20261124T0930-<call id>-<random>.wav`.
+
+        Flat because RECORD FILE does not create directories; the call id is cleaned (it
+        comes from the peer) and a random part keeps two calls with the same id apart.
+        """
+        kind = hint if _HINT.fullmatch(hint) else "recording"
+        clean_id = _UNSAFE.sub("_", call_id)[:_MAX_ID_CHARS] or "call"
+        stamp = (now or dt.datetime.now(dt.UTC)).strftime("%Y%m%dT%H%M%S")
+        stem = f"{kind}-{stamp}-{clean_id}-{secrets.token_hex(4)}"
+        return RecordingTarget(asterisk_path=f"{self.asterisk_dir}/{stem}", ref=f"{stem}.{FORMAT}")
+
+    def service_path(self, ref: str) -> Path | None:
+        """The file behind a ref on the service's mount; None for a ref that is not ours."""
+        rel = PurePosixPath(ref)
+        if rel.is_absolute() or len(rel.parts) != 1 or rel.name in ("", ".", ".."):
+            return None
+        return self.service_dir / rel.name
+
+    def check(self, ref: str | None) -> RecordingCheck:
+        """Is there audio behind `ref`? Never raises."""
+        text = ref or ""
+        try:
+            path = self.service_path(text) if text else None
+            if path is None:
+                return RecordingCheck(text, RecordingState.MISSING, detail="no usable recording ref")
+            try:
+                size = path.stat().st_size
+            except FileNotFoundError:
+                return RecordingCheck(text, RecordingState.MISSING, detail="no such file")
+            try:
+                with wave.open(str(path), "rb") as wav:
+                    frames = wav.getnframes()
+                    rate = wav.getframerate() or 8000
+            except (wave.Error, EOFError) as exc:
+                # A header with no data chunk (or a truncated one) has no audio either.
+                return RecordingCheck(text, RecordingState.EMPTY, detail=f"not readable as WAV: {exc}")
+            if frames <= 0:
+                return RecordingCheck(text, RecordingState.EMPTY, detail=f"{size} bytes, no audio frames")
+            return RecordingCheck(text, RecordingState.OK, frames=frames,
+                                  duration_ms=frames * 1000 // rate)
+        except Exception as exc:  # noqa: BLE001 - a permission or I/O error is a flag, not a crash
+            log.warning("voice.recording_check_failed", recording=text[:80], error=str(exc))
+            return RecordingCheck(text, RecordingState.MISSING, detail=f"unreadable: {exc}")

@@ -1,0 +1,226 @@
+"""Whole calls: the real FastAGI server with the voice routes, a scripted Asterisk that
+writes real WAV files where RECORD FILE says, and the real case service on SQLite and
+PostgreSQL.
+
+Everything here runs on the session event loop (Twisted's reactor is bound to it; see
+tests/agi/conftest.py). The suite's `services` fixture is an async fixture on a
+function-scoped loop, so its engine's connections would belong to another loop than the
+AGI handlers that use them: `voice_services` builds the same services on the session loop
+instead, from the same `settings` (database matrix) fixture.
+"""
+
+from __future__ import annotations
+
+import array
+import asyncio
+import datetime as dt
+import math
+import re
+import wave
+from collections.abc import AsyncIterator, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import pytest
+import pytest_asyncio
+from sqlalchemy import select
+
+from callcenter.app import Services, build_services
+from callcenter.cases.lifecycle import CaseStatus
+from callcenter.cases.model import CaseView, Channel
+from callcenter.db import migrate
+from callcenter.db.tables import CaseRow, OutboxRow
+from callcenter.service.cases import DraftInput, PlatformEvent
+from callcenter.settings import Settings
+from callcenter.voice import VoiceChannel
+from tests.agi.asterisk_peer import AgiServerHarness, CallTranscript, Command, ScriptedAsterisk
+from tests.agi.conftest import _session_reactor, agi_logs, agi_server, reactor  # noqa: F401 - fixtures
+
+ASTERISK_DIR = "/var/spool/asterisk/recording/callcenter"
+SOUNDS = "callcenter/zh/"
+CALLER = "13812345678"
+CALLER_E164 = "+8613812345678"
+OTHER = "13912345678"
+OTHER_E164 = "+8613912345678"
+IN_HOURS = dt.datetime(2026, 3, 2, 10, 0, tzinfo=dt.timezone(dt.timedelta(hours=8)))   # a Monday
+AFTER_HOURS = dt.datetime(2026, 10, 1, 10, 0, tzinfo=dt.timezone(dt.timedelta(hours=8)))  # 国庆节
+_ENDPOS = re.compile(r"endpos=(\d+)")
+# The scripted caller's recordings are short: a real one is up to two minutes of audio.
+MAX_TEST_FRAMES = 24_000
+
+
+class Clock:
+    def __init__(self, value: dt.datetime) -> None:
+        self.value = value
+
+    def __call__(self) -> dt.datetime:
+        return self.value
+
+
+def write_wav(path: Path, frames: int) -> None:
+    """8 kHz mono 16-bit PCM, what Asterisk's `wav` format writes; a tone when frames > 0."""
+    samples = array.array("h", (int(8000 * math.sin(2 * math.pi * 440 * i / 8000)) for i in range(frames)))
+    with wave.open(str(path), "wb") as wav:
+        wav.setnchannels(1)
+        wav.setsampwidth(2)
+        wav.setframerate(8000)
+        wav.writeframes(samples.tobytes())
+
+
+@dataclass
+class VoicePeer(ScriptedAsterisk):
+    """The scripted Asterisk, plus the side effect of RECORD FILE: a WAV file on the shared
+    volume, seen by the test (and the service) under `service_dir`.
+
+    audio: "speech" writes endpos samples of a tone, "header" only the 44-byte header (no
+    audio reached Asterisk), "none" no file at all (a volume that is not shared).
+    """
+
+    service_dir: Path | None = None
+    asterisk_dir: str = ASTERISK_DIR
+    audio: Literal["speech", "header", "none"] = "speech"
+    written: list[Path] = field(default_factory=list)
+
+    def _alive(self, command: Command, transcript: CallTranscript) -> str:
+        reply = super()._alive(command, transcript)
+        if command.name == "record file":
+            self._write(command, reply)
+        return reply
+
+    def _caller_hangs_up(self, command: Command, transcript: CallTranscript) -> Any:
+        reply, close = super()._caller_hangs_up(command, transcript)
+        if command.name == "record file" and isinstance(reply, str):
+            self._write(command, reply)
+        return reply, close
+
+    def _write(self, command: Command, reply: str) -> None:
+        if self.service_dir is None or self.audio == "none" or len(command.argv) < 3:
+            return
+        target = command.argv[2]
+        if not target.startswith(self.asterisk_dir + "/"):
+            return
+        match = _ENDPOS.search(reply)
+        frames = min(int(match.group(1)) if match else 0, MAX_TEST_FRAMES)
+        path = self.service_dir / (target[len(self.asterisk_dir) + 1:] + ".wav")
+        write_wav(path, frames if self.audio == "speech" else 0)
+        self.written.append(path)
+
+
+def sounds(transcript: CallTranscript) -> list[str]:
+    """Prompt ids played (STREAM FILE, and the prompt of GET DATA), in order."""
+    return [argv[2].removeprefix(SOUNDS) for argv in transcript.argvs
+            if [w.upper() for w in argv[:2]] in (["STREAM", "FILE"], ["GET", "DATA"]) and len(argv) > 2]
+
+
+def number_heard(transcript: CallTranscript) -> str:
+    """The digits read out after the last `your_number_is`."""
+    heard = sounds(transcript)
+    if "your_number_is" not in heard:
+        return ""
+    start = len(heard) - 1 - heard[::-1].index("your_number_is")
+    digits = ""
+    for prompt in heard[start + 1:]:
+        if not prompt.startswith("digit_"):
+            break
+        digits += prompt.removeprefix("digit_")
+    return digits
+
+
+@dataclass
+class Voice:
+    """The system under test: services, the voice channel, its AGI server, the clock."""
+
+    services: Services
+    channel: VoiceChannel
+    server: AgiServerHarness
+    clock: Clock
+    recordings: Path
+
+    def peer(self, script: str = "hotline", dtmf: str = "", *, callerid: str = CALLER,
+             **options: Any) -> VoicePeer:
+        env = dict(options.pop("env", {}))
+        env.setdefault("callerid", callerid)
+        return VoicePeer(script=script, dtmf=dtmf, env=env, service_dir=self.recordings, **options)
+
+    async def call(self, peer: ScriptedAsterisk) -> CallTranscript:
+        return await self.server.call(peer)
+
+    async def calls(self, peers: Sequence[ScriptedAsterisk]) -> list[CallTranscript]:
+        transcripts = await asyncio.gather(*(peer.run("127.0.0.1", self.server.port) for peer in peers))
+        await self.server.drain(60)
+        return list(transcripts)
+
+    async def drafts(self) -> list[CaseRow]:
+        async with self.services.sessions() as session:
+            return list((await session.scalars(
+                select(CaseRow).where(CaseRow.channel == Channel.PHONE.value).order_by(CaseRow.id))).all())
+
+    async def outbox(self, case_id: int | None = None) -> list[OutboxRow]:
+        query = select(OutboxRow).order_by(OutboxRow.id)
+        if case_id is not None:
+            query = query.where(OutboxRow.case_id == case_id)
+        async with self.services.sessions() as session:
+            return list((await session.scalars(query)).all())
+
+    async def case(self, phone: str | None = CALLER, *, status: CaseStatus = CaseStatus.DRAFT) -> CaseView:
+        """A case made the way staff and the platform would, in the given status."""
+        cases = self.services.cases
+        view = await cases.create_draft(DraftInput(channel=Channel.STAFF, description="路灯不亮",
+                                                   reporter_phone=phone, category="C0101",
+                                                   notify_reporter=False), actor="test")
+        if status == CaseStatus.DRAFT:
+            return view
+        await cases.submit(view.number, actor="test")
+        steps = [CaseStatus.REGISTERED, CaseStatus.DISPATCHED, CaseStatus.FEEDBACK, CaseStatus.CLOSED]
+        for index, step in enumerate(steps):
+            view = await cases.apply_platform_event(
+                view.number, PlatformEvent(event_id=f"{view.number}-{index}", status=step))
+            if step == status:
+                break
+        return view
+
+
+def voice_settings(settings: Settings, recordings: Path) -> Settings:
+    return settings.model_copy(update={
+        "recordings": settings.recordings.model_copy(
+            update={"asterisk_dir": ASTERISK_DIR, "service_dir": str(recordings)}),
+        "console": settings.console.model_copy(update={"recordings_dir": str(recordings)}),
+    })
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def voice_services(settings: Settings, tmp_path: Path) -> AsyncIterator[Services]:
+    """The suite's services (SQLite and PostgreSQL), built on the session loop."""
+    recordings = tmp_path / "recordings"
+    recordings.mkdir()
+    configured = voice_settings(settings, recordings)
+    migrate.upgrade(configured.database.url)
+    services = build_services(configured)
+    try:
+        yield services
+    finally:
+        await services.close()
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock(IN_HOURS)
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def voice(voice_services: Services, agi_server: AgiServerHarness, clock: Clock) -> AsyncIterator[Voice]:  # noqa: F811
+    channel = VoiceChannel(voice_services, now=clock)
+    agi_server.start(channel.routes)
+    channel.factory = agi_server.factory
+    yield Voice(voice_services, channel, agi_server, clock,
+                voice_services.settings.path(voice_services.settings.recordings.service_dir))
+
+
+@pytest.fixture
+def no_tracebacks(agi_logs: list[dict[str, Any]]) -> Iterator[list[dict[str, Any]]]:  # noqa: F811
+    """Fails the test if any call logged an unexpected exception."""
+    yield agi_logs
+    crashed = [e for e in agi_logs if e.get("event") in ("agi.handler_failed", "voice.ivr_failed",
+                                                         "voice.action_failed")]
+    assert not crashed, crashed
