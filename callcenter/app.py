@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import structlog
 from sqlalchemy import text
@@ -11,8 +11,11 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from callcenter.cases.catalogue import Catalogue
 from callcenter.cases.grids import GridIndex
 from callcenter.cases.messages import MessageTemplates
+from callcenter.console.hub import ConsoleHub
 from callcenter.db.engine import create_engine, make_sessionmaker
+from callcenter.metrics import MetricsRegistry
 from callcenter.service.cases import CaseService
+from callcenter.service.sms_channel import SmsServices, build_sms_services
 from callcenter.service.tokens import TokenStore
 from callcenter.settings import Settings
 
@@ -29,6 +32,9 @@ class Services:
     templates: MessageTemplates
     cases: CaseService
     tokens: TokenStore
+    events: ConsoleHub = field(default_factory=ConsoleHub)
+    metrics: MetricsRegistry = field(default_factory=MetricsRegistry)
+    sms: SmsServices | None = None
 
     async def check_database(self) -> None:
         async with self.engine.connect() as conn:
@@ -59,5 +65,11 @@ def build_services(settings: Settings) -> Services:
         timezone=settings.cases.timezone, region=settings.cases.default_region,
         serial_digits=settings.cases.serial_digits,
     )
+    events = ConsoleHub()
+    cases.on_draft_created = lambda view: events.publish(
+        "draft_created", {"number": view.number, "channel": view.channel})
+    metrics = MetricsRegistry()
+    sms = build_sms_services(settings, sessions=sessions, cases=cases, grids=grids, metrics=metrics)
     return Services(settings=settings, engine=engine, sessions=sessions, catalogue=catalogue, grids=grids,
-                    templates=templates, cases=cases, tokens=TokenStore(sessions))
+                    templates=templates, cases=cases, tokens=TokenStore(sessions), metrics=metrics, sms=sms,
+                    events=events)

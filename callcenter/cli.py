@@ -1,4 +1,4 @@
-"""`callcenter` command line: serve, db, token."""
+"""`callcenter` command line: serve, db, token, staff."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from callcenter.settings import Settings, SettingsError, load_settings
 
@@ -73,6 +74,63 @@ def cmd_token(args: argparse.Namespace) -> int:
     return asyncio.run(run())
 
 
+def _read_password(prompt: str = "password: ") -> str:
+    """From stdin when piped (scripts), else prompted twice without echo."""
+    if not sys.stdin.isatty():
+        return sys.stdin.readline().rstrip("\r\n")
+    import getpass
+
+    first = getpass.getpass(prompt)
+    if first != getpass.getpass("repeat password: "):
+        print("callcenter: the passwords differ", file=sys.stderr)
+        raise SystemExit(2)
+    return first
+
+
+def cmd_staff(args: argparse.Namespace) -> int:
+    from callcenter.console.auth import AccountError, StaffStore
+    from callcenter.db import migrate
+    from callcenter.db.engine import create_engine, make_sessionmaker
+
+    settings = _settings(args)
+    migrate.upgrade_if_empty(settings.database.url)
+    password = _read_password()
+
+    async def run() -> int:
+        engine = create_engine(settings.database)
+        store = StaffStore(make_sessionmaker(engine), settings.console)
+        try:
+            account = await store.create_account(args.username, args.name, args.role, password)
+        except AccountError as exc:
+            print(f"callcenter: {exc}", file=sys.stderr)
+            return 2
+        finally:
+            await engine.dispose()
+        print(f"staff account {account.username} ({account.display_name}, {account.role.value}) created",
+              file=sys.stderr)
+        return 0
+
+    return asyncio.run(run())
+
+
+def cmd_prompts(args: argparse.Namespace) -> int:
+    from callcenter.logs import configure_logging
+    from callcenter.prompts import PromptError, build_prompts
+
+    settings = _settings(args)
+    configure_logging(settings.logging)  # warnings (converted overrides) go to stderr as log lines
+    output = Path(args.output) if args.output else settings.path(settings.prompts.output)
+    try:
+        report = build_prompts(settings.path(settings.prompts.source), output,
+                               overrides_dir=settings.path(settings.prompts.overrides),
+                               force=args.force, progress=not args.quiet)
+    except PromptError as exc:
+        print(f"callcenter: {exc}", file=sys.stderr)
+        return 1
+    print(report.summary() + (f" (voice {report.voice})" if report.voice else ""))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="callcenter", description="Urban-management hotline intake service")
     config_help = "settings file (default config/callcenter.toml)"
@@ -103,6 +161,24 @@ def build_parser() -> argparse.ArgumentParser:
     revoke = token_sub.add_parser("revoke", help="revoke every token with this name")
     revoke.add_argument("--name", required=True)
     token.set_defaults(func=cmd_token)
+
+    prompts = sub.add_parser("prompts", parents=[common], help="IVR voice prompts")
+    prompts_sub = prompts.add_subparsers(dest="prompts_command", required=True)
+    build = prompts_sub.add_parser("build", help="render the Mandarin prompt texts to 8 kHz WAV")
+    build.add_argument("--force", action="store_true",
+                       help="rebuild every prompt, not only changed ones")
+    build.add_argument("--output", help="output directory (overrides prompts.output)")
+    build.add_argument("--quiet", action="store_true", help="no progress bar")
+    prompts.set_defaults(func=cmd_prompts)
+
+    staff = sub.add_parser("staff", parents=[common], help="staff console accounts")
+    staff_sub = staff.add_subparsers(dest="staff_command", required=True)
+    staff_create = staff_sub.add_parser(
+        "create", help="create a console account; the password is read from stdin or prompted")
+    staff_create.add_argument("--username", required=True, help="sign-in name (letters, digits, . _ -)")
+    staff_create.add_argument("--name", required=True, help="the staff member's name, written to case logs")
+    staff_create.add_argument("--role", required=True, choices=["staff", "shift_leader"])
+    staff.set_defaults(func=cmd_staff)
     return parser
 
 

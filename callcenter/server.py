@@ -7,7 +7,7 @@ Twisted is the network runtime, installed on the asyncio reactor, so Twisted pro
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 from aiohttp import web
@@ -17,7 +17,11 @@ from callcenter.app import Services, build_services
 from callcenter.db import migrate
 from callcenter.logs import configure_logging
 from callcenter.runtime import install_reactor
+from callcenter.service.sms_channel import SmsRuntime
 from callcenter.settings import Settings
+
+if TYPE_CHECKING:
+    from callcenter.voice import VoiceChannel
 
 log = structlog.get_logger(__name__)
 
@@ -30,6 +34,9 @@ class Runtime:
         self.services: Services | None = None
         self.runner: web.AppRunner | None = None
         self.listeners: list[Any] = []
+        self.sms: SmsRuntime | None = None
+        self.voice: VoiceChannel | None = None
+        self._agi_port: Any = None
 
     async def start(self) -> None:
         from callcenter.api.app import make_app
@@ -43,8 +50,33 @@ class Runtime:
         for sock in site._server.sockets if site._server else ():  # noqa: SLF001 - to log port 0's real port
             host, port = sock.getsockname()[:2]
             log.info("listening", service="http", address=f"http://{host}:{port}/")
+        if self.services.sms is not None:
+            self.sms = SmsRuntime(self.services.sms, self.settings)
+            await self.sms.start()
+        if self.settings.agi.enabled:
+            await self._start_voice(self.services)
+
+    async def _start_voice(self, services: Services) -> None:
+        """The FastAGI listener with the IVR routes, and AMI when enabled (callcenter.voice)."""
+        from callcenter.voice import VoiceChannel
+
+        self.voice = VoiceChannel(services)
+        reactor = install_reactor(asyncio.get_running_loop())
+        self._agi_port = self.voice.listen(reactor, self.settings.agi.host, self.settings.agi.port)
+        self.listeners.append(self._agi_port)
+        address = self._agi_port.getHost()
+        log.info("listening", service="agi", address=f"agi://{address.host}:{address.port}/",
+                 routes=sorted(self.voice.routes))
+        await self.voice.start_ami()
 
     async def stop(self) -> None:
+        if self.voice is not None:
+            # Stop taking calls and drain them while the database is still there.
+            if self._agi_port in self.listeners:
+                self.listeners.remove(self._agi_port)
+            await self.voice.stop()
+        if self.sms is not None:
+            await self.sms.stop()
         for listener in reversed(self.listeners):
             await Deferred.asFuture(listener.stopListening(), asyncio.get_running_loop())
         if self.runner is not None:

@@ -8,6 +8,7 @@ Nothing else in the code base reads the environment or the config files.
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
@@ -77,11 +78,204 @@ class MessageSettings(_Section):
     signature: str = ""
 
 
+class PromptSettings(_Section):
+    source: str = "ivr_scripts/prompts/zh"
+    output: str = "var/prompts/zh"
+    overrides: str = "ivr_scripts/prompts/zh/recorded"
+    asterisk_sounds_dir: str = "/var/lib/asterisk/sounds/callcenter/zh"
+
+
 class LoggingSettings(_Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     format: Literal["console", "json"] = "console"
     # When false, phone numbers and message bodies are logged in clear (local debugging only).
     privacy: bool = True
+
+
+class ConsoleSettings(_Section):
+    """Staff console (/console/): sessions, lock-out, queue targets, evaluation rules."""
+
+    # Idle time after which a session ends and the page asks for the password again.
+    idle_timeout_minutes: int = Field(default=30, ge=1, le=24 * 60)
+    # Wrong passwords in a row that lock an account, and for how long.
+    max_failed_logins: int = Field(default=5, ge=1, le=100)
+    lockout_minutes: int = Field(default=15, ge=1, le=24 * 60)
+    # Set true behind TLS so the session cookie is only ever sent over HTTPS.
+    secure_cookies: bool = False
+    # Where recording_ref paths of IVR recordings and voicemails are resolved.
+    recordings_dir: str = "var/recordings"
+    # A draft waiting longer than this is shown as overdue in the queue.
+    queue_target_minutes: int = Field(default=10, ge=1, le=7 * 24 * 60)
+    # Duplicate candidates: same category, same or neighbouring grid, created this recently.
+    duplicate_window_days: int = Field(default=7, ge=1, le=365)
+    # Evaluation: a registered case is due this long after registration (应结案时限).
+    closure_deadline_hours: int = Field(default=72, ge=1, le=24 * 365)
+    # Roles that see reporters' phone numbers unmasked (staff | shift_leader).
+    phone_visible_roles: list[Literal["staff", "shift_leader"]] = ["shift_leader"]
+    # How often the console looks for drafts created by other processes (SMS, AGI, API).
+    poll_seconds: float = Field(default=2.0, gt=0, le=60)
+
+
+# Retry rules for submit_sm_resp errors: retries allowed and the delay between them.
+# Start from Jasmin's submit_error_retrial table; every other status is final.
+DEFAULT_SUBMIT_RETRY: dict[str, dict[str, float]] = {
+    "ESME_RTHROTTLED": {"attempts": 20, "delay": 30.0},
+    "ESME_RMSGQFUL": {"attempts": 5, "delay": 180.0},
+    "ESME_RSYSERR": {"attempts": 3, "delay": 60.0},
+    "ESME_RINVSCHED": {"attempts": 2, "delay": 300.0},
+    "ESME_RX_T_APPN": {"attempts": 3, "delay": 60.0},
+}
+SMPP_STATUS_NAMES: dict[str, int] = {
+    "ESME_RSYSERR": 0x08, "ESME_RMSGQFUL": 0x14, "ESME_RSUBMITFAIL": 0x45, "ESME_RTHROTTLED": 0x58,
+    "ESME_RINVSCHED": 0x61, "ESME_RX_T_APPN": 0x64, "ESME_RDELIVERYFAILURE": 0xFE,
+    "ESME_RUNKNOWNERR": 0xFF,
+}
+
+
+class SmppSettings(_Section):
+    """[smpp]: the SMSC link (SMS 短信网关). An empty host runs the console gateway instead."""
+
+    host: str = ""
+    port: int = Field(default=2775, ge=1, le=65535)
+    system_id: str = Field(default="", max_length=15)
+    password: str = Field(default="", max_length=8)
+    system_type: str = Field(default="", max_length=12)
+    bind_mode: Literal["trx", "tx+rx"] = "trx"
+    # Our service number (特服号), shown to citizens as the sender.
+    source_addr: str = Field(default="12319", max_length=20)
+    source_ton: int = Field(default=0, ge=0, le=255)
+    source_npi: int = Field(default=0, ge=0, le=255)
+    # How destination numbers go on the wire: 8613812345678 (ton 1) or 13812345678 (ton 2).
+    dest_format: Literal["international", "national"] = "international"
+    enquire_link_interval: float = Field(default=30.0, gt=0)
+    enquire_link_timeout: float = Field(default=10.0, gt=0)
+    response_timeout: float = Field(default=30.0, gt=0)
+    window: int = Field(default=10, ge=1, le=1000)
+    max_parts_per_second: float = Field(default=50.0, gt=0)
+    throttle_pause: float = Field(default=1.0, ge=0)
+    tls: bool = False
+    reconnect_min: float = Field(default=1.0, gt=0)
+    reconnect_max: float = Field(default=60.0, gt=0)
+    # data_coding values whose bytes are GBK (CMPP Msg_Fmt=15); add 0 for gateways that send GBK under 0.
+    gbk_codings: list[int] = [15]
+    # Seconds an MT may wait at the SMSC (and in our outbox) before it is given up.
+    validity_period: int = Field(default=48 * 3600, ge=60, le=99 * 86400)
+    registered_delivery: int = Field(default=1, ge=0, le=255)
+    # How submit_sm_resp ids relate to receipt ids at this SMSC (see sms.dlr.IdBases).
+    id_bases: Literal["auto", "same", "submit_hex_receipt_dec", "submit_dec_receipt_hex"] = "auto"
+
+
+class RetryRule(_Section):
+    attempts: int = Field(ge=0, le=1000)
+    delay: float = Field(gt=0)
+
+
+class SmsSettings(_Section):
+    """[sms]: the SMS intake pipeline, outbox sender and supervisor tasks."""
+
+    # Seconds to wait for the missing parts of a long MO before it becomes a flagged draft.
+    reassembly_timeout: float = Field(default=300.0, gt=0)
+    # A text from the same number with the same content within this many seconds is a
+    # redelivery (no second case); commands use the shorter window so a repeated query is answered.
+    redelivery_window: float = Field(default=24 * 3600.0, gt=0)
+    command_redelivery_window: float = Field(default=900.0, gt=0)
+    # Per number: more than rate_limit texts within rate_window are folded into one draft.
+    rate_limit: int = Field(default=5, ge=1)
+    rate_window: float = Field(default=600.0, gt=0)
+    # The same text this many times within loop_window blocks the number for loop_block seconds.
+    loop_threshold: int = Field(default=20, ge=2)
+    loop_window: float = Field(default=300.0, gt=0)
+    loop_block: float = Field(default=3600.0, gt=0)
+    blocklist_file: str = "config/sms-blocklist.txt"
+    roster_file: str = "config/roster.toml"
+    task_escalation_minutes: float = Field(default=30.0, gt=0)
+    # Overrides the roster's [shift_leader] phone when set.
+    shift_leader_phone: str = ""
+    outbox_poll_interval: float = Field(default=1.0, gt=0)
+    outbox_batch: int = Field(default=50, ge=1, le=10_000)
+    # An unanswered submit waits this long for a receipt that proves it arrived before it is resent.
+    in_doubt_wait: float = Field(default=600.0, gt=0)
+    housekeeping_interval: float = Field(default=5.0, gt=0)
+    # Longer texts are cut for the draft (the whole text stays in sms_inbound).
+    max_text_chars: int = Field(default=3800, ge=100, le=3950)
+    retry: dict[str, RetryRule] = {k: RetryRule(**v) for k, v in DEFAULT_SUBMIT_RETRY.items()}  # type: ignore[arg-type]
+
+    @field_validator("retry")
+    @classmethod
+    def _known_statuses(cls, value: dict[str, RetryRule]) -> dict[str, RetryRule]:
+        for key in value:
+            if key.upper() not in SMPP_STATUS_NAMES and not re.fullmatch(r"0[xX][0-9a-fA-F]{1,8}", key):
+                raise ValueError(f"unknown SMPP status {key!r}: use a name such as ESME_RTHROTTLED or hex 0x58")
+        return value
+
+    def retry_rules(self) -> dict[int, RetryRule]:
+        """The table keyed by command_status."""
+        rules: dict[int, RetryRule] = {}
+        for key, rule in self.retry.items():
+            code = SMPP_STATUS_NAMES.get(key.upper())
+            rules[code if code is not None else int(key, 16)] = rule
+        return rules
+
+
+class RecordingSettings(_Section):
+    """[recordings]: one volume seen through two mounts (often the same path).
+
+    `asterisk_dir` is where Asterisk writes (the path sent in RECORD FILE); `service_dir` is
+    where this service reads the same files (validation, the console's player). Drafts keep
+    the file name relative to the directory, so neither mount point is stored in a case.
+    """
+
+    asterisk_dir: str = "/var/spool/asterisk/recording/callcenter"
+    service_dir: str = "var/recordings"
+
+
+class AmiSettings(_Section):
+    """[ami]: Asterisk Manager Interface (pyst2) for call-backs and queue status. Off by default."""
+
+    enabled: bool = False
+    host: str = "127.0.0.1"
+    port: int = Field(default=5038, ge=1, le=65535)
+    username: str = "callcenter"
+    secret: str = ""
+    # Seconds to wait for a TCP connection, and for the answer to one action.
+    connect_timeout: float = Field(default=5.0, gt=0, le=120)
+    action_timeout: float = Field(default=10.0, gt=0, le=300)
+    # Back-off between reconnection attempts while Asterisk is down or restarting.
+    reconnect_min: float = Field(default=1.0, gt=0)
+    reconnect_max: float = Field(default=60.0, gt=0)
+    # A Ping this often notices a connection that died without a FIN.
+    ping_interval: float = Field(default=30.0, gt=0)
+    # Call-back (回访) Originate: {number} is the national number (13812345678).
+    callback_channel: str = "PJSIP/{number}@carrier"
+    callback_context: str = "callcenter-callback"
+    callback_caller_id: str = "075512319"
+    # Seconds the citizen's phone rings before the call-back is given up.
+    callback_ring_seconds: int = Field(default=45, ge=5, le=300)
+
+    @field_validator("callback_channel")
+    @classmethod
+    def _has_number(cls, value: str) -> str:
+        if "{number}" not in value:
+            raise ValueError("must contain {number}, e.g. PJSIP/{number}@carrier")
+        return value
+
+
+class VoiceSettings(_Section):
+    """[voice]: the IVR over FastAGI. Unset overrides keep the values of ivr_scripts/*.toml."""
+
+    # Staff queue (queues.conf); reported by AMI queue status.
+    queue: str = "hotline-agents"
+    flows_dir: str = "ivr_scripts"
+    hours_file: str = "config/hours.toml"
+    # Overrides of every flow's values (None: as the flow file says).
+    record_max_seconds: int | None = Field(default=None, ge=1, le=3600)
+    record_silence_seconds: int | None = Field(default=None, ge=1, le=60)
+    digit_timeout_seconds: float | None = Field(default=None, ge=0.5, le=120)
+    # Invalid or silent tries before a person; states that deliberately allow one try
+    # (after the number has been read out) keep it.
+    retries: int | None = Field(default=None, ge=1, le=20)
+    # On shutdown: seconds to let calls finish before they are cut off.
+    drain_seconds: float = Field(default=10.0, ge=0, le=600)
 
 
 class Settings(_Section):
@@ -93,6 +287,13 @@ class Settings(_Section):
     grids: GridSettings = GridSettings()
     messages: MessageSettings = MessageSettings()
     logging: LoggingSettings = LoggingSettings()
+    prompts: PromptSettings = PromptSettings()
+    console: ConsoleSettings = ConsoleSettings()
+    smpp: SmppSettings = SmppSettings()
+    sms: SmsSettings = SmsSettings()
+    recordings: RecordingSettings = RecordingSettings()
+    ami: AmiSettings = AmiSettings()
+    voice: VoiceSettings = VoiceSettings()
 
     def path(self, value: str) -> Path:
         """Resolve a configured path against the project root unless it is absolute."""

@@ -163,6 +163,10 @@ ensure_test_system_packages() {
     pkgs+=($(python_packages_needed))  # batched here: one apt-get run on a fresh machine
     have_pg_server || pkgs+=(postgresql)
     have node || pkgs+=(nodejs npm ca-certificates)
+    # staff console browser tests: Debian's Chromium + chromedriver, and CJK fonts for screenshots
+    [[ -x /usr/bin/chromium && -x /usr/bin/chromedriver ]] || pkgs+=(chromium chromium-driver)
+    compgen -G '/usr/share/fonts/opentype/noto/NotoSansCJK*' >/dev/null || pkgs+=(fonts-noto-cjk)
+    { have espeak-ng && have sox; } || pkgs+=(espeak-ng sox)  # IVR prompt synthesis
     ((${#pkgs[@]})) || return 0
     require_packages "system packages for the tests" "${pkgs[@]}" \
         || warn "tests that need them will be skipped (in CI they fail)"

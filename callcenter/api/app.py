@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from callcenter import console
 from callcenter.api import cases, open311
+from callcenter.api import sms as sms_api
 from callcenter.api.http import error_response, error_middleware, json_response
 from callcenter.api.keys import services_key
 from callcenter.api.openapi import openapi_view
@@ -28,4 +30,6 @@ def make_app(services: Services) -> web.Application:
     app.router.add_get("/api/v1/openapi.json", openapi_view)
     cases.add_routes(app)
     open311.add_routes(app)
+    sms_api.add_routes(app)
+    console.add_routes(app)
     return app

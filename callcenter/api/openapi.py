@@ -8,11 +8,14 @@ from aiohttp import web
 from pydantic import BaseModel
 
 from callcenter.api import schemas
+from callcenter.api import sms as sms_api
 from callcenter.api.http import json_response
 
 _MODELS: list[type[BaseModel]] = [
     schemas.CaseCreate, schemas.CaseUpdate, schemas.CaseSubmit, schemas.CaseReject, schemas.CaseMerge,
     schemas.PlatformEventIn, schemas.CaseOut, schemas.CasePage, schemas.ErrorOut, schemas.HealthOut,
+    sms_api.SmsInboundIn, sms_api.SmsInboundOut, sms_api.TaskCreate, sms_api.TaskOut, sms_api.TaskList,
+    sms_api.MetricsOut,
 ]
 
 
@@ -102,7 +105,34 @@ def build_document() -> dict[str, Any]:
             "/api/v1/cases/{number}/merge": {"post": action("merge a duplicate into a master case", "CaseMerge")},
             "/api/v1/cases/{number}/events": {
                 "post": action("a status change from the platform (role platform)", "PlatformEventIn")},
+            **_sms_paths(),
         },
+    }
+
+
+def _sms_paths() -> dict[str, Any]:
+    """SMS gateway delivery, supervisor tasks and metrics (callcenter/api/sms.py)."""
+    unavailable = {"503": {**_json("ErrorOut", "not stored; deliver again (Retry-After)")}}
+    return {
+        "/api/v1/sms/inbound": {"post": {
+            "summary": "an inbound SMS from an HTTP gateway (role gateway); Jasmin's form post is also accepted "
+                       "and answered ACK/Jasmin",
+            "security": AUTH, "requestBody": _body("SmsInboundIn"),
+            "responses": {"200": _json("SmsInboundOut", "stored and handled"),
+                          **_errors(400, 401, 403, 413, 415, 422), **unavailable}}},
+        "/api/v1/tasks": {
+            "post": {"summary": "send a supervisor task (核实/核查) for a case (role platform)", "security": AUTH,
+                     "requestBody": _body("TaskCreate"),
+                     "responses": {"201": _json("TaskOut", "the task; its notice is queued"),
+                                   **_errors(400, 401, 403, 404, 413, 415, 422)}},
+            "get": {"summary": "the supervisor tasks of a case", "security": AUTH,
+                    "parameters": [{"name": "case", "in": "query", "required": True, "schema": {"type": "string"},
+                                    "description": "受理编号 intake number"}],
+                    "responses": {"200": _json("TaskList", "tasks, oldest first"), **_errors(400, 401, 403)}},
+        },
+        "/api/v1/metrics": {"get": {
+            "summary": "in-process metrics: SMS link, intake, outbox (roles staff, admin)", "security": AUTH,
+            "responses": {"200": _json("MetricsOut", "counters, gauges and summaries"), **_errors(401, 403)}}},
     }
 
 

@@ -19,8 +19,8 @@ class CaseRow(Base):
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
     number: Mapped[str] = mapped_column(String(12), unique=True, comment="受理编号 intake number")
-    status: Mapped[str] = mapped_column(String(16), index=True)
-    channel: Mapped[str] = mapped_column(String(16), index=True)
+    status: Mapped[str] = mapped_column(String(16))
+    channel: Mapped[str] = mapped_column(String(16))
     source_ref: Mapped[str | None] = mapped_column(
         String(128), comment="channel's own id (SMS message key, Open311 token): de-duplication"
     )
@@ -30,11 +30,11 @@ class CaseRow(Base):
     description: Mapped[str] = mapped_column(Text, default="")
     recording_ref: Mapped[str | None] = mapped_column(String(512))
     kind: Mapped[str | None] = mapped_column(String(16), comment="component 部件 / event 事件")
-    category_code: Mapped[str | None] = mapped_column(String(8), index=True, comment="C0101/E0103")
+    category_code: Mapped[str | None] = mapped_column(String(8), comment="C0101/E0103")
     category_edition: Mapped[str | None] = mapped_column(String(32))
     suggested_category: Mapped[str | None] = mapped_column(String(8))
     suggested_confidence: Mapped[float | None] = mapped_column(Float)
-    grid_code: Mapped[str | None] = mapped_column(String(15), index=True, comment="CJ/T 213")
+    grid_code: Mapped[str | None] = mapped_column(String(15), comment="CJ/T 213")
     address: Mapped[str | None] = mapped_column(String(256))
     lon: Mapped[float | None] = mapped_column(Float)
     lat: Mapped[float | None] = mapped_column(Float)
@@ -50,8 +50,14 @@ class CaseRow(Base):
         back_populates="case", order_by="CaseLogRow.id", cascade="all, delete-orphan"
     )
 
+    # Lists are filtered by one of these and shown newest first: a composite index serves
+    # both, where a single-column one makes SQLite sort every match (bench/bench_cases.py).
     __table_args__ = (
         Index("uq_cases_channel_source_ref", "channel", "source_ref", unique=True),
+        Index("ix_cases_status_created", "status", "created_at"),
+        Index("ix_cases_channel_created", "channel", "created_at"),
+        Index("ix_cases_category_created", "category_code", "created_at"),
+        Index("ix_cases_grid_created", "grid_code", "created_at"),
     )
 
 
@@ -115,3 +121,34 @@ class ApiTokenRow(Base):
     token_hash: Mapped[str] = mapped_column(String(64), unique=True, comment="sha256 hex")
     created_at: Mapped[dt.datetime]
     revoked_at: Mapped[dt.datetime | None]
+
+
+class StaffAccountRow(Base):
+    """A console sign-in for call-station staff (接线员) and shift leaders (值班长)."""
+
+    __tablename__ = "staff_accounts"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    username: Mapped[str] = mapped_column(String(64), unique=True)
+    display_name: Mapped[str] = mapped_column(String(64), comment="姓名, written to case logs")
+    role: Mapped[str] = mapped_column(String(16), comment="staff | shift_leader")
+    password_hash: Mapped[str] = mapped_column(String(255), comment="scrypt$n$r$p$salt$hash")
+    failed_attempts: Mapped[int] = mapped_column(Integer, default=0)
+    locked_until: Mapped[dt.datetime | None]
+    created_at: Mapped[dt.datetime]
+
+
+class ConsoleSessionRow(Base):
+    """A signed-in console session; only a SHA-256 of the cookie value is kept."""
+
+    __tablename__ = "console_sessions"
+
+    id_hash: Mapped[str] = mapped_column(String(64), primary_key=True, comment="sha256 hex of the cookie")
+    account_id: Mapped[int] = mapped_column(ForeignKey("staff_accounts.id"), index=True)
+    csrf_token: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[dt.datetime]
+    expires_at: Mapped[dt.datetime] = mapped_column(index=True)
+    last_seen: Mapped[dt.datetime]
+
+
+from callcenter.db import tables_sms  # noqa: E402,F401

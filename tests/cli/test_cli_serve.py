@@ -25,6 +25,7 @@ def run_cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]
 def cli_env(database_url: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("CALLCENTER_")}
     env["CALLCENTER_DATABASE__URL"] = database_url
+    env["CALLCENTER_AGI__PORT"] = "0"  # serve also opens FastAGI; never collide with another run
     return env
 
 

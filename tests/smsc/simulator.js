@@ -569,7 +569,7 @@ function startControl(port) {
       }
     });
   });
-  return new Promise((resolve) => server.listen(port, '127.0.0.1', () => resolve(server)));
+  return new Promise((resolve) => server.listen(port, args.host || '127.0.0.1', () => resolve(server)));
 }
 
 function startSmsc(port) {
@@ -583,7 +583,7 @@ function startSmsc(port) {
   if (server.tls) {
     server.on('tlsClientError', (err) => record('tls_error', { message: String(err) }));
   }
-  return new Promise((resolve) => server.listen(port, '127.0.0.1', () => resolve(server)));
+  return new Promise((resolve) => server.listen(port, args.host || '127.0.0.1', () => resolve(server)));
 }
 
 process.on('uncaughtException', (err) => {
