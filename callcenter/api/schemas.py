@@ -107,6 +107,7 @@ class CaseOut(BaseModel):
     kind: Literal["component", "event"] | None
     category: str | None = Field(description="CJ/T 214 code, C (部件) or E (事件) + 4 digits")
     category_edition: str | None
+    category_major: str | None = Field(description="大类 (2 digits) of `kind`, known before the minor")
     suggested_category: str | None
     suggested_confidence: float | None
     grid: str | None = Field(description="CJ/T 213 unit grid code, 14 or 15 digits")
@@ -131,6 +132,7 @@ class CaseOut(BaseModel):
             channel=view.channel, reporter_phone=phone, anonymous=view.anonymous,  # type: ignore[arg-type]
             confidential=view.confidential, description=view.description, recording_ref=view.recording_ref,
             kind=view.kind, category=view.category, category_edition=view.category_edition,  # type: ignore[arg-type]
+            category_major=view.category_major,
             suggested_category=view.suggested_category, suggested_confidence=view.suggested_confidence,
             grid=view.grid, address=view.address, lon=view.lon, lat=view.lat,
             platform_number=view.platform_number, rating=view.rating, master_number=view.master_number,

@@ -65,4 +65,5 @@ class CaseView:
     created_at: dt.datetime
     updated_at: dt.datetime
     source_ref: str | None = None
+    category_major: str | None = None
     log: tuple[LogEntry, ...] = field(default_factory=tuple)

@@ -32,6 +32,8 @@ class CaseRow(Base):
     kind: Mapped[str | None] = mapped_column(String(16), comment="component 部件 / event 事件")
     category_code: Mapped[str | None] = mapped_column(String(8), comment="C0101/E0103")
     category_edition: Mapped[str | None] = mapped_column(String(32))
+    category_major: Mapped[str | None] = mapped_column(
+        String(2), comment="大类: known before the minor, e.g. from the phone menu")
     suggested_category: Mapped[str | None] = mapped_column(String(8))
     suggested_confidence: Mapped[float | None] = mapped_column(Float)
     grid_code: Mapped[str | None] = mapped_column(String(15), comment="CJ/T 213")

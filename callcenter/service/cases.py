@@ -21,7 +21,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.orm import selectinload
 
-from callcenter.cases.catalogue import Catalogue, CategoryCode, InvalidCategoryCode
+from callcenter.cases.catalogue import CaseKind, Catalogue, CategoryCode, InvalidCategoryCode
 from callcenter.cases.grids import GridCode, GridIndex, InvalidGridCode
 from callcenter.cases.lifecycle import (
     EDITABLE_STATES,
@@ -56,6 +56,9 @@ class DraftInput:
     anonymous: bool = False
     confidential: bool = False
     category: str | None = None
+    # A caller who knows only the kind and major category (phone menu): staff pick the minor.
+    kind: str | None = None
+    category_major: str | None = None
     grid: str | None = None
     address: str | None = None
     lon: float | None = None
@@ -153,6 +156,20 @@ class CaseService:
         if category is None:
             raise InvalidInput(f"unknown category code {code}", field="category")
         return str(category.code), category.code.kind.value, category.edition
+
+    def _major(self, kind: str | None, major: str | None) -> tuple[str, str] | None:
+        """(kind, major) checked against the catalogue; both or neither."""
+        if not kind and not major:
+            return None
+        if not kind or not major:
+            raise InvalidInput("give the kind with the major category", field="kind" if not kind else "category_major")
+        try:
+            case_kind = CaseKind(kind)
+        except ValueError as exc:
+            raise InvalidInput("kind must be component or event", field="kind") from exc
+        if not any(m.code == major for m in self.catalogue.majors(case_kind)):
+            raise InvalidInput(f"unknown {case_kind.value} major category {major!r}", field="category_major")
+        return case_kind.value, major
 
     def _grid(self, raw: str | None) -> str | None:
         if raw is None or raw == "":
@@ -284,9 +301,13 @@ class CaseService:
         self._coordinates(draft.lon, draft.lat)
         if not description and not recording_ref:
             raise InvalidInput("a report needs a description or a recording", field="description")
+        major = self._major(draft.kind, draft.category_major) if category is None else None
         suggestion = None
         if category is None and description:
-            ranked = self.catalogue.suggest(description)
+            ranked = self.catalogue.suggest(description, limit=20)
+            if major is not None:
+                ranked = [(c, score) for c, score in ranked
+                          if c.code.kind.value == major[0] and c.major_code == major[1]]
             if ranked:
                 suggestion = (str(ranked[0][0].code), round(ranked[0][1], 3))
 
@@ -296,9 +317,11 @@ class CaseService:
             number=number.value, status=CaseStatus.DRAFT.value, channel=draft.channel.value,
             source_ref=draft.source_ref, reporter_phone=phone, anonymous=draft.anonymous,
             confidential=draft.confidential, description=description,
-            recording_ref=recording_ref, kind=category[1] if category else None,
+            recording_ref=recording_ref,
+            kind=category[1] if category else (major[0] if major else None),
             category_code=category[0] if category else None,
             category_edition=category[2] if category else None,
+            category_major=category[0][1:3] if category else (major[1] if major else None),
             suggested_category=suggestion[0] if suggestion else None,
             suggested_confidence=suggestion[1] if suggestion else None,
             grid_code=grid, address=address, lon=draft.lon, lat=draft.lat,
@@ -343,7 +366,8 @@ class CaseService:
             category = self._category(changes["category"])
             values.update(category_code=category[0] if category else None,
                           kind=category[1] if category else None,
-                          category_edition=category[2] if category else None)
+                          category_edition=category[2] if category else None,
+                          category_major=category[0][1:3] if category else None)
         if "grid" in changes:
             values["grid_code"] = self._grid(changes["grid"])
         if "address" in changes:
@@ -589,7 +613,8 @@ class CaseService:
             grid=row.grid_code, address=row.address, lon=row.lon, lat=row.lat,
             platform_number=row.platform_number, rating=row.rating, master_number=master_number,
             flags=tuple(row.flags or ()), version=row.version, created_at=row.created_at,
-            updated_at=row.updated_at, source_ref=row.source_ref, log=entries)
+            updated_at=row.updated_at, source_ref=row.source_ref, category_major=row.category_major,
+            log=entries)
 
 
 def _entry(row: CaseLogRow) -> LogEntry:

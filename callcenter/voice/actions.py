@@ -19,11 +19,11 @@ What each writes:
 - `voicemail_draft`: a draft flagged `needs_transcription` (+ `after_hours` outside staff hours).
 
 Category from the phone menu (decision, see docs/voice.md): a caller chooses only the kind
-(部件/事件) and the major category (大类); the minor category (小类) needs a person. The
-confirmed category stays empty. The description names the choice for staff, and the case
-service's own suggester fills `suggested_category` from it: with the major's 其他 row
-(XX99) where the catalogue has one (事件 01, 05), else nothing. `phone_report_text()` builds
-the text so that the suggester finds exactly that row and nothing else.
+(部件/事件) and the major category (大类); the minor category (小类) needs a person. The draft
+stores `kind` and `category_major` as data and its confirmed category stays empty. The
+description names the choice for staff, and the suggester, restricted to that major, fills
+`suggested_category` with the major's 其他 row (XX99) where the catalogue has one (事件 01,
+05). `phone_report_text()` builds the text so that the suggester finds exactly that row.
 """
 
 from __future__ import annotations
@@ -263,8 +263,10 @@ class VoiceActions:
                                                    self._seconds(args))
         caller = self._phone(args.get("caller")) or call.caller
         flags = [CaseFlag.NEEDS_TRANSCRIPTION.value, *check.flags]
+        kind, major = self._menu_choice(args.get("kind"), args.get("major"))
         view = await self._file_draft(DraftInput(
             channel=Channel.PHONE, description=description, reporter_phone=caller, recording_ref=ref,
+            kind=kind, category_major=major,
             flags=flags, source_ref=f"voice:{ref}" if ref else None, notify_reporter=False,
         ), call, "create_draft")
         if view.suggested_category != expected:
@@ -274,6 +276,15 @@ class VoiceActions:
                  kind=args.get("kind"), major=args.get("major"), recording=ref,
                  recording_state=check.state.value, reporter=mask_number(caller))
         return "ok", {"case_number": view.number}
+
+    def _menu_choice(self, kind: str | None, digit: str | None) -> tuple[str | None, str | None]:
+        """The caller's keys (部件/事件, the major's menu digit) as catalogue codes, or nothing."""
+        try:
+            case_kind = CaseKind(kind or "")
+        except ValueError:
+            return None, None
+        found = self.catalogue.major_by_digit(case_kind, int(digit)) if digit and digit.isdigit() else None
+        return (case_kind.value, found.code) if found is not None else (None, None)
 
     async def _voicemail_draft(self, args: Mapping[str, str | None], call: CallInfo) -> Outcome:
         ref = args.get("recording") or None

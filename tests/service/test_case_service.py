@@ -261,3 +261,19 @@ async def test_a_revoked_token_stops_working_at_once(services: Services) -> None
     assert (await services.tokens.verify(token)) is not None  # served from the cache
     await services.tokens.revoke("临时")
     assert await services.tokens.verify(token) is None
+
+
+async def test_a_phone_draft_keeps_the_callers_kind_and_major(services: Services) -> None:
+    view = await services.cases.create_draft(
+        DraftInput(channel=Channel.PHONE, description="电话报告，垃圾桶满了", kind="event", category_major="01",
+                   recording_ref="r1.wav"), actor="ivr")
+    assert (view.kind, view.category_major, view.category) == ("event", "01", None)
+    assert view.suggested_category is None or view.suggested_category.startswith("E01")
+    confirmed = await services.cases.update_transcription(view.number, {"category": "E0103"}, actor=STAFF)
+    assert (confirmed.kind, confirmed.category_major) == ("event", "01")
+    for fields, field in [({"kind": "event"}, "category_major"), ({"category_major": "01"}, "kind"),
+                          ({"kind": "thing", "category_major": "01"}, "kind"),
+                          ({"kind": "component", "category_major": "42"}, "category_major")]:
+        with pytest.raises(InvalidInput) as info:
+            await draft(services, **fields)
+        assert info.value.field == field

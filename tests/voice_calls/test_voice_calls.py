@@ -50,8 +50,9 @@ async def test_report_files_draft_with_recording_category_and_number_by_voice_an
     heard = sounds(transcript)
     assert heard[heard.index("record_instructions"):][:2] == ["record_instructions", "beep"]
     assert (voice.recordings / draft.recording_ref).is_file()
-    # the category: kind and major in the text, the major's 其他 row suggested, staff confirm
-    assert draft.category_code is None and draft.kind is None
+    # the category: kind and major stored as keyed, the major's 其他 row suggested, staff confirm
+    assert draft.category_code is None
+    assert (draft.kind, draft.category_major) == ("event", "01")
     assert "事件E01大类（市容环境）" in draft.description
     assert draft.suggested_category == "E0199"
     assert draft.flags == [CaseFlag.NEEDS_TRANSCRIPTION.value]
