@@ -35,3 +35,13 @@ def normalise_phone(raw: str, region: str = "CN") -> str:
     if not phonenumbers.is_possible_number(parsed):
         raise InvalidPhoneNumber("not a possible phone number")
     return phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)
+
+
+def is_mobile(e164: str) -> bool:
+    """Whether an SMS to this number can reach a handset (mobile, or unknown fixed/mobile)."""
+    try:
+        parsed = phonenumbers.parse(e164, None)
+    except phonenumbers.NumberParseException:
+        return False
+    return phonenumbers.number_type(parsed) in (
+        phonenumbers.PhoneNumberType.MOBILE, phonenumbers.PhoneNumberType.FIXED_LINE_OR_MOBILE)

@@ -33,7 +33,7 @@ from callcenter.cases.lifecycle import (
 from callcenter.cases.messages import MessageTemplates
 from callcenter.cases.model import CaseView, Channel, LogEntry
 from callcenter.cases.numbering import CaseNumber, InvalidCaseNumber
-from callcenter.cases.phones import InvalidPhoneNumber, normalise_phone
+from callcenter.cases.phones import InvalidPhoneNumber, is_mobile, normalise_phone
 from callcenter.db.tables import CaseLogRow, CaseRow, IntakeCounterRow, OutboxRow
 from callcenter.service.errors import CaseNotFound, Conflict, InvalidInput, TransitionRefused
 from sms.privacy import mask_number
@@ -406,8 +406,11 @@ class CaseService:
             return await self._view(session, row, with_log=True)
 
     async def submit(self, number: str, *, actor: str, expected_version: int | None = None) -> CaseView:
+        """Draft → submitted. A reporter who never got the intake number (a voicemail, a draft
+        filed without notifying) gets it now, once: they must be able to follow their case."""
         return await self._transition(number, CaseStatus.SUBMITTED, actor=actor, action="submitted",
-                                      expected_version=expected_version, require_category=True)
+                                      expected_version=expected_version, require_category=True,
+                                      ensure_receipt=True)
 
     async def reject(self, number: str, reason: RejectionReason, *, actor: str, note: str | None = None,
                      event_id: str | None = None) -> CaseView:
@@ -502,6 +505,7 @@ class CaseService:
         notify: str | None = None, fields: dict[str, str] | None = None, event_id: str | None = None,
         expected_version: int | None = None, require_category: bool = False,
         set_values: dict[str, Any] | None = None, changes: dict[str, Any] | None = None,
+        ensure_receipt: bool = False,
     ) -> CaseView:
         parsed = self.parse_number(number)
         async with self.sessions() as session:
@@ -528,6 +532,12 @@ class CaseService:
                     if notify:
                         recipients = await self._recipients(session, row)
                         self._notify(session, row, notify, fields=fields or {}, recipients=recipients)
+                    if ensure_receipt and row.reporter_phone and is_mobile(row.reporter_phone):
+                        sent = await session.scalar(select(OutboxRow.id).where(
+                            OutboxRow.case_id == row.id, OutboxRow.template == "received",
+                            OutboxRow.recipient == row.reporter_phone).limit(1))
+                        if sent is None:
+                            self._notify(session, row, "received", recipients=[row.reporter_phone])
             except IntegrityError:
                 if event_id is None:
                     raise

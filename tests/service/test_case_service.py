@@ -277,3 +277,15 @@ async def test_a_phone_draft_keeps_the_callers_kind_and_major(services: Services
         with pytest.raises(InvalidInput) as info:
             await draft(services, **fields)
         assert info.value.field == field
+
+
+async def test_submit_sends_the_number_to_a_reporter_who_never_got_it(services: Services, grid: str) -> None:
+    silent = await draft(services, notify_reporter=False, category="C0101", grid=grid)
+    landline = await draft(services, notify_reporter=False, category="C0101", reporter_phone="075512345678")
+    told = await draft(services, category="C0101")
+    for number in (silent, landline, told):
+        await services.cases.submit(number, actor=STAFF)
+    assert [r.template for r in await outbox(services, silent)] == ["received"]
+    assert (await outbox(services, silent))[0].body.startswith(f"受理编号{silent}")
+    assert await outbox(services, landline) == []  # a landline cannot read an SMS
+    assert [r.template for r in await outbox(services, told)] == ["received"]  # not twice
