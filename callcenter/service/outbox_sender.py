@@ -126,13 +126,18 @@ class OutboxSender:
     async def run(self, stop: asyncio.Event) -> None:
         """Poll until `stop` is set; woken early by `wake()`."""
         while not stop.is_set():
+            # Cleared before the pass, so a wake() that arrives during it is not lost.
+            self._wake.clear()
+            sent = 0
             try:
-                await self.run_once()
+                sent = await self.run_once()
             except (SQLAlchemyError, OSError, TimeoutError) as exc:
                 log.error("sms.outbox.store_failed", error=str(exc).splitlines()[0][:300])
             except Exception:  # noqa: BLE001 - the loop must survive a bug in one message
                 log.exception("sms.outbox.loop_failed")
-            self._wake.clear()
+            if sent >= self.settings.outbox_batch:
+                await asyncio.sleep(0)  # a full batch means a backlog: next pass at once
+                continue
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self.settings.outbox_poll_interval):
                     waiters = [asyncio.ensure_future(self._wake.wait()), asyncio.ensure_future(stop.wait())]

@@ -1,0 +1,696 @@
+"""SMS channel: MO intake throughput and latency, MT send rate, against the SMSC simulator.
+
+Everything runs against the node-smpp simulator of the test suite (`tests/smsc/`) on
+loopback, and every figure is printed beside a floor measured in the same run: a bare
+`SmppClient` that answers deliver_sm at once and stores nothing (MO), or submits the same
+texts straight from memory (MT). The ratio says how much the service adds, not how fast
+this machine is.
+
+    .venv/bin/python -m bench.bench_sms [--quick] [--backend sqlite|postgresql|both]
+
+See bench/README.md for what each row measures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import datetime as dt
+import itertools
+import json
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Table, func, select
+
+from bench.bench_cases import (
+    Backend,
+    MissingServer,
+    PostgresBackend,
+    SqliteBackend,
+    base_settings,
+    load_average,
+    machine,
+    percentile,
+    say,
+)
+from callcenter.app import Services, build_services
+from callcenter.db.tables import OutboxRow
+from callcenter.logs import configure_logging
+from callcenter.runtime import install_reactor
+from callcenter.service.sms_channel import SmsRuntime, make_gateway
+from callcenter.settings import LoggingSettings, Settings
+from sms.gateway import OutboundPart, SmppGateway, SubmitOutcome
+from sms.smpp.client import SmppClient
+from sms.smpp.session import DeliverSm, Status, SubmitRequest
+from tests.support.smsc import SmscSimulator
+
+OUTBOX: Table = OutboxRow.__table__  # type: ignore[assignment]
+
+SERVICE = "12319"  # the service number (特服号) the citizens text
+SYSTEM_ID, PASSWORD = "callcenter", "secret"
+#: The bench lifts the service's submit pacing (smpp.max_parts_per_second, 50 by default) so
+#: the token bucket does not set the MT figures; every other SMPP and SMS setting is the
+#: configured one (window 10, outbox_batch 50, outbox_poll_interval 1 s ...).
+MAX_PARTS_PER_SECOND = 100_000.0
+#: The simulator's automatic receipt for every accepted submit that asks for one.
+AUTO_RECEIPT = {"stat": "DELIVRD", "err": "000", "form": "both"}
+ACK_TEXT = "受理编号{number}：您反映的问题已受理，我们会尽快核实处理。查询进度请回复CX{number}。"
+
+
+# ---------------------------------------------------------------------------------------
+# run profiles and results
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    mo_burst: int          # deliver_sm sent at once
+    paced_rate: float      # deliver_sm per second in the paced (unsaturated) phase
+    paced_count: int
+    mt_messages: int       # outbox rows queued at once
+    timeout: float         # per phase, generous: a phase that needs it is a finding
+    breakdown: bool        # also the MT row with a short outbox poll interval
+
+
+# The acknowledgements of a burst drain at the outbox sender's pace (about 30/s as configured),
+# not at the intake's: 600 texts keep a full run on both backends under three minutes.
+FULL = Profile("full", mo_burst=600, paced_rate=20.0, paced_count=120, mt_messages=400, timeout=240.0,
+               breakdown=True)
+QUICK = Profile("quick", mo_burst=150, paced_rate=20.0, paced_count=40, mt_messages=150, timeout=120.0,
+                breakdown=False)
+
+
+@dataclass
+class Row:
+    backend: str
+    test: str
+    result: str
+    floor: str
+    ratio: str
+    note: str = ""
+
+
+@dataclass
+class Report:
+    rows: list[Row] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def add(self, row: Row) -> None:
+        self.rows.append(row)
+        say(f"[{row.backend}] {row.test.strip():<44} {row.result:<26} floor {row.floor:<24} "
+            f"ratio {row.ratio:<12} {row.note}")
+
+    def print_table(self) -> None:
+        headers = ("backend", "test", "result", "floor", "ratio", "note")
+        cells = [headers, *[(r.backend, r.test, r.result, r.floor, r.ratio, r.note) for r in self.rows]]
+        widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+        print()
+        for index, row in enumerate(cells):
+            print("  ".join(value.ljust(widths[i]) for i, value in enumerate(row)).rstrip())
+            if index == 0:
+                print("  ".join("-" * w for w in widths))
+        print("ratio: throughput / floor throughput (below 1: slower than the floor); latency / floor "
+              "latency, p50 / p99 (above 1: slower); latencies from the simulator's clock (1 ms "
+              "resolution; a floor under 1 ms counts as 1 ms in the ratio)")
+        for note in self.notes:
+            print(f"note: {note}")
+
+    def print_markdown(self) -> None:
+        print()
+        print("| backend | test | result | floor | ratio | note |")
+        print("|---|---|---:|---:|---:|---|")
+        for r in self.rows:
+            cells = (r.backend, r.test.strip(), r.result, r.floor, r.ratio, r.note)
+            print("| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |")
+
+
+def per_s(value: float) -> str:
+    return f"{value:,.0f}/s"
+
+
+def msec(value: float) -> str:
+    return f"{value:,.0f} ms"
+
+
+def ratio(value: float) -> str:
+    return f"{value:.3f}" if value < 0.1 else f"{value:.2f}"
+
+
+def secs(milliseconds: float) -> str:
+    return f"{milliseconds:.0f} ms" if milliseconds < 1000 else f"{milliseconds / 1000:.1f} s"
+
+
+def lat(p50: float, p99: float) -> str:
+    return f"{msec(p50)} / {msec(p99)}"
+
+
+def lat_ratio(p50: float, p99: float, f50: float, f99: float) -> str:
+    return f"{p50 / max(f50, 1.0):.1f} / {p99 / max(f99, 1.0):.1f}"
+
+
+# ---------------------------------------------------------------------------------------
+# traffic
+
+
+ROADS = ("龙岗大道", "布吉路", "坂田大道", "吉华路", "龙翔大道", "深惠路", "五和大道", "布澜路")
+THINGS = ("井盖", "路灯", "垃圾桶", "人行道砖", "下水道", "交通护栏", "广告牌", "绿化带")
+PROBLEMS = ("损坏了", "丢失了，很危险", "堵塞，积水严重", "有异味，已经好几天了", "影响通行，请尽快处理",
+            "晚上不亮", "被人拆走了", "一直没人管")
+#: Every sender number is used once per run: the per-number flood limit (sms.rate_limit, 5 in
+#: 10 minutes) never folds a benchmark text, and no text is a redelivery of another.
+_SENDERS = itertools.count(1)
+
+
+def citizen_text(n: int) -> str:
+    """A short report (at most 70 characters: one UCS-2 part), different for every n."""
+    return (f"{ROADS[n % len(ROADS)]}{n % 900 + 1}号附近{THINGS[n // 8 % len(THINGS)]}"
+            f"{PROBLEMS[n // 64 % len(PROBLEMS)]}。（第{n}条）")
+
+
+def mo_requests(count: int) -> list[dict[str, Any]]:
+    """`deliver` control requests: distinct national-format senders, UCS-2 Chinese texts."""
+    out = []
+    for _ in range(count):
+        n = next(_SENDERS)
+        out.append({"cmd": "deliver", "source_addr": f"135{n:08d}", "destination_addr": SERVICE,
+                    "data_coding": 8, "short_message_hex": citizen_text(n).encode("utf-16-be").hex()})
+    return out
+
+
+def ack_body(n: int) -> bytes:
+    number = f"2611{n:08d}"
+    return ACK_TEXT.format(number=number).encode("utf-16-be")
+
+
+def ack_request(destination: str, n: int, registered_delivery: int) -> SubmitRequest:
+    """The acknowledgement as SmppGateway would submit it (international, UCS-2, one part)."""
+    return SubmitRequest(source_addr=SERVICE, destination_addr=destination, dest_addr_ton=1, dest_addr_npi=1,
+                         short_message=ack_body(n), data_coding=8, registered_delivery=registered_delivery,
+                         validity_period=dt.timedelta(hours=48))
+
+
+# ---------------------------------------------------------------------------------------
+# the simulator, driven over its control port
+
+
+class Smsc:
+    """The simulator process plus pipelined control requests (one connection, many lines)."""
+
+    def __init__(self, log_path: Path) -> None:
+        self.sim = SmscSimulator(system_id=SYSTEM_ID, password=PASSWORD, log_path=log_path)
+
+    def start(self) -> None:
+        self.sim.start()
+
+    def stop(self) -> None:
+        self.sim.stop()
+
+    @property
+    def pid(self) -> int | None:
+        process = self.sim._process
+        return process.pid if process is not None else None
+
+    async def reset(self, **settings: Any) -> None:
+        await self.sim.acall("reset")
+        if settings:
+            await self.sim.configure(**settings)
+
+    async def _connect(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        return await asyncio.open_connection(self.sim.host, self.sim.control_port, limit=256 * 1024 * 1024)
+
+    @staticmethod
+    def _unwrap(line: bytes) -> Any:
+        reply = json.loads(line)
+        if not reply["ok"]:
+            raise RuntimeError(f"simulator: {reply['error']}")
+        return reply["result"]
+
+    async def burst(self, requests: Sequence[dict[str, Any]]) -> None:
+        """Write every request at once; the simulator sends each deliver_sm as it reads the line."""
+        reader, writer = await self._connect()
+        try:
+            writer.write(b"".join((json.dumps(r) + "\n").encode() for r in requests))
+            await writer.drain()
+            for _ in requests:
+                self._unwrap(await reader.readline())
+        finally:
+            writer.close()
+
+    async def paced(self, requests: Sequence[dict[str, Any]], rate: float) -> None:
+        """One request every 1/rate seconds, answers read as they come."""
+        reader, writer = await self._connect()
+
+        async def answers() -> None:
+            for _ in requests:
+                self._unwrap(await reader.readline())
+
+        reading = asyncio.create_task(answers())
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        try:
+            for i, request in enumerate(requests):
+                delay = start + i / rate - loop.time()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                writer.write((json.dumps(request) + "\n").encode())
+            await writer.drain()
+            await reading
+        finally:
+            reading.cancel()
+            writer.close()
+
+    async def events(self, kind: str, since: int = 0) -> list[dict[str, Any]]:
+        found = await self.sim.events(kind)
+        return [e for e in found if e["index"] >= since]
+
+    async def mark(self) -> int:
+        """An index past every event so far: a phase's events are those from here on.
+
+        Phases end when every deliver_sm and submit_sm has its response, so the newest event
+        is one of those responses (small events, cheap to list).
+        """
+        last = -1
+        for kind in ("deliver_sm_resp", "submit_sm_resp"):
+            found = await self.sim.events(kind)
+            if found:
+                last = max(last, found[-1]["index"])
+        return last + 1
+
+    async def wait_count(self, kind: str, count: int, timeout: float, since: int = 0,
+                         **where: Any) -> None:
+        """Until `count` events of `kind` (from index `since`) are in the log.
+
+        Only for the end of a phase: the figures come from the events' own timestamps, so
+        polling five times a second costs little and changes nothing measured.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            found = await self.sim.events(kind, **where)
+            have = sum(1 for e in found if e["index"] >= since)
+            if have >= count:
+                return
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{have} of {count} {kind} events after {timeout:.0f} s")
+            await asyncio.sleep(0.2)
+
+
+def cpu_ticks(pid: int | None) -> int:
+    """utime + stime of another process, in clock ticks (0 when unknown)."""
+    if pid is None:
+        return 0
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return int(fields[11]) + int(fields[12])
+    except (OSError, IndexError, ValueError):
+        return 0
+
+
+@dataclass
+class MoFigures:
+    count: int
+    span_ms: float            # first deliver_sm sent -> last deliver_sm_resp received (simulator clock)
+    first_resp_ms: float      # first deliver_sm sent -> first deliver_sm_resp received
+    resp: tuple[float, float]  # deliver_sm -> deliver_sm_resp p50, p99 (ms)
+    ack: tuple[float, float]   # deliver_sm -> acknowledgement submit_sm p50, p99 (ms)
+    ack_span_ms: float         # first deliver_sm sent -> last acknowledgement submit_sm
+    ack_idle_ms: float         # sum of gaps of 0.5 s or more between consecutive ack submit_sm
+    statuses: dict[int, int]
+    cpu_ms_per_msg: float
+    offered_rate: float
+
+    @property
+    def rate(self) -> float:
+        return self.count / max(self.span_ms / 1000, 1e-3)
+
+
+async def mo_figures(smsc: Smsc, since: int, *, cpu_s: float) -> MoFigures:
+    """Latencies from the simulator's event log: deliver_sm sent, its resp, the ack's submit_sm."""
+    delivers = await smsc.events("deliver_sm", since)
+    resps = {(e["session"], e["sequence"]): e for e in await smsc.events("deliver_sm_resp", since)
+             if e["of"] == "deliver_sm"}
+    resp_lat: list[float] = []
+    statuses: dict[int, int] = {}
+    for d in delivers:
+        r = resps[(d["session"], d["sequence"])]
+        resp_lat.append(r["t"] - d["t"])
+        statuses[r["status"]] = statuses.get(r["status"], 0) + 1
+    first = min(d["t"] for d in delivers)
+    last_sent = max(d["t"] for d in delivers)
+    span = max(r["t"] for r in resps.values()) - first
+    first_resp = min(r["t"] for r in resps.values()) - first
+    # The acknowledgement is the first submit_sm to the sender's number (international format).
+    sent_at = {"86" + d["source_addr"]: d["t"] for d in delivers}
+    ack_lat: list[float] = []
+    stamps: list[float] = []
+    for submit in await smsc.events("submit_sm", since):
+        start = sent_at.pop(submit["destination_addr"], None)
+        if start is not None:
+            ack_lat.append(submit["t"] - start)
+            stamps.append(submit["t"])
+    stamps.sort()
+    idle = sum(b - a for a, b in itertools.pairwise(stamps) if b - a >= 500)
+    offered = len(delivers) / max((last_sent - first) / 1000, 1e-3)
+    return MoFigures(count=len(delivers), span_ms=span, first_resp_ms=first_resp,
+                     resp=(percentile(resp_lat, 50), percentile(resp_lat, 99)),
+                     ack=(percentile(ack_lat, 50), percentile(ack_lat, 99)), ack_span_ms=max(stamps) - first,
+                     ack_idle_ms=idle, statuses=statuses,
+                     cpu_ms_per_msg=cpu_s * 1000 / max(len(delivers), 1), offered_rate=offered)
+
+
+# ---------------------------------------------------------------------------------------
+# floors: a bare SmppClient, nothing stored
+
+
+def bare_client(smsc: Smsc, reactor: Any, window: int) -> SmppClient:
+    return SmppClient(host=smsc.sim.host, port=smsc.sim.port, system_id=SYSTEM_ID, password=PASSWORD,
+                      window=window, max_parts_per_second=MAX_PARTS_PER_SECOND, reconnect_min=0.05,
+                      reconnect_max=0.3, reactor=reactor)
+
+
+@dataclass
+class Floors:
+    mo_burst: MoFigures
+    mo_paced: MoFigures
+    mt: dict[int, float]  # registered_delivery -> messages per second
+
+
+async def floor_mo(smsc: Smsc, reactor: Any, window: int, profile: Profile) -> tuple[MoFigures, MoFigures]:
+    """deliver_sm answered ESME_ROK at once; the acknowledgement submitted from memory."""
+    await smsc.reset(auto_receipt=AUTO_RECEIPT)
+    client = bare_client(smsc, reactor, window)
+    counter = itertools.count()
+    background: set[asyncio.Task[Any]] = set()
+
+    async def acknowledge(destination: str) -> None:
+        await client.submit(ack_request(destination, next(counter), registered_delivery=1))
+
+    async def on_deliver(event: DeliverSm) -> int:
+        if not event.is_receipt:
+            number = event.source_addr.strip()
+            task = asyncio.create_task(acknowledge("86" + number))
+            background.add(task)
+            task.add_done_callback(background.discard)
+        return Status.ROK
+
+    client.on_deliver = on_deliver
+    await client.start()
+    try:
+        await client.wait_bound(10)
+        results = []
+        for phase in ("paced", "burst"):
+            count = profile.paced_count if phase == "paced" else profile.mo_burst
+            since = await smsc.mark()
+            cpu = time.process_time()
+            if phase == "paced":
+                await smsc.paced(mo_requests(count), profile.paced_rate)
+            else:
+                await smsc.burst(mo_requests(count))
+            await smsc.wait_count("deliver_sm_resp", count, profile.timeout, since, of="deliver_sm")
+            await smsc.wait_count("submit_sm_resp", count, profile.timeout, since)
+            await smsc.wait_count("deliver_sm_resp", count, profile.timeout, since, of="receipt")
+            results.append(await mo_figures(smsc, since, cpu_s=time.process_time() - cpu))
+        return results[0], results[1]
+    finally:
+        await client.stop()
+
+
+async def floor_mt(smsc: Smsc, reactor: Any, window: int, count: int, registered_delivery: int,
+                   timeout: float) -> float:
+    """`count` acknowledgements submitted from memory through the client's window."""
+    await smsc.reset(auto_receipt=AUTO_RECEIPT)
+    client = bare_client(smsc, reactor, window)
+
+    async def on_deliver(event: DeliverSm) -> int:
+        return Status.ROK
+
+    client.on_deliver = on_deliver
+    await client.start()
+    try:
+        await client.wait_bound(10)
+        destinations = [f"86136{next(_SENDERS):08d}" for _ in range(count)]
+        start = time.perf_counter()
+        results = await asyncio.gather(*(client.submit(ack_request(d, i, registered_delivery))
+                                         for i, d in enumerate(destinations)))
+        elapsed = time.perf_counter() - start
+        assert all(r.ok for r in results), "the simulator refused a submit"
+        if registered_delivery:
+            await smsc.wait_count("deliver_sm_resp", count, timeout, 0, of="receipt")
+        return count / elapsed
+    finally:
+        await client.stop()
+
+
+# ---------------------------------------------------------------------------------------
+# the service: SmsRuntime with the SMPP gateway, real database
+
+
+def service_settings(url: str, smsc: Smsc, **smpp: Any) -> Settings:
+    base = base_settings()
+    values: dict[str, Any] = {"host": smsc.sim.host, "port": smsc.sim.port, "system_id": SYSTEM_ID,
+                              "password": PASSWORD, "max_parts_per_second": MAX_PARTS_PER_SECOND}
+    values.update(smpp)
+    # The shipped roster and blocklist, read as the service reads them.
+    return base.model_copy(update={
+        "database": base.database.model_copy(update={"url": url}),
+        "smpp": base.smpp.model_copy(update=values),
+    })
+
+
+@contextlib.asynccontextmanager
+async def running_service(settings: Settings, reactor: Any) -> Any:
+    services = build_services(settings)
+    assert services.sms is not None
+    gateway = make_gateway(settings.smpp, reactor=reactor)
+    assert isinstance(gateway, SmppGateway)
+    runtime = SmsRuntime(services.sms, settings, gateway)
+    await runtime.start()
+    try:
+        await gateway.client.wait_bound(10)
+        yield services, runtime
+    finally:
+        await runtime.stop()
+        await services.close()
+
+
+async def outbox_counts(services: Services) -> dict[str, int]:
+    async with services.engine.connect() as conn:
+        rows = (await conn.execute(select(OUTBOX.c.status, func.count()).group_by(OUTBOX.c.status))).all()
+    return {status: n for status, n in rows}
+
+
+async def delivered_count(services: Services) -> int:
+    async with services.engine.connect() as conn:
+        return int(await conn.scalar(
+            select(func.count()).select_from(OUTBOX).where(OUTBOX.c.delivery_state == "delivered")) or 0)
+
+
+async def until(predicate: Callable[[], Awaitable[bool]], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not await predicate():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what}: not done after {timeout:.0f} s")
+        await asyncio.sleep(0.05)
+
+
+async def bench_mo(backend: Backend, smsc: Smsc, reactor: Any, profile: Profile,
+                   floors: Floors, report: Report) -> None:
+    settings = service_settings(backend.new_url("mo"), smsc)
+    await smsc.reset(auto_receipt=AUTO_RECEIPT)
+    async with running_service(settings, reactor) as (services, _runtime):
+        for phase in ("paced", "burst"):
+            count = profile.paced_count if phase == "paced" else profile.mo_burst
+            floor = floors.mo_paced if phase == "paced" else floors.mo_burst
+            since = await smsc.mark()
+            cpu = time.process_time()
+            if phase == "paced":
+                await smsc.paced(mo_requests(count), profile.paced_rate)
+            else:
+                await smsc.burst(mo_requests(count))
+            await smsc.wait_count("deliver_sm_resp", count, profile.timeout, since, of="deliver_sm")
+            await smsc.wait_count("submit_sm_resp", count, profile.timeout, since)
+            await smsc.wait_count("deliver_sm_resp", count, profile.timeout, since, of="receipt")
+            got = await mo_figures(smsc, since, cpu_s=time.process_time() - cpu)
+            bad = {k: v for k, v in got.statuses.items() if k != 0}
+            status_note = f"; NOT ROK: {bad}" if bad else ""
+            label = (f"MO burst of {count:,}" if phase == "burst"
+                     else f"MO paced {profile.paced_rate:.0f}/s x {count}")
+            if phase == "burst":
+                report.add(Row(backend.name, f"{label}: throughput", per_s(got.rate), per_s(floor.rate),
+                               ratio(got.rate / floor.rate),
+                               f"deliver_sm sent at {per_s(got.offered_rate)}; cpu {got.cpu_ms_per_msg:.1f} "
+                               f"ms/msg (floor {floor.cpu_ms_per_msg:.1f}){status_note}"))
+            report.add(Row(backend.name, f"{label}: deliver_sm -> resp p50/p99", lat(*got.resp), lat(*floor.resp),
+                           lat_ratio(*got.resp, *floor.resp),
+                           f"first resp after {secs(got.first_resp_ms)}, last after {secs(got.span_ms)}"
+                           if phase == "burst"
+                           else f"cpu {got.cpu_ms_per_msg:.1f} ms/msg (text, ack and receipt){status_note}"))
+            report.add(Row(backend.name, f"{label}: deliver_sm -> ack submit_sm p50/p99", lat(*got.ack),
+                           lat(*floor.ack), lat_ratio(*got.ack, *floor.ack),
+                           f"last ack after {secs(got.ack_span_ms)}, {secs(got.ack_idle_ms)} of it in gaps "
+                           "of 0.5 s or more between acks"))
+        counts = await outbox_counts(services)
+        total = profile.paced_count + profile.mo_burst
+        if counts.get("sent", 0) != total:
+            report.notes.append(f"{backend.name}: outbox after MO: {counts} (expected {total} sent)")
+
+
+async def bench_mt(backend: Backend, smsc: Smsc, reactor: Any, profile: Profile,
+                   floors: Floors, report: Report, *, registered_delivery: int,
+                   sms: dict[str, Any] | None = None, label: str | None = None) -> None:
+    settings = service_settings(backend.new_url(f"mt-{next(_SENDERS)}"), smsc,
+                                registered_delivery=registered_delivery)
+    if sms:
+        settings = settings.model_copy(update={"sms": settings.sms.model_copy(update=sms)})
+    await smsc.reset(auto_receipt=AUTO_RECEIPT)
+    count = profile.mt_messages
+    async with running_service(settings, reactor) as (services, runtime):
+        assert services.sms is not None
+        await asyncio.sleep(0.2)  # let the first (unbound) pass of the sender loop go by
+        now = dt.datetime.now(dt.UTC)
+        rows = [{"idempotency_key": f"bench-mt-{i}", "case_id": None, "recipient": f"+86137{next(_SENDERS):08d}",
+                 "template": "received", "body": ACK_TEXT.format(number=f"2611{i:08d}"), "status": "pending",
+                 "attempts": 0, "not_before": now, "created_at": now} for i in range(count)]
+        async with services.engine.begin() as conn:
+            await conn.execute(OUTBOX.insert(), rows)
+        # Count finished submits in the process: the clock stops at the last submit_sm_resp.
+        gateway = runtime.gateway
+        assert isinstance(gateway, SmppGateway)
+        finished = asyncio.Event()
+        done = 0
+        submit = gateway.submit
+
+        async def counting(part: OutboundPart) -> SubmitOutcome:
+            nonlocal done
+            outcome = await submit(part)
+            done += 1
+            if done >= count:
+                finished.set()
+            return outcome
+
+        gateway.submit = counting  # type: ignore[method-assign]
+        cpu = time.process_time()
+        start = time.perf_counter()
+        services.sms.outbox.wake()
+        await asyncio.wait_for(finished.wait(), profile.timeout)
+        submitted = time.perf_counter() - start
+        submit_cpu = time.process_time() - cpu
+
+        async def all_sent() -> bool:
+            return (await outbox_counts(services)).get("sent", 0) >= count
+
+        await until(all_sent, profile.timeout, "outbox sent")
+        note = f"cpu {submit_cpu * 1000 / count:.1f} ms/msg"
+        if registered_delivery:
+            async def all_delivered() -> bool:
+                return await delivered_count(services) >= count
+
+            await until(all_delivered, profile.timeout, "receipts matched")
+            note += f"; every receipt matched after {time.perf_counter() - start:.1f} s"
+    value = count / submitted
+    floor = floors.mt[registered_delivery]
+    test = label or (f"MT outbox {count:,}, receipts requested + auto" if registered_delivery
+                     else f"MT outbox {count:,}, registered_delivery=0")
+    report.add(Row(backend.name, test, per_s(value), per_s(floor), ratio(value / floor), note))
+
+
+# ---------------------------------------------------------------------------------------
+# main
+
+
+async def run(profile: Profile, names: Sequence[str], report: Report, tmp: Path, breakdown: bool) -> None:
+    reactor = install_reactor(asyncio.get_running_loop())
+    smsc = Smsc(tmp / "simulator.log")
+    smsc.start()
+    try:
+        window = base_settings().smpp.window
+        node_cpu = cpu_ticks(smsc.pid)
+        mo_paced, mo_burst = await floor_mo(smsc, reactor, window, profile)
+        mt = {rd: await floor_mt(smsc, reactor, window, profile.mt_messages, rd, profile.timeout) for rd in (1, 0)}
+        floors = Floors(mo_burst=mo_burst, mo_paced=mo_paced, mt=mt)
+        one = "1.0 / 1.0"
+        paced = f"MO paced {profile.paced_rate:.0f}/s x {profile.paced_count}"
+        burst = f"MO burst of {profile.mo_burst:,}"
+        for test, value, unit, note in (
+            (f"{paced}: deliver_sm -> resp p50/p99", lat(*mo_paced.resp), one,
+             f"bare SmppClient: ROK at once, nothing stored; cpu {mo_paced.cpu_ms_per_msg:.1f} ms/msg"),
+            (f"{paced}: deliver_sm -> ack submit_sm p50/p99", lat(*mo_paced.ack), one,
+             "the ack submitted from memory as the deliver_sm comes in"),
+            (f"{burst}: throughput", per_s(mo_burst.rate), "1.00",
+             f"deliver_sm sent at {per_s(mo_burst.offered_rate)}; cpu {mo_burst.cpu_ms_per_msg:.1f} ms/msg"),
+            (f"{burst}: deliver_sm -> resp p50/p99", lat(*mo_burst.resp), one,
+             f"first resp after {secs(mo_burst.first_resp_ms)}, last after {secs(mo_burst.span_ms)}"),
+            (f"{burst}: deliver_sm -> ack submit_sm p50/p99", lat(*mo_burst.ack), one,
+             f"last ack after {secs(mo_burst.ack_span_ms)}"),
+            (f"MT {profile.mt_messages:,}, receipts requested + auto", per_s(mt[1]), "1.00",
+             f"bare SmppClient, window {window}, receipts answered ROK at once"),
+            (f"MT {profile.mt_messages:,}, registered_delivery=0", per_s(mt[0]), "1.00",
+             f"bare SmppClient, window {window}"),
+        ):
+            report.add(Row("floor", test, value, value, unit, note))
+        for name in names:
+            try:
+                backend: Backend = SqliteBackend(tmp) if name == "sqlite" else PostgresBackend(durable=False)
+            except MissingServer as exc:
+                say(f"[{name}] skipped: {exc}")
+                report.notes.append(f"{name} skipped: {exc}")
+                continue
+            try:
+                say(f"[{name}] {backend.describe()}")
+                report.notes.append(f"{name}: {backend.describe()}")
+                await bench_mo(backend, smsc, reactor, profile, floors, report)
+                await bench_mt(backend, smsc, reactor, profile, floors, report, registered_delivery=1)
+                await bench_mt(backend, smsc, reactor, profile, floors, report, registered_delivery=0)
+                if profile.breakdown or breakdown:
+                    await bench_mt(backend, smsc, reactor, profile, floors, report, registered_delivery=0,
+                                   sms={"outbox_poll_interval": 0.02},
+                                   label=f"  MT {profile.mt_messages:,}, rd=0, outbox_poll_interval 0.02 s")
+            finally:
+                backend.close()
+        ticks = cpu_ticks(smsc.pid) - node_cpu
+        if ticks:
+            report.notes.append(f"the simulator (node) used {ticks / os.sysconf('SC_CLK_TCK'):.1f} s of CPU "
+                                "in this run, on the same 2 cores")
+    finally:
+        smsc.stop()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.bench_sms",
+                                     description=(__doc__ or "").split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="small bursts (under 45 s)")
+    parser.add_argument("--backend", choices=("sqlite", "postgresql", "both"), default="both")
+    parser.add_argument("--breakdown", action="store_true",
+                        help="also run the MT row with a 0.02 s outbox poll interval (always in a full run)")
+    parser.add_argument("--markdown", action="store_true", help="also print the final table as Markdown")
+    args = parser.parse_args(argv)
+    profile = QUICK if args.quick else FULL
+    configure_logging(LoggingSettings(level="WARNING"))
+    base_settings()
+    report = Report()
+    report.notes.append(f"smpp.max_parts_per_second raised to {MAX_PARTS_PER_SECOND:,.0f} for the bench "
+                        f"(configured: {base_settings().smpp.max_parts_per_second:g}); every other SMPP and "
+                        "SMS setting as in config/callcenter.toml")
+    started = time.perf_counter()
+    say(f"bench_sms ({profile.name}) {dt.datetime.now().astimezone():%Y-%m-%d %H:%M %Z}; "
+        f"{machine()}; {load_average()}")
+    names = ("sqlite", "postgresql") if args.backend == "both" else (args.backend,)
+    with tempfile.TemporaryDirectory(prefix="callcenter-bench-sms-") as tmp:
+        asyncio.run(run(profile, names, report, Path(tmp), args.breakdown))
+    report.print_table()
+    if args.markdown:
+        report.print_markdown()
+    print(f"elapsed {time.perf_counter() - started:.0f} s; {load_average()} (other work on this "
+          "machine shows up as noise, mostly in p99)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
