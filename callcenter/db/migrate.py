@@ -23,14 +23,20 @@ def alembic_config(url: str) -> Config:
     return config
 
 
-def upgrade(url: str, revision: str = "head") -> None:
+def _ensure_sqlite_dir(url: str) -> None:
+    """An embedded store lives under ./var/ by default, which a fresh clone does not have."""
     path = sqlite_path(url)
     if path and path != ":memory:":
         Path(path).parent.mkdir(parents=True, exist_ok=True)
+
+
+def upgrade(url: str, revision: str = "head") -> None:
+    _ensure_sqlite_dir(url)
     command.upgrade(alembic_config(url), revision)
 
 
 def current_revision(url: str) -> str | None:
+    _ensure_sqlite_dir(url)
     engine = create_engine(sync_url(url))
     try:
         with engine.connect() as conn:

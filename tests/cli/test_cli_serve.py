@@ -72,6 +72,26 @@ def test_serve_migrates_listens_answers_and_stops_on_sigterm(database_url: str) 
             proc.wait()
 
 
+def test_serve_creates_the_embedded_store_in_a_missing_directory(tmp_path: Path) -> None:
+    """A fresh clone has no ./var/: the first `serve` must create it, not fail."""
+    store = tmp_path / "not" / "yet" / "callcenter.db"
+    env = cli_env(f"sqlite:///{store}")
+    proc = subprocess.Popen([sys.executable, "-m", "callcenter", "serve", "--port", "0"], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        assert proc.stdout is not None
+        lines = []
+        for line in proc.stdout:
+            lines.append(line)
+            if "service=http" in line or "unusable" in line:
+                break
+        assert any("service=http" in line for line in lines), "".join(lines)
+        assert store.is_file()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=30)
+
+
 def test_db_upgrade_and_current(database_url: str) -> None:
     env = cli_env(database_url)
     assert run_cli("db", "current", env=env).stdout.strip().startswith("empty")
