@@ -16,8 +16,25 @@ from sqlalchemy import ColumnElement, and_, case, func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from callcenter.cases.lifecycle import OPEN_STATES, CaseStatus
-from callcenter.db.tables import CaseLogRow, CaseRow, OutboxRow
-from callcenter.db.tables_sms import SupervisorTaskRow
+from callcenter.db.tables import CallRecordRow, CaseLogRow, CaseRow, OutboxRow
+from callcenter.db.tables_sms import SmsInboundRow, SupervisorTaskRow
+
+# An answer within this many seconds counts as "answered within 15 s" (GB/T 33358: ≥ 95 %).
+ANSWER_TARGET_SECONDS = 15
+# Outbox delivery states that mean the message will not arrive (sms.dlr.DeliveryState).
+UNDELIVERED_STATES = ("undeliverable", "expired", "deleted", "rejected")
+
+
+@dataclass(frozen=True)
+class CallsToday:
+    calls: int
+    answered_in_target: int
+    abandoned: int
+
+    @property
+    def answered_in_target_rate(self) -> float | None:
+        return round(self.answered_in_target / self.calls, 4) if self.calls else None
+
 
 # Cases that can still absorb a duplicate (not final, not closed).
 _MERGE_TARGET_STATES = sorted(s.value for s in OPEN_STATES)
@@ -244,6 +261,39 @@ class ConsoleQueries:
                 select(func.count(), func.count(OutboxRow.sent_at), func.count(OutboxRow.delivered_at))
                 .where(OutboxRow.created_at >= start, OutboxRow.created_at < end))).one()
         return int(row[0]), int(row[1]), int(row[2])
+
+    async def sms_delivery(self, start: dt.datetime, end: dt.datetime) -> tuple[int, int]:
+        """(delivered, not delivered) among outbox messages sent in [start, end): a receipt said
+        undeliverable/expired/deleted/rejected, or the send failed for good after it went out."""
+        failed = OutboxRow.delivery_state.in_(UNDELIVERED_STATES) | and_(
+            OutboxRow.status == "failed", OutboxRow.delivery_state.is_(None))
+        async with self.sessions() as session:
+            row = (await session.execute(
+                select(func.count(case((OutboxRow.delivery_state == "delivered", 1))),
+                       func.count(case((failed, 1))))
+                .where(OutboxRow.sent_at >= start, OutboxRow.sent_at < end))).one()
+        return int(row[0]), int(row[1])
+
+    async def sms_in(self, start: dt.datetime, end: dt.datetime) -> int:
+        """Inbound texts (sms_inbound rows) received in [start, end)."""
+        async with self.sessions() as session:
+            return int(await session.scalar(
+                select(func.count()).select_from(SmsInboundRow)
+                .where(SmsInboundRow.received_at >= start, SmsInboundRow.received_at < end)) or 0)
+
+    async def calls(self, start: dt.datetime, end: dt.datetime) -> CallsToday:
+        """IVR calls (call_records) started in [start, end)."""
+        record = CallRecordRow
+        async with self.sessions() as session:
+            rows = (await session.execute(
+                select(record.started_at, record.answered_at, record.outcome)
+                .where(record.started_at >= start, record.started_at < end))).all()
+        target = dt.timedelta(seconds=ANSWER_TARGET_SECONDS)
+        return CallsToday(
+            calls=len(rows),
+            answered_in_target=sum(1 for started, answered, _ in rows
+                                   if answered is not None and answered - started <= target),
+            abandoned=sum(1 for *_, outcome in rows if outcome == "abandoned"))
 
     async def counts_by(self, column: str, start: dt.datetime, end: dt.datetime,
                         limit: int = 12) -> list[tuple[str, int]]:

@@ -153,4 +153,21 @@ class ConsoleSessionRow(Base):
     last_seen: Mapped[dt.datetime]
 
 
+class CallRecordRow(Base):
+    """One row per IVR call (FastAGI session), written by the voice runtime when the call ends."""
+
+    __tablename__ = "call_records"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    call_id: Mapped[str] = mapped_column(String(64), unique=True, comment="agi_uniqueid")
+    route: Mapped[str] = mapped_column(String(32))
+    caller: Mapped[str | None] = mapped_column(String(20), comment="E.164")
+    started_at: Mapped[dt.datetime] = mapped_column(index=True)
+    answered_at: Mapped[dt.datetime | None] = mapped_column(comment="our ANSWER succeeded")
+    ended_at: Mapped[dt.datetime]
+    last_state: Mapped[str | None] = mapped_column(String(64), comment="IVR state at the end")
+    outcome: Mapped[str] = mapped_column(String(16), comment="settled | transferred | abandoned | error")
+    case_number: Mapped[str | None] = mapped_column(String(12), comment="the draft this call made")
+
+
 from callcenter.db import tables_sms  # noqa: E402,F401

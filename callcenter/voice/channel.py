@@ -24,6 +24,7 @@ from callcenter.voice.actions import VoiceActions, utcnow
 from callcenter.voice.ami import AmiClient
 from callcenter.voice.metrics import VoiceMetrics
 from callcenter.voice.recordings import RecordingStore
+from callcenter.voice.records import CallRecords
 from callcenter.voice.routes import apply_overrides, build_routes
 from callcenter.voice.runner import RunnerDeps
 
@@ -64,7 +65,8 @@ class VoiceChannel:
         self.deps = RunnerDeps(
             actions=self.actions, recordings=self.recordings, metrics=self.metrics, events=services.events,
             sounds_dir=settings.prompts.asterisk_sounds_dir, region=settings.cases.default_region,
-            draining=lambda: self._draining)
+            draining=lambda: self._draining,
+            call_records=CallRecords(services.sessions, services.engine.dialect.name))
         self.routes: dict[str, AgiHandler] = build_routes(self.flows, self.deps, self._track)
         self.ami: AmiClient | None = None
         if settings.ami.enabled:

@@ -25,6 +25,7 @@ a person the same way.
 
 from __future__ import annotations
 
+import datetime as dt
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -40,6 +41,7 @@ from callcenter.cases.numbering import CaseNumber, InvalidCaseNumber
 from callcenter.cases.phones import InvalidPhoneNumber, normalise_phone
 from callcenter.ivr import (
     Action,
+    ActionResult,
     CollectDigits,
     Digits,
     Event,
@@ -59,6 +61,7 @@ from callcenter.ivr import (
 from callcenter.ivr.flow import DTMF_KEYS
 from callcenter.prompts import sound_name
 from callcenter.voice.actions import CallInfo, VoiceActions
+from callcenter.voice import records
 from callcenter.voice.metrics import VoiceMetrics
 from callcenter.voice.recordings import RecordingStore
 from sms.privacy import mask_number
@@ -74,6 +77,8 @@ BEEP_PROMPT = "beep"
 _MAX_LENGTH_SLACK_MS = 500
 # Routes that continue an earlier conversation about a case (the case number comes with them).
 _CASE_ROUTES = frozenset({"voicemail", "callback"})
+# Service calls that file a new draft: their `case_number` is the call record's.
+_DRAFT_ACTIONS = frozenset({"create_draft", "voicemail_draft"})
 
 
 class EventSink(Protocol):
@@ -91,6 +96,7 @@ class RunnerDeps:
     sounds_dir: str
     region: str = "CN"
     draining: Callable[[], bool] = lambda: False
+    call_records: records.CallRecords | None = None
 
 
 def _needs_channel(actions: Sequence[Action]) -> bool:
@@ -110,12 +116,18 @@ class CallRunner:
         self.info = CallInfo(call_id=call.call_id, route=route, caller=self._caller())
         self.log = log.bind(call_id=call.call_id, flow=flow.name)
         self._current: list[Action] = []
+        # For the call record (see `_record_call`).
+        self.answered_at: dt.datetime | None = None
+        self.transferred_to: str | None = None
+        self.failed = False
+        self.draft_number: str | None = None
 
     # ---- entry
 
     async def run(self) -> None:
         metrics = self.deps.metrics
         started = time.monotonic()
+        started_at = self.deps.actions.now()
         metrics.calls.inc(route=self.route)
         self.log.info("voice.call", route=self.route, caller=mask_number(self.info.caller))
         try:
@@ -124,6 +136,7 @@ class CallRunner:
                 self.log.info("voice.gone_before_answer")
                 metrics.abandoned.inc(flow=self.flow.name, state="answer")
                 return
+            self.answered_at = self.deps.actions.now()
             metrics.answered.inc(route=self.route)
             context = await self._context()
             await self._drive(self.engine.start(context))
@@ -131,6 +144,7 @@ class CallRunner:
             if not self.engine.hung_up:  # before the flow started (answer, context)
                 metrics.abandoned.inc(flow=self.flow.name, state="answer")
         except Exception as exc:  # noqa: BLE001 - one call's failure ends only that call
+            self.failed = True
             await self._failed(exc)
         finally:
             metrics.call_seconds.observe(time.monotonic() - started)
@@ -138,6 +152,35 @@ class CallRunner:
                           hung_up=self.gone or self.engine.hung_up,
                           case_number=self.engine.variables.get("case_number"),
                           ending=type(self.engine.ending).__name__ if self.engine.ending else None)
+            await self._record_call(started_at)
+
+    def outcome(self) -> str:
+        """How the call ended, for its call record (docs/voice.md, Call records)."""
+        if self.failed:
+            return records.ERROR
+        if self.transferred_to is not None:
+            return records.TRANSFERRED
+        if self.engine.settled:
+            return records.SETTLED
+        if self.gone or self.engine.hung_up or self.answered_at is None:
+            return records.ABANDONED
+        return records.ERROR  # cut off (shutdown) with the caller still in the flow
+
+    async def _record_call(self, started_at: dt.datetime) -> None:
+        """The one place a call finishes: one call_records row, whatever happened."""
+        store = self.deps.call_records
+        if store is None:
+            return
+        try:
+            record = records.CallRecord(
+                call_id=self.call.call_id, route=self.route, caller=self.info.caller, started_at=started_at,
+                answered_at=self.answered_at, ended_at=self.deps.actions.now(),
+                last_state=self.engine.state if self.answered_at is not None else None, outcome=self.outcome(),
+                case_number=self.draft_number)
+        except Exception:  # noqa: BLE001 - a lost record must not break the call
+            self.log.exception("voice.call_record_failed")
+            return
+        await store.write(record)
 
     def _caller(self) -> str | None:
         raw = self.call.request.callerid
@@ -220,7 +263,7 @@ class CallRunner:
                 case Record():
                     return await self._record(action)
                 case Invoke():
-                    return await self.deps.actions.invoke(action, self.info)
+                    return await self._invoke(action)
                 case Transfer():
                     await self._transfer(action.queue, action.variables)
                     return None
@@ -230,6 +273,12 @@ class CallRunner:
         if not self.engine.finished:
             self.log.warning("voice.batch_without_answer", state=self.engine.state)
         return None
+
+    async def _invoke(self, action: Invoke) -> ActionResult:
+        result = await self.deps.actions.invoke(action, self.info)
+        if result.name in _DRAFT_ACTIONS and result.outcome == "ok" and result.values.get("case_number"):
+            self.draft_number = result.values["case_number"]
+        return result
 
     # ---- channel actions
 
@@ -336,6 +385,7 @@ class CallRunner:
         if case_number:
             await self._set(CASE_VARIABLE, case_number)
         await self._set_next(target)
+        self.transferred_to = target
         self.deps.metrics.transfers.inc(flow=self.flow.name, target=target)
         if target == "agent" and self.deps.events is not None:
             self.deps.events.publish("screen_pop", {
@@ -357,7 +407,7 @@ class CallRunner:
             invokes = [a for a in actions if isinstance(a, Invoke)]
             if not invokes:
                 return
-            actions = self.engine.feed(await self.deps.actions.invoke(invokes[-1], self.info))
+            actions = self.engine.feed(await self._invoke(invokes[-1]))
 
     async def _hand_over(self, reason: str) -> None:
         """Owed work first, then the caller goes to a person (never just dropped)."""

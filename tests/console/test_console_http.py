@@ -16,7 +16,8 @@ from sqlalchemy import select, update
 from callcenter.app import Services
 from callcenter.cases.lifecycle import CaseStatus, RejectionReason
 from callcenter.cases.model import Channel
-from callcenter.db.tables import CaseLogRow, ConsoleSessionRow, OutboxRow, StaffAccountRow
+from callcenter.db.tables import CallRecordRow, CaseLogRow, ConsoleSessionRow, OutboxRow, StaffAccountRow
+from callcenter.db.tables_sms import SmsInboundRow
 from callcenter.service.cases import DraftInput, PlatformEvent
 from tests.console.conftest import PASSWORD, Console
 
@@ -400,7 +401,8 @@ async def test_dashboard_figures_come_from_the_cases_and_their_log(
     assert evaluation["closure_rate"] == 0.5 and evaluation["on_time_closure_rate"] == 0.5
     assert evaluation["repeats"] == 2 and evaluation["repeat_rate"] == 0.4
     assert data["drafts"]["waiting"] == 1 and data["drafts"]["oldest"]["number"] == waiting
-    assert data["today"]["calls"] is None and data["today"]["sms_in"] is None
+    assert data["today"]["calls"] == 0 and data["today"]["answered_within_15s_rate"] is None
+    assert data["today"]["sms_in"] == 0
     assert data["today"]["sms_out"] >= 4 and data["today"]["sms_delivery_rate"] is None
     by_category = {row["code"]: row["count"] for row in data["by_category"]}
     assert by_category["C0101"] == 2  # the merged duplicate is not counted twice
@@ -414,6 +416,50 @@ async def test_dashboard_figures_come_from_the_cases_and_their_log(
     bad = await console.get_json(f"/console/api/dashboard?from={today}&to={earlier}", status=400)
     assert bad["message"] == "结束日期不能早于开始日期"
     assert (await console.get_json("/console/api/dashboard?from=yesterday", status=400))["field"] == "from"
+
+
+async def test_dashboard_counts_todays_calls_and_sms_from_stored_rows(
+        console_factory: Any, services: Services) -> None:
+    console: Console = await (await console_factory()).signed_in("zhaomin")
+    empty = (await console.get_json("/console/api/dashboard"))["today"]
+    assert (empty["calls"], empty["abandoned"], empty["sms_in"]) == (0, 0, 0)
+    assert empty["answered_within_15s_rate"] is None and empty["sms_delivery_rate"] is None  # 暂无数据
+    assert empty["answered_within_15s_target"] == 0.95
+
+    tz = dt.timezone(dt.timedelta(hours=8))  # cases.timezone of the test settings
+    today = dt.datetime.now(dt.UTC).astimezone(tz).date()
+    base = dt.datetime.combine(today, dt.time(1, 0), tzinfo=tz)  # 01:00 local today
+    yesterday = base - dt.timedelta(days=1)
+    second = dt.timedelta(seconds=1)
+    calls = [  # (started, answered after, outcome)
+        (base, 3 * second, "settled"), (base, 15 * second, "transferred"),
+        (base, 16 * second, "abandoned"), (base, None, "abandoned"), (yesterday, second, "abandoned")]
+    sent = [  # (sent_at, status, delivery_state)
+        *[(base, "sent", "delivered")] * 4, (base, "sent", "undeliverable"), (base, "sent", "expired"),
+        (base, "failed", None), (base, "sent", "enroute"), (base, "sent", None),
+        (yesterday, "sent", "undeliverable")]
+    async with services.sessions() as session, session.begin():
+        for index, (started, after, outcome) in enumerate(calls):
+            session.add(CallRecordRow(
+                call_id=f"1795477691.{index}", route="hotline", caller=None, started_at=started,
+                answered_at=None if after is None else started + after, ended_at=started + 60 * second,
+                last_state="menu", outcome=outcome))
+        for index, received in enumerate([base, base, yesterday]):
+            session.add(SmsInboundRow(
+                message_key=f"k{index}", fingerprint=f"f{index}", source="http", sender="+8613800000001",
+                destination="12345", text="路灯不亮", text_hash=f"h{index}", received_at=received,
+                last_seen_at=received, outcome="draft"))
+        for index, (at, status, state) in enumerate(sent):
+            session.add(OutboxRow(
+                idempotency_key=f"dash-{index}", recipient="+8613800000001", template="received", body="x",
+                status=status, not_before=at, created_at=at, sent_at=at, delivery_state=state,
+                delivered_at=at if state == "delivered" else None))
+    figures = (await console.get_json("/console/api/dashboard"))["today"]
+    assert figures["calls"] == 4 and figures["answered_within_15s"] == 2
+    assert figures["answered_within_15s_rate"] == 0.5 and figures["abandoned"] == 2
+    assert figures["sms_in"] == 2
+    assert figures["sms_delivered"] == 4 and figures["sms_undelivered"] == 3
+    assert figures["sms_delivery_rate"] == round(4 / 7, 4)
 
 
 # ---------------------------------------------------------------------------- live events

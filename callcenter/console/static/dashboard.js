@@ -47,11 +47,13 @@ async function load({ background = false } = {}) {
   const t = data.today, d = data.drafts, e = data.evaluation;
   clear($("cards-today")).append(
     card("今日来电", t.calls),
-    card("15秒内接通率", t.answered_within_15s_rate === null ? null : formatPercent(t.answered_within_15s_rate)),
+    card("15秒内接通率", t.answered_within_15s_rate === null ? null : formatPercent(t.answered_within_15s_rate),
+      `目标 ≥ ${formatPercent(t.answered_within_15s_target)}（GB/T 33358）`),
     card("放弃呼叫", t.abandoned),
     card("短信接收", t.sms_in),
     card("短信发送", t.sms_out, `已发出 ${t.sms_sent} · 已送达 ${t.sms_delivered}`),
-    card("短信送达率", t.sms_delivery_rate === null ? null : formatPercent(t.sms_delivery_rate)),
+    card("短信送达率", t.sms_delivery_rate === null ? null : formatPercent(t.sms_delivery_rate),
+      `今日发出：已送达 ${t.sms_delivered} · 未送达 ${t.sms_undelivered}`),
     card("今日受理", t.intake),
     card("待处理草稿", d.waiting),
     card("最早草稿", d.oldest ? d.oldest.number : "无",
