@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -128,3 +130,20 @@ async def console_factory(services: Services) -> AsyncIterator[Any]:
         for client in clients:
             await client.close()
         await server.close()
+
+
+async def read_sse_event(response: Any, wanted: str, timeout: float = 10.0) -> dict[str, Any]:
+    """Read SSE frames until one of type `wanted` arrives."""
+    async def read() -> dict[str, Any]:
+        event, data = "", ""
+        while True:
+            line = (await response.content.readline()).decode("utf-8").rstrip("\n")
+            if line.startswith("event: "):
+                event = line[7:]
+            elif line.startswith("data: "):
+                data = line[6:]
+            elif line == "" and event:
+                if event == wanted:
+                    return json.loads(data)
+                event, data = "", ""
+    return await asyncio.wait_for(read(), timeout)

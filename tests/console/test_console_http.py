@@ -3,7 +3,6 @@ hostile text, concurrent edits, recordings, screen pops, dashboard and the live 
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import json
 import os
@@ -19,7 +18,7 @@ from callcenter.cases.model import Channel
 from callcenter.db.tables import CallRecordRow, CaseLogRow, ConsoleSessionRow, OutboxRow, StaffAccountRow
 from callcenter.db.tables_sms import SmsInboundRow
 from callcenter.service.cases import DraftInput, PlatformEvent
-from tests.console.conftest import PASSWORD, Console
+from tests.console.conftest import PASSWORD, Console, read_sse_event
 
 HOSTILE = '<script>alert("x")</script><img src=x onerror="alert(1)">'
 
@@ -465,21 +464,6 @@ async def test_dashboard_counts_todays_calls_and_sms_from_stored_rows(
 # ---------------------------------------------------------------------------- live events
 
 
-async def _read_events(response: Any, wanted: str, timeout: float = 10.0) -> dict[str, Any]:
-    """Read SSE frames until one of type `wanted` arrives."""
-    async def read() -> dict[str, Any]:
-        event, data = "", ""
-        while True:
-            line = (await response.content.readline()).decode("utf-8").rstrip("\n")
-            if line.startswith("event: "):
-                event = line[7:]
-            elif line.startswith("data: "):
-                data = line[6:]
-            elif line == "" and event:
-                if event == wanted:
-                    return json.loads(data)
-                event, data = "", ""
-    return await asyncio.wait_for(read(), timeout)
 
 
 async def test_the_event_stream_announces_drafts_from_any_path_and_pops_only_for_its_agent(
@@ -493,17 +477,17 @@ async def test_the_event_stream_announces_drafts_from_any_path_and_pops_only_for
     assert (await (await console_factory()).http.get("/console/events")).status == 401
     async with wang.http.get("/console/events") as wang_stream, li.http.get("/console/events") as li_stream:
         assert wang_stream.headers["Content-Type"].startswith("text/event-stream")
-        await _read_events(wang_stream, "hello")
-        await _read_events(li_stream, "hello")
+        await read_sse_event(wang_stream, "hello")
+        await read_sse_event(li_stream, "hello")
         # A draft written straight through the case service (as the SMS channel does) ...
         number = await draft(services, description="短信：坂田社区路灯不亮")
-        assert (await _read_events(wang_stream, "draft_created"))["number"] == number
-        assert (await _read_events(li_stream, "draft_created"))["number"] == number
+        assert (await read_sse_event(wang_stream, "draft_created"))["number"] == number
+        assert (await read_sse_event(li_stream, "draft_created"))["number"] == number
         # ... and a screen pop addressed to one agent reaches only that agent, masked for staff.
         hub.publish("screen_pop", {"agent": "lijun", "phone": "13712345678", "call_id": "c-1"})
         hub.publish("screen_pop", {"agent": "wangfang", "phone": "13612345678", "call_id": "c-2"})
-        li_pop = await _read_events(li_stream, "screen_pop")
-        wang_pop = await _read_events(wang_stream, "screen_pop")
+        li_pop = await read_sse_event(li_stream, "screen_pop")
+        wang_pop = await read_sse_event(wang_stream, "screen_pop")
         assert li_pop["call_id"] == "c-1" and li_pop["phone_display"] == "+86137****5678" and li_pop["phone"] is None
         assert wang_pop["call_id"] == "c-2"
         answer = await li.get_json(f"/console/screen-pop?pop={li_pop['pop']}")

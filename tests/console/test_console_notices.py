@@ -6,7 +6,6 @@ as the platform and a supervisor's phone would; the console only reads superviso
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import json
 from typing import Any
@@ -18,7 +17,7 @@ from callcenter.console.hub import ConsoleHub, DraftWatcher
 from callcenter.service.cases import DraftInput
 from callcenter.service.tasks import TaskKind, TaskService, TaskView
 from sms.gateway import InboundMessage
-from tests.console.conftest import SUPERVISOR_BANTIAN, SUPERVISOR_BUJI, Console
+from tests.console.conftest import SUPERVISOR_BANTIAN, SUPERVISOR_BUJI, Console, read_sse_event
 
 GRID_BUJI = "44030700100101"     # 布吉圩社区第01网格 -> 张伟
 GRID_BANTIAN = "44030700200101"  # 岗头社区第01网格 -> 李娜
@@ -201,21 +200,6 @@ async def test_the_watcher_announces_sent_answered_and_escalated_tasks(services:
         assert published == [("notice", "sent"), ("notice", "escalated"), ("notice", "answered")]
 
 
-async def _read_events(response: Any, wanted: str, timeout: float = 10.0) -> dict[str, Any]:
-    """Read SSE frames until one of type `wanted` arrives."""
-    async def read() -> dict[str, Any]:
-        event, data = "", ""
-        while True:
-            line = (await response.content.readline()).decode("utf-8").rstrip("\n")
-            if line.startswith("event: "):
-                event = line[7:]
-            elif line.startswith("data: "):
-                data = line[6:]
-            elif line == "" and event:
-                if event == wanted:
-                    return json.loads(data)
-                event, data = "", ""
-    return await asyncio.wait_for(read(), timeout)
 
 
 async def test_the_event_stream_says_notice_when_a_task_is_sent_and_answered(
@@ -223,11 +207,11 @@ async def test_the_event_stream_says_notice_when_a_task_is_sent_and_answered(
     console: Console = await (await console_factory()).signed_in("wangfang")
     number = await draft(services, GRID_BUJI)
     async with console.http.get("/console/events") as stream:
-        await _read_events(stream, "hello")
+        await read_sse_event(stream, "hello")
         task = await send_task(services, number)
-        assert (await _read_events(stream, "notice"))["kind"] == "sent"
+        assert (await read_sse_event(stream, "notice"))["kind"] == "sent"
         await supervisor_says(services, SUPERVISOR_BUJI, f"属实{task.code}")
-        answered = await _read_events(stream, "notice")
+        answered = await read_sse_event(stream, "notice")
         assert answered["kind"] == "answered" and answered["counts"]["answered"] == 1
 
 
@@ -240,19 +224,19 @@ async def test_an_ivr_transfer_pops_the_callers_draft(console_factory: Any, serv
     assert console.http.app is not None
     hub = console.http.app[console_key].hub
     async with console.http.get("/console/events") as stream:
-        await _read_events(stream, "hello")
+        await read_sse_event(stream, "hello")
         hub.publish("screen_pop", {"agent": None, "phone": "+8613712345678", "call_id": "c-9",
                                    "case_number": filed})
-        pop = await _read_events(stream, "screen_pop")
+        pop = await read_sse_event(stream, "screen_pop")
         assert pop["case_number"] == filed and pop["phone_display"] == "+86137****5678" and pop["pop"]
         # A withheld number: no handle, but the draft the caller filed still pops.
         hub.publish("screen_pop", {"agent": None, "phone": "", "call_id": "c-10", "case_number": filed})
-        withheld = await _read_events(stream, "screen_pop")
+        withheld = await read_sse_event(stream, "screen_pop")
         assert withheld["pop"] is None and withheld["phone_display"] is None and withheld["case_number"] == filed
         # Neither a number nor a valid intake number: nothing to show.
         hub.publish("screen_pop", {"agent": None, "phone": "", "call_id": "c-11", "case_number": "12345"})
         hub.publish("screen_pop", {"agent": None, "phone": "13612345678", "call_id": "c-12", "case_number": None})
-        last = await _read_events(stream, "screen_pop")
+        last = await read_sse_event(stream, "screen_pop")
         assert last["call_id"] == "c-12" and last["case_number"] is None
 
     answer = await console.get_json(f"/console/screen-pop?pop={pop['pop']}&case={filed}")
