@@ -37,6 +37,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from bench._table import print_markdown, print_table
 from callcenter.app import Services, build_services
 from callcenter.cases.catalogue import Category
 from callcenter.cases.grids import Grid
@@ -112,41 +113,20 @@ class Report:
     def add(self, row: Row) -> None:
         self.rows.append(row)
 
-    def print_table(self) -> None:
-        headers = ("backend", "test", "c", "result", "baseline", "ratio", "note")
-        cells = [headers, *[(r.backend, r.test, str(r.clients), r.result, r.baseline, r.ratio,
-                             r.note) for r in self.rows]]
-        widths = [max(_width(row[i]) for row in cells) for i in range(len(headers))]
-        print()
-        for index, row in enumerate(cells):
-            print("  ".join(_pad(value, widths[i]) for i, value in enumerate(row)).rstrip())
-            if index == 0:
-                print("  ".join("-" * w for w in widths))
-        print("ratio: create = throughput / baseline throughput (below 1: slower than a bare "
-              "INSERT); search = latency / baseline latency, p50 / p99 (above 1: slower than a "
-              "primary-key SELECT)")
-        for note in self.notes:
-            print(f"note: {note}")
+    def cells(self) -> list[tuple[str, ...]]:
+        return [(r.backend, r.test.strip(), str(r.clients), r.result, r.baseline, r.ratio, r.note)
+                for r in self.rows]
 
+    def print_table(self) -> None:
+        print_table(("backend", "test", "c", "result", "baseline", "ratio", "note"), self.cells(),
+                    "ratio: create = throughput / baseline throughput (below 1: slower than a bare "
+                    "INSERT); search = latency / baseline latency, p50 / p99 (above 1: slower than a "
+                    "primary-key SELECT)", self.notes)
 
     def print_markdown(self) -> None:
         """The same table as Markdown, for pasting into docs/benchmarks.md."""
-        print()
-        print("| backend | test | clients | result | baseline | ratio | note |")
-        print("|---|---|---:|---:|---:|---:|---|")
-        for r in self.rows:
-            cells = (r.backend, r.test.strip(), str(r.clients), r.result, r.baseline, r.ratio,
-                     r.note)
-            print("| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |")
-
-
-def _width(value: str) -> int:
-    """Display width: CJK characters take two columns in a terminal."""
-    return sum(2 if ord(ch) > 0x2E80 else 1 for ch in value)
-
-
-def _pad(value: str, width: int) -> str:
-    return value + " " * (width - _width(value))
+        print_markdown(("backend", "test", "clients", "result", "baseline", "ratio", "note"), self.cells(),
+                       numeric=("clients", "result", "baseline", "ratio"))
 
 
 def say(message: str) -> None:

@@ -41,6 +41,7 @@ from bench.bench_cases import (
     percentile,
     say,
 )
+from bench._table import print_markdown, print_table
 from callcenter.app import Services, build_services
 from callcenter.db.tables import OutboxRow
 from callcenter.logs import configure_logging
@@ -98,6 +99,9 @@ class Row:
     note: str = ""
 
 
+HEADERS = ("backend", "test", "result", "floor", "ratio", "note")
+
+
 @dataclass
 class Report:
     rows: list[Row] = field(default_factory=list)
@@ -108,28 +112,17 @@ class Report:
         say(f"[{row.backend}] {row.test.strip():<44} {row.result:<26} floor {row.floor:<24} "
             f"ratio {row.ratio:<12} {row.note}")
 
+    def cells(self) -> list[tuple[str, ...]]:
+        return [(r.backend, r.test.strip(), r.result, r.floor, r.ratio, r.note) for r in self.rows]
+
     def print_table(self) -> None:
-        headers = ("backend", "test", "result", "floor", "ratio", "note")
-        cells = [headers, *[(r.backend, r.test, r.result, r.floor, r.ratio, r.note) for r in self.rows]]
-        widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
-        print()
-        for index, row in enumerate(cells):
-            print("  ".join(value.ljust(widths[i]) for i, value in enumerate(row)).rstrip())
-            if index == 0:
-                print("  ".join("-" * w for w in widths))
-        print("ratio: throughput / floor throughput (below 1: slower than the floor); latency / floor "
-              "latency, p50 / p99 (above 1: slower); latencies from the simulator's clock (1 ms "
-              "resolution; a floor under 1 ms counts as 1 ms in the ratio)")
-        for note in self.notes:
-            print(f"note: {note}")
+        print_table(HEADERS, self.cells(),
+                    "ratio: throughput / floor throughput (below 1: slower than the floor); latency / "
+                    "floor latency, p50 / p99 (above 1: slower); latencies from the simulator's clock "
+                    "(1 ms resolution; a floor under 1 ms counts as 1 ms in the ratio)", self.notes)
 
     def print_markdown(self) -> None:
-        print()
-        print("| backend | test | result | floor | ratio | note |")
-        print("|---|---|---:|---:|---:|---|")
-        for r in self.rows:
-            cells = (r.backend, r.test.strip(), r.result, r.floor, r.ratio, r.note)
-            print("| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |")
+        print_markdown(HEADERS, self.cells(), numeric=("result", "floor", "ratio"))
 
 
 def per_s(value: float) -> str:
