@@ -49,14 +49,14 @@ from typing import Final
 from sms.codec import DataCoding
 
 __all__ = [
+    "CONCRETE_BASES",
     "DeliveryReceipt",
     "DeliveryState",
-    "CONCRETE_BASES",
     "IdBases",
     "NetworkError",
     "PartRef",
-    "ReceiptMatch",
     "ReceiptError",
+    "ReceiptMatch",
     "ReceiptText",
     "decide_bases",
     "is_delivery_receipt",
@@ -357,7 +357,7 @@ def match_receipt(
             return ReceiptMatch(None, "no_part")
     if len(own) > 1:
         return ReceiptMatch(None, f"ambiguous: {len(own)} parts")
-    ((part_id, (part, relations)),) = own.items()
+    ((part_id, (part, _)),) = own.items()
     pair = None
     if handset:
         # Unambiguous pair: the handset pins the part and only one reading joins the ids.

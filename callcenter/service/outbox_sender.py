@@ -47,7 +47,12 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from callcenter.db.tables import CaseRow, OutboxRow
-from callcenter.db.tables_sms import SmsIdBasesRow, SmsOptOutRow, SmsReceiptUnmatchedRow, SmsSubmitRow
+from callcenter.db.tables_sms import (
+    SmsIdBasesRow,
+    SmsOptOutRow,
+    SmsReceiptUnmatchedRow,
+    SmsSubmitRow,
+)
 from callcenter.metrics import MetricsRegistry
 from callcenter.service.sms_roster import normalise_sender
 from callcenter.settings import RetryRule, SmppSettings, SmsSettings
@@ -225,7 +230,7 @@ class OutboxSender:
                 sent = await self._pass(housekeeping=due)
             except (SQLAlchemyError, OSError, TimeoutError) as exc:
                 log.error("sms.outbox.store_failed", error=str(exc).splitlines()[0][:300])
-            except Exception:  # noqa: BLE001 - the loop must survive a bug in one message
+            except Exception:
                 log.exception("sms.outbox.loop_failed")
             if sent >= self.settings.outbox_batch:
                 await asyncio.sleep(0)  # a full batch means a backlog: next pass at once

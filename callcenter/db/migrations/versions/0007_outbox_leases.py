@@ -6,7 +6,6 @@ Revises: 0006_call_records
 import sqlalchemy as sa
 from alembic import op
 
-
 revision = "0007_outbox_leases"
 down_revision = "0006_call_records"
 branch_labels = None
