@@ -5,7 +5,9 @@ The simulator hands out short hex ids (A, B, … 10, 11 …) and writes them in 
 receipts, so one receipt id reads as up to three stored parts (issue 10, Found 1). On top:
 every 10th submit throttled, every 12th answered by a dropped link (alternately taken by the
 SMSC, whose receipt then comes on the next bind, and not taken), every 7th receipt naming a
-handset that got nothing. What is counted comes from the simulator's own log.
+handset that got nothing (only for answered submits: a lie about the only proof a dropped
+submit gets makes a resend the right call, and a second copy). What is counted comes from the
+simulator's own log.
 """
 
 from __future__ import annotations
@@ -45,6 +47,19 @@ async def accepted_per_destination(smsc: SmscSimulator) -> dict[str, int]:
     for taken in await smsc.events("accepted_unanswered"):
         counts[taken["destination_addr"]] = counts.get(taken["destination_addr"], 0) + 1
     return counts
+
+
+async def explain(smsc: SmscSimulator, wire: str, parts: list[SmsSubmitRow],
+                  unmatched: list[SmsReceiptUnmatchedRow]) -> None:
+    """What the SMSC and the store saw of one handset (printed when a count is wrong)."""
+    for event in await smsc.events():
+        if wire in (event.get("destination_addr"), event.get("source_addr"), event.get("true_handset")) or (
+                event["kind"] in ("submit_sm_resp", "close", "connect", "bind")):
+            print({k: v for k, v in event.items() if k not in ("pdu_hex", "short_message_hex", "tlvs", "text")})
+    print([(p.id, p.status, p.smsc_message_id, p.receipt_state, p.attempts) for p in parts
+           if p.recipient == "+" + wire])
+    print([(u.id, u.message_id, u.reason, u.matched_submit_id, u.received_at) for u in unmatched
+           if u.recipient == "+" + wire])
 
 
 async def store(stack: Any) -> tuple[list[OutboxRow], list[SmsSubmitRow], list[SmsReceiptUnmatchedRow]]:
@@ -101,6 +116,8 @@ async def test_hex_ids_decimal_receipts_throttling_drops_and_lying_receipts(
 
     # Each message reached the SMSC exactly once, dropped links and throttling notwithstanding.
     counts = await accepted_per_destination(smsc)
+    for wire in (w for w, n in counts.items() if n != 1):
+        await explain(smsc, wire, parts, unmatched)
     assert counts == {handset(i): 1 for i in range(MESSAGES)}
     assert await smsc.events("accepted_unanswered"), "no drop was taken by the SMSC: the test lost its edge"
     assert any(r["status"] == 0x58 for r in await smsc.events("submit_sm_resp"))

@@ -122,7 +122,12 @@ function sendAutoReceipt(receipt, messageId, decoded, submitter, attempt = 0) {
     return;
   }
   autoReceiptCount += 1;
-  const wrong = receipt.wrong_handset_every && autoReceiptCount % receipt.wrong_handset_every === 0;
+  // Only receipts of submits answered on a live link lie: the proof of a submit whose resp
+  // a drop may have eaten (or a redelivery) naming a stranger would leave the ESME no way to
+  // know the SMSC took it.
+  const answered = Boolean(submitter) && submitter.open && !submitter.session.socket.destroyed;
+  const wrong = answered && receipt.wrong_handset_every
+    && autoReceiptCount % receipt.wrong_handset_every === 0;
   const spec = Object.assign({}, receipt, {
     message_id: receiptId(messageId, receipt.id_format),
     source_addr: wrong ? (receipt.wrong_handset || '8613700000000') : decoded.destination_addr,
