@@ -765,12 +765,12 @@ class OutboxSender:
             await self._match_stored(session, stored, now, touched)
 
     async def _match_stored(self, session: AsyncSession, stored: Sequence[Any], now: dt.datetime,
-                            touched: set[int]) -> int:
+                            touched: set[int], label: str = "early") -> int:
         receipts = [_Receipt(r.message_id, r.raw_message_id, DeliveryState(r.state), r.stat, r.error, r.recipient,
                              r.received_at, None, r.id) for r in stored]
         matched = [how for _, how in await self._match(session, receipts, now, touched) if how == "early"]
-        for _ in matched:
-            self._m_receipts.inc(match="early")
+        if matched:
+            self._m_receipts.inc(len(matched), match=label)
         return len(matched)
 
     async def sweep_unmatched(self) -> int:
@@ -784,7 +784,7 @@ class OutboxSender:
                 .order_by(UNMATCHED.c.id).limit(500))).all()
             if not stored:
                 return 0
-            matched = await self._match_stored(session, stored, self.now(), touched)
+            matched = await self._match_stored(session, stored, self.now(), touched, "swept")
             if touched:
                 await self._settle(session, touched, self.now())
         if matched:
