@@ -2,9 +2,9 @@
 
 Exactly once as the citizen sees it, with several nodes sharing one store:
 
-* **Claims.** A pass claims a batch of due messages in one statement (`UPDATE … WHERE id IN
-  (SELECT … FOR UPDATE SKIP LOCKED) RETURNING`; on SQLite the single UPDATE … RETURNING is
-  atomic by itself): status `sending`, `lease_owner` = this node (`[node] id`),
+* **Claims.** A pass chooses the due messages that head their case (two index reads) and
+  claims them in one statement (`UPDATE … WHERE id IN (SELECT … FOR UPDATE SKIP LOCKED)
+  RETURNING`; on SQLite the UPDATE … RETURNING is atomic by itself): status `sending`, `lease_owner` = this node (`[node] id`),
   `lease_expires_at`. The lease is renewed while the batch is in flight. Only an expired
   lease is taken back (its parts caught mid-submit become `in_doubt`), never a live node's
   work; at start-up a node also takes back its own leases, which a previous life left.
