@@ -94,7 +94,7 @@ async def running(smsc: SmscSimulator, reactor: Any, tmp_path: Path, *, loops: b
             target.now = clock
         services.sms.outbox.gateway = gateway
         await services.sms.outbox.recover()
-        await gateway.start(services.sms.intake.receive_status, services.sms.outbox.handle_receipt)
+        await gateway.start(services.sms.intake.receive_verdict, services.sms.outbox.handle_receipt)
     try:
         if bound:
             await gateway.client.wait_bound(5)
