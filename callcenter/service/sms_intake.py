@@ -689,7 +689,7 @@ class SmsIntakeService:
         row_of: list[int | None] = []            # decision index -> index into rows
         drafts: list[tuple[int, PreparedDraft]] = []
         replies: list[tuple[int, str]] = []      # (decision index, body)
-        copies: dict[int, int] = {}
+        copies: dict[int, tuple[int, tuple[str, int | None] | None]] = {}
         blocks: list[dict[str, Any]] = []
         opt_outs: list[dict[str, Any]] = []
         slow_senders: set[str] = set()
@@ -703,7 +703,9 @@ class SmsIntakeService:
                     command=seen.command, duplicate=True, slow=resume, received_at=seen.received_at))
                 row_of.append(None)
                 if seen.id is not None:
-                    copies[seen.id] = copies.get(seen.id, 0) + 1
+                    n, _ = copies.get(seen.id, (0, None))
+                    # The copy is now the delivery the SMSC knows we answered: compare later ones with it.
+                    copies[seen.id] = (n + 1, (text.connection, text.sequence) if text.connection else None)
                 if resume:
                     slow_senders.add(text.sender)
                 elif p.arrivals >= settings.loop_threshold and text.sender not in blocked:
@@ -802,9 +804,11 @@ class SmsIntakeService:
             for decision, at in zip(decisions, row_of, strict=True):
                 if at is not None:
                     decision.row_id = ids[at]
-        for row_id, n in copies.items():
-            conn.execute(update(INBOUND).where(INBOUND.c.id == row_id)
-                         .values(copies=INBOUND.c.copies + n, last_seen_at=now))
+        for row_id, (n, link) in copies.items():
+            values: dict[str, Any] = {"copies": INBOUND.c.copies + n, "last_seen_at": now}
+            if link is not None:
+                values.update(link_connection=link[0], link_sequence=link[1])
+            conn.execute(update(INBOUND).where(INBOUND.c.id == row_id).values(**values))
         if blocks:
             conn.execute(BLOCKLIST.insert(), blocks)
         if opt_outs:

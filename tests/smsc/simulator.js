@@ -166,12 +166,16 @@ function pickSession(spec, { needReceive = false } = {}) {
   return candidates[candidates.length - 1];
 }
 
-function sendRequest(state, command, options, rawTlvs, onResponse) {
+function sendRequest(state, command, options, rawTlvs, onResponse, resendSequence) {
   const session = state.session;
   const pdu = new smpp.PDU(command, options);
-  if (session.sequence === 0x7FFFFFFF) session.sequence = 0;
-  session.sequence += 1;
-  pdu.sequence_number = session.sequence;
+  if (resendSequence) {
+    pdu.sequence_number = resendSequence; // a retransmission: the sequence number of an earlier PDU
+  } else {
+    if (session.sequence === 0x7FFFFFFF) session.sequence = 0;
+    session.sequence += 1;
+    pdu.sequence_number = session.sequence;
+  }
   let buffer = pdu.toBuffer();
   const extra = encodeRawTlvs(rawTlvs);
   if (extra.length) {
@@ -217,7 +221,7 @@ function sendDeliver(state, spec, kind) {
     record('deliver_sm_resp', {
       session: state.id, sequence: seq, status: resp.command_status, of: kind,
     });
-  });
+  }, spec.resend_sequence);
   record(kind, {
     session: state.id,
     sequence: seq,
