@@ -29,6 +29,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import hashlib
+import re
 import unicodedata
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -147,8 +148,14 @@ def _sha(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
 
 
+# Category Cc (C0, DEL, C1) other than tab and line breaks, and lone surrogates.
+_UNWANTED = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ud800-\udfff]")
+
+
 def clean_text(text: str) -> tuple[str, bool]:
     """Replace NUL, control characters and lone surrogates, which no store or handset wants."""
+    if _UNWANTED.search(text) is None:  # nearly every text: nothing to replace
+        return text, False
     out: list[str] = []
     changed = False
     for ch in text:
