@@ -83,9 +83,9 @@ async def enqueue(conn: AsyncConnection | AsyncSession, messages: Sequence[Outgo
         return 0
     dialect = conn.bind.dialect.name if isinstance(conn, AsyncSession) else conn.dialect.name
     values = _values(messages, now)
-    if len(values) == 1:
-        result = await conn.execute(insert_statement(dialect).values(**values[0]))
-        return int(result.rowcount or 0)
+    if len(values) == 1:  # RETURNING: rowcount is not reliable for ON CONFLICT through the ORM session
+        result = await conn.execute(insert_statement(dialect).values(**values[0]).returning(OUTBOX.c.id))
+        return len(result.all())
     await conn.execute(insert_statement(dialect), values)
     return len(values)
 

@@ -264,6 +264,9 @@ class SmsIntakeService:
         self._m_outcomes = m.counter("sms_mo_outcomes_total", "what inbound texts became")
         self._m_drafts = m.counter("sms_drafts_created_total", "draft cases created from SMS")
         self._m_commands = m.counter("sms_commands_total", "keyword commands handled")
+        self._m_groups = m.counter("sms_mo_groups_total", "transactions that stored a group of whole texts")
+        self._m_group_size = m.summary("sms_mo_group_texts", "whole texts per stored group",
+                                       buckets=(1, 2, 5, 10, 20, 50, 100))
 
     def _new_reassembler(self) -> Reassembler:
         return Reassembler(timeout=self.settings.reassembly_timeout, gbk_codings=self.gbk_codings)
@@ -606,6 +609,8 @@ class SmsIntakeService:
             except IntegrityError:  # another node stored the same key meanwhile: decide again
                 if attempt:
                     raise
+        self._m_groups.inc()
+        self._m_group_size.observe(len(items))
         self.cases.drafts_created(views)
         results: list[IntakeResult | None] = []
         replied = False

@@ -6,6 +6,7 @@ checked against the simulator in test_sms_smsc.py.
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 from typing import Any
 
@@ -22,8 +23,7 @@ from callcenter.service.cases import DraftInput, PlatformEvent
 from callcenter.service.sms_intake import IntakeResult
 from callcenter.service.tasks import TaskKind
 from callcenter.settings import Settings
-from sms.gateway import InboundMessage
-from sms.gateway import MoVerdict
+from sms.gateway import InboundMessage, MoVerdict
 from tests.sms_intake.conftest import (
     GRID_BUJI,
     GRID_DAFEN,
@@ -461,3 +461,48 @@ async def test_draft_input_unchanged_for_staff(services: Services) -> None:
     async with services.sessions() as session:
         assert await session.scalar(select(func.count()).select_from(CaseLogRow)
                                     .where(CaseLogRow.case_id == view.id)) == 1
+
+
+# ---------------------------------------------------------------- groups
+
+
+async def test_texts_arriving_together_are_stored_in_groups_in_arrival_order(services: Services) -> None:
+    intake = sms(services).intake
+    senders = [f"+86135{n:08d}" for n in range(40)]
+    results = await asyncio.gather(*(receive(services, ucs2(s, f"{REPORT}（{i}）")) for i, s in enumerate(senders)))
+    assert [r.outcome for r in results] == ["draft"] * 40
+    serials = [int((r.case_number or "")[6:11]) for r in results]
+    assert serials == sorted(serials) and len(set(serials)) == 40  # numbered in arrival order
+    groups = services.metrics.counter("sms_mo_groups_total").total()
+    assert groups < 40  # several texts per transaction
+    assert [row.sender for row in await inbound(services)] == senders
+    assert intake._queue == []
+
+
+async def test_a_store_failure_answers_try_again_for_its_whole_group(services: Services) -> None:
+    await fail_inserts(services.engine, "outbox")  # the receipts of the group's drafts cannot be written
+    results = await asyncio.gather(*(receive(services, ucs2(f"+86135{n:08d}", REPORT)) for n in range(12)))
+    assert {r.verdict for r in results} == {MoVerdict.RETRY_LATER}
+    assert await inbound(services) == [] and await sms_cases(services) == []
+    await heal_inserts(services.engine, "outbox")
+    again = await asyncio.gather(*(receive(services, ucs2(f"+86135{n:08d}", REPORT)) for n in range(12)))
+    assert {r.verdict for r in again} == {MoVerdict.STORED} and len(await sms_cases(services)) == 12
+
+
+async def test_one_senders_replies_keep_the_order_of_the_texts(services: Services) -> None:
+    first = await receive(services, ucs2(CITIZEN, REPORT))
+    # A query (finished after its group) and then a report from the same sender, arriving together
+    # with other senders' texts: the query's answer is queued before the new report's receipt.
+    results = await asyncio.gather(
+        receive(services, ucs2(OTHER, "井盖丢了")),
+        receive(services, ucs2(CITIZEN, f"CX{first.case_number}")),
+        receive(services, ucs2(CITIZEN, "路口积水很深，车辆无法通行")),
+        receive(services, ucs2("+8613600000000", "垃圾没人清运")))
+    assert [r.outcome for r in results] == ["draft", "command", "draft", "draft"]
+    replies = [row.template for row in await outbox(services, CITIZEN)]
+    assert replies == ["received", "sms_reply", "received"]
+
+
+async def test_a_text_without_a_sender_is_refused_for_good(services: Services) -> None:
+    result = await receive(services, InboundMessage(sender="  ", destination=SERVICE, text="路灯坏了"))
+    assert result.verdict is MoVerdict.REFUSED and await inbound(services) == []
