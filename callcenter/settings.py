@@ -175,10 +175,14 @@ class SmsSettings(_Section):
 
     # Seconds to wait for the missing parts of a long MO before it becomes a flagged draft.
     reassembly_timeout: float = Field(default=300.0, gt=0)
-    # A text from the same number with the same content within this many seconds is a
-    # redelivery (no second case); commands use the shorter window so a repeated query is answered.
+    # How long a copy of a text may still be the SMSC redelivering it (no second case); commands
+    # use the shorter window. Within it, a copy on the connection that carried the first with
+    # another sequence number, or with other TLVs, is the citizen sending again (docs/sms.md).
     redelivery_window: float = Field(default=24 * 3600.0, gt=0)
     command_redelivery_window: float = Field(default=900.0, gt=0)
+    # Texts committed together in one transaction at most (intake groups; the SMPP window
+    # bounds how many are waiting anyway).
+    intake_group_max: int = Field(default=64, ge=1, le=1000)
     # Per number: more than rate_limit texts within rate_window are folded into one draft.
     rate_limit: int = Field(default=5, ge=1)
     rate_window: float = Field(default=600.0, gt=0)
