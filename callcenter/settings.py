@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
@@ -41,6 +42,16 @@ class DatabaseSettings(_Section):
         if scheme not in {"sqlite", "postgresql", "postgres"}:
             raise ValueError("must be a sqlite:/// or postgresql:// URL")
         return value
+
+
+class NodeSettings(_Section):
+    """[node]: this service process among several sharing one store (issue 11).
+
+    `id` names the node in outbox leases (and later heartbeats and metrics). Empty means
+    host name + HTTP port; two processes on one host must then use different ports or ids.
+    """
+
+    id: str = Field(default="", max_length=64)
 
 
 class HttpSettings(_Section):
@@ -161,8 +172,11 @@ class SmppSettings(_Section):
     # Seconds an MT may wait at the SMSC (and in our outbox) before it is given up.
     validity_period: int = Field(default=48 * 3600, ge=60, le=99 * 86400)
     registered_delivery: int = Field(default=1, ge=0, le=255)
-    # How submit_sm_resp ids relate to receipt ids at this SMSC (see sms.dlr.IdBases).
+    # How submit_sm_resp ids relate to receipt ids at this SMSC (see sms.dlr.IdBases). "auto"
+    # learns it per link from unambiguous (submit id, receipt id) pairs, kept in sms_id_bases.
     id_bases: Literal["auto", "same", "submit_hex_receipt_dec", "submit_dec_receipt_hex"] = "auto"
+    # Agreeing unambiguous pairs (and none against) before "auto" trusts one relation.
+    id_bases_learn_pairs: int = Field(default=3, ge=1, le=1000)
 
 
 class RetryRule(_Section):
@@ -199,6 +213,9 @@ class SmsSettings(_Section):
     outbox_batch: int = Field(default=50, ge=1, le=10_000)
     # An unanswered submit waits this long for a receipt that proves it arrived before it is resent.
     in_doubt_wait: float = Field(default=600.0, gt=0)
+    # A claimed batch is leased for this long and renewed every third of it while in flight;
+    # another node takes back (as in doubt) only a lease that has expired.
+    outbox_lease: float = Field(default=60.0, ge=1.0)
     housekeeping_interval: float = Field(default=5.0, gt=0)
     # Longer texts are cut for the draft (the whole text stays in sms_inbound).
     max_text_chars: int = Field(default=3800, ge=100, le=3950)
@@ -283,6 +300,7 @@ class VoiceSettings(_Section):
 
 
 class Settings(_Section):
+    node: NodeSettings = NodeSettings()
     database: DatabaseSettings = DatabaseSettings()
     http: HttpSettings = HttpSettings()
     agi: AgiSettings = AgiSettings()
@@ -298,6 +316,15 @@ class Settings(_Section):
     recordings: RecordingSettings = RecordingSettings()
     ami: AmiSettings = AmiSettings()
     voice: VoiceSettings = VoiceSettings()
+
+    def node_id(self) -> str:
+        """`[node] id`, or host name + HTTP port (+ pid when the port is chosen by the OS)."""
+        if self.node.id:
+            return self.node.id
+        host = socket.gethostname() or "localhost"
+        if self.http.port == 0:
+            return f"{host}:0/{os.getpid()}"[:64]
+        return f"{host}:{self.http.port}"[:64]
 
     def path(self, value: str) -> Path:
         """Resolve a configured path against the project root unless it is absolute."""
