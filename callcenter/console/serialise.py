@@ -23,7 +23,7 @@ CHANNEL_LABELS = {"sms": "短信", "phone": "电话", "staff": "坐席录入", "
 FLAG_LABELS = {
     CaseFlag.NEEDS_TRANSCRIPTION: "待转写", CaseFlag.PARTIAL_MESSAGE: "短信不完整", CaseFlag.LOSSY_TEXT: "含乱码",
     CaseFlag.RECORDING_MISSING: "录音缺失", CaseFlag.RECORDING_EMPTY: "录音为空", CaseFlag.AFTER_HOURS: "非工作时间",
-    CaseFlag.FLOOD_FOLDED: "多条合并",
+    CaseFlag.FLOOD_FOLDED: "多条合并", CaseFlag.ENDANGERS_PEOPLE: "危及人身安全",
 }
 ACTION_LABELS = {
     "created": "创建草稿", "updated": "修改转写", "submitted": "提交立案", "rejected": "不予立案",
