@@ -299,6 +299,12 @@ class VoiceSettings(_Section):
     drain_seconds: float = Field(default=10.0, ge=0, le=600)
 
 
+class Open311Settings(_Section):
+    # A POST repeated within this many minutes (same key, same fields) returns the first
+    # request instead of filing a second; 0 keeps only the Idempotency-Key header.
+    retry_window_minutes: int = Field(default=10, ge=0, le=24 * 60)
+
+
 class Settings(_Section):
     node: NodeSettings = NodeSettings()
     database: DatabaseSettings = DatabaseSettings()
@@ -316,6 +322,7 @@ class Settings(_Section):
     recordings: RecordingSettings = RecordingSettings()
     ami: AmiSettings = AmiSettings()
     voice: VoiceSettings = VoiceSettings()
+    open311: Open311Settings = Open311Settings()
 
     def node_id(self) -> str:
         """`[node] id`, or host name + HTTP port (+ pid when the port is chosen by the OS)."""

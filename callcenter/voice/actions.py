@@ -288,7 +288,7 @@ class VoiceActions:
         check = self._recording(ref, "voicemail", call)
         related = args.get("case_number") or None
         caller = self._phone(args.get("caller")) or call.caller
-        flags = [CaseFlag.NEEDS_TRANSCRIPTION.value, *check.flags]
+        flags = [CaseFlag.NEEDS_TRANSCRIPTION.value, CaseFlag.VOICEMAIL.value, *check.flags]
         if self._after_hours():
             flags.append(CaseFlag.AFTER_HOURS.value)
         view = await self._file_draft(DraftInput(
