@@ -20,17 +20,20 @@ from callcenter.api.schemas import (
 )
 from callcenter.cases.lifecycle import CaseStatus
 from callcenter.cases.model import CaseView, Channel
+from callcenter.privacy import may_see_number
 from callcenter.service.cases import CaseFilter, DraftInput, PlatformEvent
 from callcenter.service.tokens import Principal, Role
 
 READERS = (Role.STAFF, Role.PLATFORM)
 STAFF = (Role.STAFF,)
+NUMBER_ROLES = frozenset({Role.STAFF, Role.PLATFORM, Role.ADMIN})
 
 
 def _out(view: CaseView, principal: Principal, *, with_log: bool = True) -> CaseOut:
-    """Staff see reporters' numbers; the platform sees them unless the reporter asked otherwise."""
-    show_phone = principal.role in (Role.STAFF, Role.ADMIN) or not (view.anonymous or view.confidential)
-    return CaseOut.from_view(view, show_phone=show_phone, with_log=with_log)
+    """Every API role may see numbers, except those of anonymous or confidential reporters
+    (docs/privacy.md): those stay masked for staff, the platform and admin alike."""
+    visible = may_see_number(principal.role in NUMBER_ROLES, view)
+    return CaseOut.from_view(view, show_phone=visible, with_log=with_log)
 
 
 async def create_case(request: web.Request) -> web.Response:

@@ -23,7 +23,8 @@ Decisions, so that clients such as FixMyStreet know what to expect:
   the Chinese status label, the rejection reason, or the master case of a merged duplicate.
 - Reads list cases from every channel, not only Open311 ones. Phone numbers are never output:
   the reporter's number is not a field here, mobile or landline numbers that citizens typed
-  into a description are masked, and the description of an anonymous or confidential case is
+  into a description or address are masked in every spelling (callcenter/privacy.py), and
+  the description of an anonymous or confidential case is
   withheld altogether.
 - Dates: start_date/end_date filter on requested_datetime; end_date is inclusive (a bare date
   covers its whole day); a value without an offset is read in the service's time zone; one
@@ -50,6 +51,7 @@ from callcenter.app import Services
 from callcenter.cases.catalogue import Catalogue, Category, InvalidCategoryCode
 from callcenter.cases.lifecycle import OPEN_STATES, CaseStatus, RejectionReason
 from callcenter.cases.model import CaseView, Channel
+from callcenter.privacy import mask_numbers_in_text
 from callcenter.service.cases import CaseFilter, DraftInput
 from callcenter.service.errors import CaseNotFound, InvalidInput, ServiceError
 from callcenter.service.tokens import Principal, Role
@@ -71,12 +73,6 @@ MAX_MEDIA_URL = 1024
 
 # Characters XML 1.0 cannot carry at all; ElementTree would write them and produce broken XML.
 _XML_INVALID = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff\ud800-\udfff]")
-# Mainland mobile numbers (optionally +86/86) and landlines with an area code, as citizens type them.
-_PHONE_LIKE = re.compile(
-    r"(?<![0-9])(?:(?:\+|00)?86[ -]?)?1[3-9][0-9](?:[ -]?[0-9]{4}){2}(?![0-9])"
-    r"|(?<![0-9])0[1-9][0-9]{1,2}[ -]?[0-9]{7,8}(?![0-9])"
-)
-
 Value = str | int | float | bool | None
 Record = list[tuple[str, Value]]
 
@@ -339,15 +335,6 @@ async def create_request(request: web.Request) -> web.Response:
 # ---- GET requests ------------------------------------------------------------------------
 
 
-def _mask_phones(text: str, reporter_phone: str | None) -> str:
-    masked = _PHONE_LIKE.sub(lambda m: "*" * len(m.group(0)), text)
-    if reporter_phone:  # also the reporter's own number in any spelling the regex missed
-        national = reporter_phone.removeprefix("+86")
-        if len(national) >= 7:
-            masked = masked.replace(national, "*" * len(national))
-    return masked
-
-
 def _rejection_note(view: CaseView) -> str | None:
     for entry in reversed(view.log):
         if entry.to_status == CaseStatus.REJECTED:
@@ -376,7 +363,7 @@ def _public_description(view: CaseView) -> str | None:
     """Free text as the public may see it: withheld when the reporter asked for privacy."""
     if view.anonymous or view.confidential:
         return None  # the text may name or locate the reporter
-    return _mask_phones(view.description, view.reporter_phone)
+    return mask_numbers_in_text(view.description, whole=True)
 
 
 def _request_record(view: CaseView, catalogue: Catalogue, tz: ZoneInfo) -> Record:
@@ -395,7 +382,7 @@ def _request_record(view: CaseView, catalogue: Catalogue, tz: ZoneInfo) -> Recor
         ("requested_datetime", _datetime(view.created_at, tz)),
         ("updated_datetime", _datetime(view.updated_at, tz)),
         ("expected_datetime", None),
-        ("address", view.address),
+        ("address", mask_numbers_in_text(view.address, whole=True) if view.address else None),
         ("address_id", None),
         ("zipcode", None),
         ("lat", view.lat),

@@ -12,8 +12,8 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
 
 from callcenter.cases.lifecycle import CaseStatus, RejectionReason
-from callcenter.cases.model import CaseView
-from sms.privacy import mask_number
+from callcenter.cases.model import CaseView, LogEntry
+from callcenter.privacy import changes_for, phone_for, text_for
 
 Text = Annotated[StrictStr, Field(max_length=4000)]
 ShortText = Annotated[StrictStr, Field(max_length=256)]
@@ -93,6 +93,12 @@ class LogEntryOut(BaseModel):
     reason: str | None
     event_id: str | None
 
+    @classmethod
+    def from_entry(cls, entry: LogEntry, show_phone: bool) -> LogEntryOut:
+        return cls(at=entry.at, actor=entry.actor, action=entry.action, from_status=entry.from_status,
+                   to_status=entry.to_status, changes=changes_for(entry.changes, show_phone),
+                   reason=text_for(entry.reason, show_phone), event_id=entry.event_id)
+
 
 class CaseOut(BaseModel):
     number: str = Field(description="受理编号 intake number: YYMMDD + serial + Damm check digit")
@@ -125,20 +131,21 @@ class CaseOut(BaseModel):
 
     @classmethod
     def from_view(cls, view: CaseView, *, show_phone: bool, with_log: bool) -> CaseOut:
-        phone = view.reporter_phone if show_phone else (mask_number(view.reporter_phone)
-                                                          if view.reporter_phone else None)
+        """The case as a reader sees it: with `show_phone` false its numbers are masked
+        everywhere, the reporter's field, the description and the log."""
         return cls(
             number=view.number, status=CaseStatus(view.status), status_label=CaseStatus(view.status).label_zh,
-            channel=view.channel, reporter_phone=phone, anonymous=view.anonymous,  # type: ignore[arg-type]
-            confidential=view.confidential, description=view.description, recording_ref=view.recording_ref,
+            channel=view.channel, reporter_phone=phone_for(view.reporter_phone, show_phone),  # type: ignore[arg-type]
+            anonymous=view.anonymous, confidential=view.confidential,
+            description=text_for(view.description, show_phone) or "", recording_ref=view.recording_ref,
             kind=view.kind, category=view.category, category_edition=view.category_edition,  # type: ignore[arg-type]
             category_major=view.category_major,
             suggested_category=view.suggested_category, suggested_confidence=view.suggested_confidence,
-            grid=view.grid, address=view.address, lon=view.lon, lat=view.lat,
+            grid=view.grid, address=text_for(view.address, show_phone), lon=view.lon, lat=view.lat,
             platform_number=view.platform_number, rating=view.rating, master_number=view.master_number,
             flags=list(view.flags), version=view.version, created_at=view.created_at,
             updated_at=view.updated_at,
-            log=[LogEntryOut(**entry.__dict__) for entry in view.log] if with_log else None,
+            log=[LogEntryOut.from_entry(entry, show_phone) for entry in view.log] if with_log else None,
         )
 
 
