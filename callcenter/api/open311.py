@@ -45,7 +45,7 @@ from zoneinfo import ZoneInfo
 import structlog
 from aiohttp import web
 
-from callcenter.api.http import Handler
+from callcenter.api.http import ApiError, Handler, reject_nul_in_url
 from callcenter.api.keys import services_key
 from callcenter.app import Services
 from callcenter.cases.catalogue import Catalogue, Category, InvalidCategoryCode
@@ -70,6 +70,7 @@ WINDOW = dt.timedelta(days=90)  # spec: default range and the widest range one q
 MAX_RESULTS = 1000  # spec: at most 1000 requests per response
 MAX_LIST_ITEMS = 50  # comma-separated service_code values per query
 MAX_MEDIA_URL = 1024
+MIN_YEAR, MAX_YEAR = 2000, 2099  # dates outside this century name no request (intake numbers are YYMMDD)
 
 # Characters XML 1.0 cannot carry at all; ElementTree would write them and produce broken XML.
 _XML_INVALID = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff\ud800-\udfff]")
@@ -152,6 +153,10 @@ async def open311_errors(request: web.Request, handler: Handler) -> web.StreamRe
     """Every error under /open311 leaves in the spec's format; no stack trace reaches the client."""
     fmt = _fmt_of(request)
     try:
+        try:
+            reject_nul_in_url(request)
+        except ApiError as exc:
+            raise Open311Error(400, exc.message) from exc
         return await handler(request)
     except Open311Error as exc:
         return error_response(fmt, exc.status, exc.description)
@@ -249,12 +254,15 @@ async def _form(request: web.Request) -> dict[str, str]:
         raise Open311Error(400, "send the request as application/x-www-form-urlencoded")
     try:
         form = await request.post()
-    except (UnicodeDecodeError, ValueError) as exc:
+    except (UnicodeDecodeError, ValueError, LookupError) as exc:  # LookupError: charset=bogus
         raise Open311Error(400, "the form could not be read; send UTF-8 form data") from exc
     fields: dict[str, str] = {}
     for key, value in form.items():
         if not isinstance(value, str):
             raise Open311Error(400, f"{key}: file uploads are not accepted; send media_url instead")
+        if "\x00" in key or "\x00" in value:
+            name = key.replace("\x00", "\\0")[:32]
+            raise Open311Error(400, f"{name}: may not contain a NUL character")
         fields.setdefault(key, value)
     return fields
 
@@ -414,6 +422,8 @@ def _time_param(request: web.Request, name: str, tz: ZoneInfo) -> tuple[dt.datet
     except ValueError as exc:
         raise Open311Error(
             400, f"{name}: must be a W3C/ISO 8601 date or time, e.g. 2026-01-31T08:00:00+08:00") from exc
+    if not MIN_YEAR <= value.year <= MAX_YEAR:  # also keeps the 90-day arithmetic in range
+        raise Open311Error(400, f"{name}: must fall between {MIN_YEAR} and {MAX_YEAR}")
     if value.tzinfo is None:
         value = value.replace(tzinfo=tz)
     return value, "T" not in raw.upper() and " " not in raw
