@@ -11,6 +11,7 @@ import functools
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr, model_validator
+from phonenumbers import PhoneMetadata
 from pydantic_core import PydanticCustomError
 
 from callcenter.cases.lifecycle import CaseStatus, RejectionReason
@@ -26,9 +27,19 @@ _SPACE = r"\t\n\x0b\x0c\r\x1c-\x1f \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f
 NOT_BLANK = rf"^[^\x00]*[^\x00{_SPACE}][^\x00]*$"
 # 受理编号: 8 to 12 digits (the last a Damm check digit; a wrong one names no case: 404).
 INTAKE_NUMBER = rf"^[0-9]{{8,{MAX_LENGTH}}}$"
-# A mainland number as the API takes it: mobile (+86 optional), fixed line with its trunk 0 and
-# area code, or +86 and the fixed line without the 0. Spaces and dashes belong to people, not APIs.
-PHONE = r"^(?:(?:\+86)?1[3-9][0-9]{9}|0[1-9][0-9]{8,10}|\+86[1-9][0-9]{8,10})$"
+
+
+def _phone_pattern() -> str:
+    """A mainland reporter's number as the API takes it, from libphonenumber's own number plan
+    (so the document and `normalise_phone` agree): a mobile, bare or after +86, or a fixed line
+    after its trunk 0 or after +86. Spaces and dashes belong to people, not to API clients."""
+    plan = PhoneMetadata.metadata_for_region("CN")
+    mobile = plan.mobile.national_number_pattern.replace("\\d", "[0-9]")
+    fixed = plan.fixed_line.national_number_pattern.replace("\\d", "[0-9]")
+    return rf"^(?:(?:\+86)?(?:{mobile})|(?:\+86|0)(?:{fixed}))$"
+
+
+PHONE = _phone_pattern()
 CATEGORY = r"^[CE][0-9]{4}$"  # the document lists the loaded catalogue's codes as an enum
 GRID = r"^[0-9]{14,15}$"  # the document lists the loaded grids as an enum
 

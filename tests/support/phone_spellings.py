@@ -11,6 +11,7 @@ import re
 import unicodedata
 from dataclasses import dataclass
 
+import phonenumbers
 from hypothesis import strategies as st
 
 AREA_CODES = ["010", "020", "021", "022", "023", "024", "025", "027", "028", "029", "0755", "0571", "0851",
@@ -37,14 +38,23 @@ def _full_width(text: str) -> str:
     return "".join(chr(ord(ch) - 0x30 + 0xFF10) if ch.isdigit() else ch for ch in text)
 
 
+def _valid(national: str) -> bool:
+    return phonenumbers.is_valid_number(phonenumbers.parse(national, "CN"))
+
+
 @st.composite
-def national_numbers(draw: st.DrawFn) -> str:
+def _national_numbers(draw: st.DrawFn) -> str:
     if draw(st.booleans()):
         return "1" + draw(st.sampled_from("3456789")) + draw(st.text("0123456789", min_size=9, max_size=9))
     area = draw(st.sampled_from(AREA_CODES))
     local_len = 8 if len(area) == 3 else draw(st.sampled_from([7, 8]))
     return area + draw(st.sampled_from("2345678")) + draw(st.text("0123456789", min_size=local_len - 1,
                                                                    max_size=local_len - 1))
+
+
+def national_numbers() -> st.SearchStrategy[str]:
+    """Numbers that exist in the mainland number plan (the service refuses the others)."""
+    return _national_numbers().filter(_valid)
 
 
 @st.composite
