@@ -16,7 +16,7 @@ from sms.privacy import find_numbers, mask_number, mask_numbers_in_text, mask_te
 
 __all__ = [
     "PHONE_FIELDS", "find_numbers", "mask_number", "mask_numbers_in_text", "mask_text", "may_see_number",
-    "phone_for", "text_for", "changes_for", "log_changes", "is_number_search",
+    "phone_for", "text_for", "changes_for", "log_changes", "is_number_search", "restore_masked",
 ]
 
 # Keys whose values are phone numbers wherever they appear (log lines, case-log changes, events).
@@ -92,3 +92,13 @@ def is_number_search(text: str | None) -> bool:
         elif ch not in " -.\u3000\uff0d\uff0e()\uff08\uff09+":
             run = 0
     return bool(find_numbers(text))
+
+
+def restore_masked(original: str, edited: str) -> str:
+    """An edit of text a reader saw masked: each masked number still in it, unchanged, gets its
+    original back, so saving a masked description does not overwrite what the citizen wrote."""
+    for start, end, national in find_numbers(original):
+        masked = mask_number(national)
+        if masked in edited:
+            edited = edited.replace(masked, original[start:end], 1)
+    return edited

@@ -278,6 +278,12 @@ class VoiceSettings(_Section):
     drain_seconds: float = Field(default=10.0, ge=0, le=600)
 
 
+class Open311Settings(_Section):
+    # A POST repeated within this many minutes (same key, same fields) returns the first
+    # request instead of filing a second; 0 keeps only the Idempotency-Key header.
+    retry_window_minutes: int = Field(default=10, ge=0, le=24 * 60)
+
+
 class Settings(_Section):
     database: DatabaseSettings = DatabaseSettings()
     http: HttpSettings = HttpSettings()
@@ -294,6 +300,7 @@ class Settings(_Section):
     recordings: RecordingSettings = RecordingSettings()
     ami: AmiSettings = AmiSettings()
     voice: VoiceSettings = VoiceSettings()
+    open311: Open311Settings = Open311Settings()
 
     def path(self, value: str) -> Path:
         """Resolve a configured path against the project root unless it is absolute."""

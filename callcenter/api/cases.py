@@ -6,9 +6,9 @@ import re
 
 from aiohttp import web
 
-from callcenter.api.http import (
+from callcenter.api.auth import authorize
+from callcenter.web.http import (
     ApiError,
-    authorize,
     enum_param,
     int_param,
     json_response,
@@ -17,7 +17,7 @@ from callcenter.api.http import (
     read_json,
     time_param,
 )
-from callcenter.api.keys import services_key
+from callcenter.web.keys import services_key
 from callcenter.api.schemas import (
     CaseCreate,
     CaseMerge,

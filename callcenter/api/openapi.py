@@ -11,11 +11,11 @@ from pydantic import BaseModel
 
 from callcenter.api import schemas
 from callcenter.api import sms as sms_api
-from callcenter.api.http import DATETIME_PATTERN
-from callcenter.api.keys import services_key
 from callcenter.cases.lifecycle import CaseStatus
 from callcenter.cases.model import Channel
 from callcenter.settings import HttpSettings
+from callcenter.web.http import DATETIME_PATTERN
+from callcenter.web.keys import services_key
 
 PAGE_SIZE_MAX = HttpSettings.model_fields["page_size_max"].default
 

@@ -26,9 +26,10 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from callcenter.api import schemas
+from callcenter.api.auth import authorize
 from callcenter.api.cases import case_number, check_references
-from callcenter.api.http import ApiError, authorize, json_response, query_value, read_json, validation_error
-from callcenter.api.keys import services_key
+from callcenter.web.http import ApiError, json_response, query_value, read_json, validation_error
+from callcenter.web.keys import services_key
 from callcenter.app import Services
 from callcenter.service.errors import InvalidInput
 from callcenter.service import sms_texts

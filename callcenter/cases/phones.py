@@ -15,7 +15,9 @@ def normalise_phone(raw: str, region: str = "CN") -> str:
     """Return E.164 (`+8613812345678`) or raise InvalidPhoneNumber.
 
     Accepts what SMSCs and Asterisk hand us: `13812345678`, `8613812345678`,
-    `+86 138-1234-5678`, `075512345678`, full-width digits.
+    `+86 138-1234-5678`, `075512345678`, full-width digits. The number must be valid for its
+    region (number plan, not only length): `12345`, a 12-digit mobile or an unknown area
+    code are refused, so no receipt SMS is queued to a number that cannot exist.
     """
     if not isinstance(raw, str):
         raise InvalidPhoneNumber("phone number must be a string")
@@ -34,6 +36,8 @@ def normalise_phone(raw: str, region: str = "CN") -> str:
         raise InvalidPhoneNumber(f"not a phone number: {exc}") from exc
     if not phonenumbers.is_possible_number(parsed):
         raise InvalidPhoneNumber("not a possible phone number")
+    if not phonenumbers.is_valid_number(parsed):
+        raise InvalidPhoneNumber("not a valid number in its region's numbering plan")
     return phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)
 
 

@@ -82,6 +82,8 @@ class CaseFilter:
     # Set-valued forms, OR-ed with the single ones (Open311 asks for "open" = several statuses).
     statuses: tuple[str, ...] = ()
     categories: tuple[str, ...] = ()
+    # Only cases with a category (Open311: a public request always has a service_code).
+    categorised: bool = False
 
 
 # Counting every match of a broad search scans the table; past this many the total is
@@ -250,6 +252,8 @@ class CaseService:
         if raw_categories:
             codes = {parsed[0] for raw in raw_categories if (parsed := self._category(raw))}
             query = query.where(CaseRow.category_code.in_(sorted(codes)))
+        if filters.categorised:
+            query = query.where(CaseRow.category_code.is_not(None))
         if filters.grid:
             try:
                 grid = GridCode.parse(filters.grid).value

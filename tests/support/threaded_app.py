@@ -49,7 +49,7 @@ class ThreadedApp:
         self.loop.close()
 
     async def _start(self) -> None:
-        from callcenter.api.app import make_app
+        from callcenter.web.app import make_app
 
         self.services = build_services(self.settings)
         self.tokens = {role: await self.services.tokens.create(role, f"threaded-{role.value}") for role in Role}
