@@ -34,12 +34,15 @@ from callcenter.console.serialise import (
     local_iso,
     log_json,
     phone_out,
+    sees_numbers,
+    text_out,
     recordings_root,
     resolve_recording,
     visible_flags,
 )
 from callcenter.console.signin import api
 from callcenter.console.state import ConsoleState, state_of
+from callcenter.privacy import restore_masked
 from callcenter.service.cases import DraftInput
 from callcenter.service.errors import Conflict
 from callcenter.web.http import json_response
@@ -65,7 +68,9 @@ async def queue(request: web.Request, session: ConsoleSession) -> web.StreamResp
             "created_at": local_iso(row.created_at),
             "waiting_seconds": max(0, int((now - row.created_at).total_seconds())), "target_seconds": target,
             "suggested_category": suggested, "category": category_json(state, row.category),
-            "excerpt": row.description[:80],
+            # Masked before it is cut short, so half a number cannot slip past the mask.
+            "excerpt": (text_out(row.description, session, state,
+                                 private=row.anonymous or row.confidential) or "")[:80],
             "reporter_phone": phone_out(row.reporter_phone, session, state,
                                          private=row.anonymous or row.confidential)})
     return json_response({"now": now.isoformat(), "total": total, "items": items})
@@ -176,7 +181,8 @@ def _changed(state: ConsoleState, view: CaseView) -> None:
 async def _conflict(state: ConsoleState, number: str, session: ConsoleSession, seen_log: int | None) -> web.Response:
     """409 with what the colleague changed; the browser keeps what this person typed."""
     current = await state.services.cases.get(number)
-    others = [log_json(e) for e in current.log[seen_log:]] if seen_log is not None else []
+    visible = sees_numbers(session, state, private=current.anonymous or current.confidential)
+    others = [log_json(e, visible) for e in current.log[seen_log:]] if seen_log is not None else []
     return json_response({"error": "conflict", "message": "该案件已被他人修改",
                           "current": await case_payload(state, current, session), "others": others}, status=409)
 
@@ -208,6 +214,13 @@ async def update_case(request: web.Request, session: ConsoleSession) -> web.Stre
     number = request.match_info["number"]
     body: TranscriptionIn = await read_input(request, TranscriptionIn)
     changes = body.model_dump(exclude_unset=True, exclude={"version", "seen_log"})
+    if {"description", "address"} & changes.keys():
+        # A reader who saw the text masked sends it back masked: keep the numbers it hid.
+        current = await state.services.cases.get(number, with_log=False)
+        if not sees_numbers(session, state, private=current.anonymous or current.confidential):
+            for key, stored in (("description", current.description), ("address", current.address)):
+                if isinstance(changes.get(key), str) and stored:
+                    changes[key] = restore_masked(stored, changes[key])
     try:
         view = await state.services.cases.update_transcription(
             number, changes, actor=session.account.actor, expected_version=body.version)
