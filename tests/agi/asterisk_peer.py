@@ -563,10 +563,11 @@ class AgiServerHarness:
 
 
 def reference_dir() -> Path:
-    """`../shared/reference/asterisk-agi` beside the project, or $CALLCENTER_SHARED_DIR."""
-    shared = os.environ.get("CALLCENTER_SHARED_DIR")
-    base = Path(shared) if shared else Path(__file__).resolve().parents[3] / "shared"
-    return base / "reference" / "asterisk-agi"
+    """`../shared/reference/asterisk-agi` beside the project (or a git worktree's), or
+    under $CALLCENTER_SHARED_DIR."""
+    from tests.support.asterisk import shared_dir
+
+    return shared_dir() / "reference" / "asterisk-agi"
 
 
 @dataclass(frozen=True)

@@ -136,9 +136,11 @@ class Asterisk:
         assert self.process.stderr is not None
         return (await self.process.stderr.read()).decode("utf-8", "replace")
 
-    async def start_of_call(self, case_variable: str = "200 result=0") -> None:
+    async def start_of_call(self, case_variable: str | None = None) -> None:
+        """ANSWER; routes that continue a case (voicemail, callback) then read its number."""
         await self.expect("ANSWER", "200 result=0")
-        await self.expect('GET VARIABLE "CALLCENTER_CASE_NUMBER"', case_variable)
+        if case_variable is not None:
+            await self.expect('GET VARIABLE "CALLCENTER_CASE_NUMBER"', case_variable)
 
     async def play(self, prompt: str, reply: str = "200 result=0 endpos=8000",
                    escape: str = "") -> None:
@@ -157,17 +159,18 @@ async def test_main_menu_to_status_with_a_wrong_check_digit(
     await asterisk.start_of_call()
     await asterisk.play("welcome", escape=KEYS)
     await asterisk.play("main_menu", key("2"), escape=KEYS)  # 2 during the menu prompt
-    await asterisk.expect('GET DATA "callcenter/zh/status_enter_number" 10000 12',
+    # one key more than the 12 digits: the # after a full number ends this entry (the same
+    # executor as FastAGI; the two used to differ here)
+    await asterisk.expect('GET DATA "callcenter/zh/status_enter_number" 10000 13',
                           f"200 result={SLIP}")
     await asterisk.play("status_wrong_check_digit", escape=KEYS)
-    await asterisk.expect('GET DATA "callcenter/zh/status_enter_number" 10000 12',
+    await asterisk.expect('GET DATA "callcenter/zh/status_enter_number" 10000 13',
                           f"200 result={KEYED}")
     await asterisk.play("status_is")
     await asterisk.play("status_processing")
     await asterisk.play("thanks_goodbye")
     await asterisk.expect('SET VARIABLE "CALLCENTER_NEXT" "hangup"', "200 result=1")
-    await asterisk.expect("HANGUP", "200 result=1")
-    await asterisk.ends()
+    await asterisk.ends()  # the dialplan hangs up on CALLCENTER_NEXT, as after FastAGI
     assert fake.requests == [("GET", f"/api/v1/cases/{KEYED}", None)]
 
 
@@ -220,7 +223,7 @@ async def test_service_errors_send_the_caller_to_a_person(
     asterisk = await Asterisk.start("status", url, tmp_path)
     await asterisk.start_of_call()
     await asterisk.play("welcome", key("2"), escape=KEYS)  # the number typed during welcome
-    for digit in KEYED[1:]:
+    for digit in KEYED[1:] + "#":  # up to the #, like GET DATA
         await asterisk.expect("WAIT FOR DIGIT 10000", f"200 result={ord(digit)}")
     await asterisk.play("transfer_to_agent")
     await asterisk.expect(f'SET VARIABLE "CALLCENTER_CASE_NUMBER" "{KEYED}"', "200 result=1")
