@@ -249,10 +249,12 @@ class _Batch:
         self.items.append((action, False))
 
     def finish(self) -> list[Action]:
-        """Escape digits go to the trailing run of interruptible prompts before an input
-        action: a key pressed there is the caller's answer, and nothing they must hear
-        (e.g. their intake number) is skipped by it."""
-        takes_input = bool(self.items) and isinstance(self.items[-1][0], (WaitDigit, CollectDigits))
+        """Escape digits go to the trailing run of interruptible prompts before what ends
+        the step: for a menu or a number the key is the caller's answer; before a recording
+        it skips to the beep; before a transfer or goodbye it skips the rest. Nothing a
+        caller must hear (e.g. their intake number) is skipped: barge-in stops there."""
+        takes_input = bool(self.items) and isinstance(
+            self.items[-1][0], (WaitDigit, CollectDigits, Record, Transfer, HangUp))
         barge_in = takes_input
         resolved: list[Action] = []
         for action, interruptible in reversed(self.items):
@@ -486,14 +488,14 @@ class FlowRunner:
                 batch.add(self._invoke(state))
                 return batch.finish()
             case TransferState():
-                batch.play(state.prompts, False)
+                batch.play(state.prompts, True)
                 variables = {key: self._vars[key] for key in state.variables if self._vars.get(key)}
                 ending: Transfer | HangUp = Transfer(state.to, MappingProxyType(variables))
                 return self._end(batch, ending)
             case HangupState():
                 if not self._settled:  # the loader proves this cannot happen for loaded flows
                     raise RunnerError(f"hangup state {name!r} reached before any settled state")
-                batch.play(state.prompts, False)
+                batch.play(state.prompts, True)
                 return self._end(batch, HangUp())
         raise RunnerError(f"state {name!r} has an unknown type")  # pragma: no cover
 

@@ -26,7 +26,8 @@ What one command does (the contract both drivers used to carry twice):
     CollectDigits GET DATA (or WAIT FOR DIGIT after an early key) until # / max / timeout;
                   one key more than max_digits so the `#` after a full-length number ends
                   this entry instead of cutting the next prompt short
-    Record        prompts, our beep, RECORD FILE <path> wav "#" <ms> 0 s=<n>; whether the
+    Record        prompts (a key skips them), our beep, RECORD FILE <path> wav "#" <ms> 0
+                  s=<n>; whether the
                   caller said anything is decided from the audio (CheckSpeech), not from
                   the length: a take of pure silence is ~1 s long on a real Asterisk
     Invoke        the service call (also after the caller hung up)
@@ -311,7 +312,7 @@ class CallExecutor:
                 case CollectDigits():
                     return (yield from self._collect(action, pressed))
                 case Record():
-                    return (yield from self._record(action))
+                    return (yield from self._record(action, skip_prompts=pressed is not None))
                 case Invoke():
                     return (yield from self._invoke(action))
                 case Transfer():
@@ -385,8 +386,11 @@ class CallExecutor:
             raise AgiHangup("hangup while collecting digits")
         return result.digit
 
-    def _record(self, action: Record) -> Generator[Request, Any, Event]:
-        yield from self._play(action.prompt_ids, "")
+    def _record(self, action: Record, skip_prompts: bool = False) -> Generator[Request, Any, Event]:
+        # Barge-in: a key during the instructions (or the prompts before them) goes
+        # straight to the beep; the key itself is not part of the report.
+        if not skip_prompts:
+            yield from self._play(action.prompt_ids, DTMF_KEYS)
         if action.beep:  # ours, not RECORD FILE's BEEP: slim Asterisk images have no core sounds
             yield from self._play((BEEP_PROMPT,), "")
         target: RecordingTarget = yield NewRecording(action.name)

@@ -23,7 +23,7 @@ session_loop = pytest.mark.asyncio(loop_scope="session")
 async def test_unshared_recording_is_flagged_on_the_draft_not_a_crash(
         voice: Voice, no_tracebacks: Any) -> None:
     # the service cannot see the file: judged by the take's length, filed, flagged for staff
-    transcript = await voice.call(voice.peer("hotline", "121#1", audio="none"))
+    transcript = await voice.call(voice.peer("hotline", "121.#1", audio="none"))
     (draft,) = await voice.drafts()
     assert set(draft.flags) == {CaseFlag.NEEDS_TRANSCRIPTION.value, CaseFlag.RECORDING_MISSING.value}
     assert draft.recording_ref  # kept: staff see what was expected, ops can look for it
@@ -65,7 +65,7 @@ def test_speech_is_found_in_the_audio_not_in_its_length(tmp_path: Path) -> None:
 @session_loop
 async def test_asterisk_and_service_see_the_volume_at_different_paths(voice: Voice) -> None:
     assert not str(voice.recordings).startswith(ASTERISK_DIR)
-    transcript = await voice.call(voice.peer("voicemail", "#"))
+    transcript = await voice.call(voice.peer("voicemail", ".#"))
     (draft,) = await voice.drafts()
     record = next(argv for argv in transcript.argvs if argv[:2] == ["RECORD", "FILE"])
     assert record[2].startswith(ASTERISK_DIR + "/") and "/" not in draft.recording_ref
