@@ -16,6 +16,7 @@ Tests point the dialplan at their own FastAGI listener with
 from __future__ import annotations
 
 import shutil
+import wave
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -93,4 +94,12 @@ def caller_speech(tmp_path_factory: pytest.TempPathFactory) -> Sounds:
         (source / f"{name}.txt").write_text(text + "\n", encoding="utf-8")
     out = _cache("caller-speech")
     build_prompts(source, out, overrides_dir=None, progress=False)
+    # A silent caller on a real line still sends audio frames: 60 s of digital silence.
+    silence = out / "silence_60s.wav"
+    if not silence.exists():
+        with wave.open(str(silence), "wb") as wav:
+            wav.setnchannels(1)
+            wav.setsampwidth(2)
+            wav.setframerate(8000)
+            wav.writeframes(b"\0\0" * 8000 * 60)
     return Sounds(out)

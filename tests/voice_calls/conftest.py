@@ -186,21 +186,26 @@ class Voice:
             return list((await session.scalars(query)).all())
 
     async def case(self, phone: str | None = CALLER, *, status: CaseStatus = CaseStatus.DRAFT) -> CaseView:
-        """A case made the way staff and the platform would, in the given status."""
-        cases = self.services.cases
-        view = await cases.create_draft(DraftInput(channel=Channel.STAFF, description="路灯不亮",
-                                                   reporter_phone=phone, category="C0101",
-                                                   notify_reporter=False), actor="test")
-        if status == CaseStatus.DRAFT:
-            return view
-        await cases.submit(view.number, actor="test")
-        steps = [CaseStatus.REGISTERED, CaseStatus.DISPATCHED, CaseStatus.FEEDBACK, CaseStatus.CLOSED]
-        for index, step in enumerate(steps):
-            view = await cases.apply_platform_event(
-                view.number, PlatformEvent(event_id=f"{view.number}-{index}", status=step))
-            if step == status:
-                break
+        return await make_case(self.services, phone, status)
+
+
+async def make_case(services: Services, phone: str | None = CALLER, status: CaseStatus = CaseStatus.DRAFT
+                    ) -> CaseView:
+    """A case made the way staff and the platform would, in the given status."""
+    cases = services.cases
+    view = await cases.create_draft(DraftInput(channel=Channel.STAFF, description="路灯不亮",
+                                               reporter_phone=phone, category="C0101",
+                                               notify_reporter=False), actor="test")
+    if status == CaseStatus.DRAFT:
         return view
+    await cases.submit(view.number, actor="test")
+    steps = [CaseStatus.REGISTERED, CaseStatus.DISPATCHED, CaseStatus.FEEDBACK, CaseStatus.CLOSED]
+    for index, step in enumerate(steps):
+        view = await cases.apply_platform_event(
+            view.number, PlatformEvent(event_id=f"{view.number}-{index}", status=step))
+        if step == status:
+            break
+    return view
 
 
 def voice_settings(settings: Settings, recordings: Path) -> Settings:
@@ -336,6 +341,13 @@ class RealVoice:
     def say(self, sentence: str = "report_streetlight") -> str:
         """A caller step: play this sentence into the call (the citizen speaking)."""
         return "p" + self.speech.path(sentence)
+
+    def silent(self) -> str:
+        """A caller step: a minute of a silent line (frames of digital silence)."""
+        return "p" + self.speech.path("silence_60s")
+
+    async def case(self, phone: str | None = CALLER, *, status: CaseStatus = CaseStatus.DRAFT) -> CaseView:
+        return await make_case(self.services, phone, status)
 
     async def settle(self, timeout: float = 120.0) -> None:
         """Until every call has ended in Asterisk and every AGI handler has finished."""
