@@ -98,8 +98,13 @@ class VoicePeer(ScriptedAsterisk):
     asterisk_dir: str = ASTERISK_DIR
     audio: Literal["speech", "header", "none", "silence"] = "speech"
     written: list[Path] = field(default_factory=list)
+    # Asterisk's recording folder does not exist: RECORD FILE fails at once, no file.
+    folder_missing: bool = False
 
     def _alive(self, command: Command, transcript: CallTranscript) -> str:
+        if command.name == "record file" and self.folder_missing:
+            transcript.recordings.append(command.argv[2])
+            return "200 result=-1 (writefile)"
         reply = super()._alive(command, transcript)
         if command.name == "record file":
             if self.audio == "silence" and "(dtmf)" not in reply:

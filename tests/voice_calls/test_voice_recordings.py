@@ -48,6 +48,17 @@ async def test_a_take_without_speech_is_a_silent_try_and_three_reach_a_person(
     assert transcript.variables["CALLCENTER_NEXT"] == "agent"
 
 
+@session_loop
+async def test_a_missing_recording_folder_fails_each_take_at_once_then_a_person(
+        voice: Voice, agi_logs: list[dict[str, Any]]) -> None:
+    # what a real Asterisk does when its recording folder is absent (start-up checks say so)
+    transcript = await voice.call(voice.peer("hotline", "121.#1", folder_missing=True))
+    assert await voice.drafts() == []
+    assert len(transcript.recordings) == 3
+    assert sounds(transcript)[-1] == "transfer_to_agent"
+    assert [e["reason"] for e in agi_logs if e.get("event") == "voice.record_failed"] == ["writefile"] * 3
+
+
 def test_speech_is_found_in_the_audio_not_in_its_length(tmp_path: Path) -> None:
     rate = 8000
     silent = tmp_path / "silent.wav"
