@@ -292,6 +292,9 @@ class VoiceSettings(_Section):
     record_max_seconds: int | None = Field(default=None, ge=1, le=3600)
     record_silence_seconds: int | None = Field(default=None, ge=1, le=60)
     digit_timeout_seconds: float | None = Field(default=None, ge=0.5, le=120)
+    # A 20 ms frame of a recording louder than this (RMS, dBFS) is speech; less speech than
+    # a record state's min_seconds is a silent try (callcenter/voice/recordings.py).
+    speech_threshold_dbfs: float = Field(default=-40.0, ge=-90, le=0)
     # Invalid or silent tries before a person; states that deliberately allow one try
     # (after the number has been read out) keep it.
     retries: int | None = Field(default=None, ge=1, le=20)

@@ -19,7 +19,7 @@ async def records(voice: Voice) -> list[CallRecordRow]:
 
 
 async def test_completed_report_is_settled_with_its_draft(voice: Voice, no_tracebacks: Any) -> None:
-    await voice.call(voice.peer("hotline", "121#1", env={"uniqueid": "1795000000.1"}))
+    await voice.call(voice.peer("hotline", "121.#1", env={"uniqueid": "1795000000.1"}))
     (draft,) = await voice.drafts()
     (record,) = await records(voice)
     assert (record.call_id, record.route, record.caller) == ("1795000000.1", "hotline", CALLER_E164)
@@ -53,7 +53,7 @@ async def test_a_record_that_cannot_be_stored_does_not_break_the_call(
         voice: Voice, agi_logs: list[dict[str, Any]]) -> None:
     await voice.call(voice.peer("hotline", "0", env={"uniqueid": "1795000000.7"}))
     # Asterisk reuses a uniqueid (it should not): the second call still ends normally
-    transcript = await voice.call(voice.peer("hotline", "121#1", env={"uniqueid": "1795000000.7"}))
+    transcript = await voice.call(voice.peer("hotline", "121.#1", env={"uniqueid": "1795000000.7"}))
     assert transcript.variables["CALLCENTER_NEXT"] == "hangup"
     assert len(await voice.drafts()) == 1
     (record,) = await records(voice)
