@@ -103,7 +103,7 @@ class ConsoleSettings(_Section):
     # Set true behind TLS so the session cookie is only ever sent over HTTPS.
     secure_cookies: bool = False
     # Where recording_ref paths of IVR recordings and voicemails are resolved.
-    recordings_dir: str = "var/recordings"
+    recordings_dir: str = "/var/spool/asterisk/recording/callcenter"
     # A draft waiting longer than this is shown as overdue in the queue.
     queue_target_minutes: int = Field(default=10, ge=1, le=7 * 24 * 60)
     # Duplicate candidates: same category, same or neighbouring grid, created this recently.
@@ -225,8 +225,10 @@ class RecordingSettings(_Section):
     the file name relative to the directory, so neither mount point is stored in a case.
     """
 
+    # The defaults meet on one host: Asterisk's spool folder (= CALLCENTER_RECORDING_DIR in
+    # extensions.conf), read by the service where Asterisk writes.
     asterisk_dir: str = "/var/spool/asterisk/recording/callcenter"
-    service_dir: str = "var/recordings"
+    service_dir: str = "/var/spool/asterisk/recording/callcenter"
 
 
 class AmiSettings(_Section):

@@ -244,7 +244,9 @@ class AmiProtocol:
     def _dispatch(self, message: Message) -> list[Received]:
         action_id = message.action_id
         pending = self._pending.get(action_id) if action_id is not None else None
-        if message.get("Response") is not None:
+        name = message.get("Event")
+        # OriginateResponse is an event that also has a `Response` header: `Event` decides.
+        if name is None and message.get("Response") is not None:
             if pending is None or pending.response is not None:
                 # The answer to an action we no longer wait for (timed out, or not ours).
                 return []
@@ -253,7 +255,6 @@ class AmiProtocol:
                 return []
             del self._pending[action_id]  # type: ignore[arg-type]
             return [ActionDone(action_id, pending.action, message)]  # type: ignore[arg-type]
-        name = message.get("Event")
         if name is None:
             self.rejected += 1
             return []

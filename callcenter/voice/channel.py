@@ -24,7 +24,7 @@ from callcenter.voice.actions import VoiceActions, utcnow
 from callcenter.voice.ami import AmiClient
 from callcenter.voice.callbacks import CallbackService
 from callcenter.voice.metrics import VoiceMetrics
-from callcenter.voice.recordings import RecordingStore
+from callcenter.voice.recordings import RecordingStore, check_recording_dirs
 from callcenter.voice.queue_follow import QueueFollower
 from callcenter.voice.records import CallRecords
 from callcenter.voice.routes import apply_overrides, build_routes
@@ -91,9 +91,10 @@ class VoiceChannel:
                 self.ami.on_event(self.callbacks.on_event)
         self.factory: AgiServerFactory | None = None
         self._listening: IListeningPort | None = None
-        if settings.console.recordings_dir != settings.recordings.service_dir:
-            log.warning("voice.recordings_dirs_differ", console=settings.console.recordings_dir,
-                        service=settings.recordings.service_dir)
+        # Said once at start-up, in words: a recording folder that is wrong loses every report.
+        self.recording_problems = check_recording_dirs(settings)
+        for problem in self.recording_problems:
+            log.error("voice.recordings_problem", problem=problem)
 
     def _track(self, delta: int) -> None:
         self._active += delta
