@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import re
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
@@ -34,6 +35,31 @@ class EventSink(Protocol):
 
 def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
+
+
+_INTERFACE = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,15}/[\w@.\-/]{1,47}")
+
+
+class InterfaceError(ValueError):
+    """A queue member interface that cannot be set (bad form, taken, unknown account)."""
+
+
+async def set_queue_interface(sessions: async_sessionmaker[AsyncSession], username: str,
+                              interface: str | None) -> None:
+    """Name the phone (queue member interface as queues.conf / QueueAdd spell it, e.g.
+    `PJSIP/1001`) whose answered calls pop on this staff member's consoles; None clears it."""
+    if interface is not None and not _INTERFACE.fullmatch(interface):
+        raise InterfaceError("interface: a queue member interface such as PJSIP/1001")
+    async with sessions() as session, session.begin():
+        row = await session.scalar(select(StaffAccountRow).where(StaffAccountRow.username == username.casefold()))
+        if row is None:
+            raise InterfaceError(f"no staff account {username!r}")
+        if interface is not None:
+            holder = await session.scalar(select(StaffAccountRow.username).where(
+                StaffAccountRow.queue_interface == interface, StaffAccountRow.id != row.id))
+            if holder is not None:
+                raise InterfaceError(f"{interface} is already the phone of {holder}")
+        row.queue_interface = interface
 
 
 class QueueFollower:
