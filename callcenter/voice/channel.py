@@ -58,7 +58,13 @@ class VoiceChannel:
             settings.path(settings.voice.flows_dir), settings.path(settings.prompts.source))
         self.flows = {name: apply_overrides(flow, settings.voice) for name, flow in loaded.items()}
         self.hours = hours if hours is not None else load_hours(settings)
-        self.actions = VoiceActions(
+        # Requests are taken whenever call-backs are on; the calls are placed through AMI.
+        self.callbacks: CallbackService | None = None
+        if settings.callback.enabled:
+            self.callbacks = CallbackService(services.sessions, settings.callback, ami=None,
+                                             timezone=settings.cases.timezone,
+                                             region=settings.cases.default_region)
+        self.actions = VoiceActions(callbacks=self.callbacks,
             cases=services.cases, engine=services.engine, sessions=services.sessions,
             templates=services.templates, catalogue=services.catalogue, recordings=self.recordings,
             metrics=self.metrics, hours=self.hours, region=settings.cases.default_region, now=now)
@@ -76,7 +82,6 @@ class VoiceChannel:
         self.routes: dict[str, AgiHandler] = build_routes(self.flows, self.deps, self._track)
         self.ami: AmiClient | None = None
         self.queue_follower: QueueFollower | None = None
-        self.callbacks: CallbackService | None = None
         if settings.ami.enabled:
             self.ami = AmiClient(settings.ami, queue=settings.voice.queue, metrics=self.metrics,
                                  region=settings.cases.default_region)
@@ -84,11 +89,12 @@ class VoiceChannel:
             self.queue_follower = QueueFollower(self.call_records, services.sessions, services.events,
                                                 queues={settings.voice.queue})
             self.ami.on_event(self.queue_follower)
-            if settings.callback.enabled:
-                self.callbacks = CallbackService(services.sessions, settings.callback, ami=self.ami,
-                                                 timezone=settings.cases.timezone,
-                                                 region=settings.cases.default_region)
+            if self.callbacks is not None:
+                self.callbacks.ami = self.ami
                 self.ami.on_event(self.callbacks.on_event)
+        elif self.callbacks is not None:
+            log.error("voice.callbacks_without_ami",
+                      problem="[callback] enabled needs [ami] enabled: requests are kept, no call is placed")
         self.factory: AgiServerFactory | None = None
         self._listening: IListeningPort | None = None
         # Said once at start-up, in words: a recording folder that is wrong loses every report.
@@ -117,7 +123,7 @@ class VoiceChannel:
     async def start_ami(self) -> None:
         if self.ami is not None:
             await self.ami.start()
-        if self.callbacks is not None:
+        if self.callbacks is not None and self.ami is not None:
             self.callbacks.start()
 
     async def stop(self) -> None:
