@@ -869,6 +869,36 @@ async def merge_case(request: web.Request, session: ConsoleSession) -> web.Strea
     return json_response(await _case_payload(state, view, session))
 
 
+class CallbackIn(_In):
+    phone: Short | None = None
+
+
+_CALLBACK_REFUSED = {"not_found": (404, "案件不存在"), "no_phone": (422, "该案件没有可回访的电话号码"),
+                     "busy": (409, "正在回访中，请稍后再试"), "invalid": (422, "案件编号或电话号码无效")}
+
+
+@api
+async def request_callback(request: web.Request, session: ConsoleSession) -> web.StreamResponse:
+    """The reporter asked staff for a rating call-back (回访) once the case is closed."""
+    from callcenter.voice.callbacks import CallbackRefused, CallbackService
+
+    state = _state(request)
+    settings = state.services.settings
+    if not settings.callback.enabled:
+        raise _fail(409, "callback_disabled", "未开通回访")
+    body: CallbackIn = await _read(request, CallbackIn)
+    service = CallbackService(state.services.sessions, settings.callback, ami=None,
+                              timezone=settings.cases.timezone, region=settings.cases.default_region)
+    try:
+        view = await service.request(request.match_info["number"], by=session.account.actor,
+                                     phone=body.phone or None)
+    except CallbackRefused as exc:
+        status, message = _CALLBACK_REFUSED.get(exc.code, _CALLBACK_REFUSED["invalid"])
+        raise _fail(status, exc.code, message, "phone" if exc.code == "invalid" and body.phone else None) from exc
+    return json_response({"case_number": view.case_number, "status": view.status,
+                          "phone": _phone_out(view.phone, session, state)})
+
+
 # ---------------------------------------------------------------------------- dashboard
 
 # GB/T 33358: at least 95 % of calls answered within 15 s (shown beside the figure).
@@ -1076,5 +1106,6 @@ def add_routes(app: web.Application) -> None:
     r.add_post("/console/api/cases/{number}/submit", submit_case)
     r.add_post("/console/api/cases/{number}/reject", reject_case)
     r.add_post("/console/api/cases/{number}/merge", merge_case)
+    r.add_post("/console/api/cases/{number}/callback", request_callback)
     r.add_get("/console/api/cases/{number}/duplicates", duplicates)
     r.add_get("/console/api/cases/{number}/recording", recording)

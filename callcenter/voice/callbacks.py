@@ -59,7 +59,11 @@ SETTLE_SECONDS = 1.0
 
 
 class CallbackRefused(ValueError):
-    """A request that cannot be taken (unknown case, no number to call); says why."""
+    """A request that cannot be taken; says why. `code`: invalid | not_found | no_phone | busy."""
+
+    def __init__(self, message: str, code: str = "invalid") -> None:
+        super().__init__(message)
+        self.code = code
 
 
 @dataclass(frozen=True)
@@ -121,16 +125,16 @@ class CallbackService:
         async with self.sessions() as session, session.begin():
             case = await session.scalar(select(CaseRow).where(CaseRow.number == number))
             if case is None:
-                raise CallbackRefused(f"no case {number}")
+                raise CallbackRefused(f"no case {number}", "not_found")
             target = explicit or case.reporter_phone
             if not target:
-                raise CallbackRefused(f"case {number} has no number to call back")
+                raise CallbackRefused(f"case {number} has no number to call back", "no_phone")
             row = await session.scalar(select(CallbackRequestRow).where(CallbackRequestRow.case_id == case.id))
             if row is None:
                 row = CallbackRequestRow(case_id=case.id, attempts=0)
                 session.add(row)
             elif row.status == CALLING:
-                raise CallbackRefused(f"case {number} is being called back right now")
+                raise CallbackRefused(f"case {number} is being called back right now", "busy")
             row.phone, row.requested_by, row.requested_at = target, by[:128], now
             row.status, row.attempts, row.next_attempt_at = WAITING, 0, None
             row.action_id = row.channel_id = row.last_result = None
