@@ -38,6 +38,7 @@ from callcenter.db.tables import CallbackRequestRow, CaseLogRow, CaseRow
 from callcenter.settings import CallbackSettings
 from callcenter.voice.ami import AmiClient, AmiError, AmiUnavailable
 from callcenter.voice.ami_protocol import Event
+from callcenter.voice.metrics import VoiceMetrics
 from sms.privacy import mask_number
 
 log = structlog.get_logger(__name__)
@@ -53,6 +54,7 @@ ACTOR = "callback"
 CALLBACK_VARIABLE = "CALLCENTER_CALLBACK_ID"
 # OriginateResponse Reason: the channel's last control frame (Asterisk's frame.h).
 REASONS = {"0": "failed", "1": "hangup", "3": "no_answer", "5": "busy", "8": "congestion"}
+_RESULTS = frozenset({"placed", "failed", "hangup", "no_answer", "busy", "congestion", "lost", RATED, NOT_RATED})
 # The IVR files the rating before it says goodbye; a hang-up during the rating still lets
 # the owed work finish: give it this long before reading the score.
 SETTLE_SECONDS = 1.0
@@ -89,7 +91,8 @@ def _clock(value: str) -> dt.time:
 class CallbackService:
     def __init__(self, sessions: async_sessionmaker[AsyncSession], settings: CallbackSettings, *,
                  ami: AmiClient | None, timezone: str = "Asia/Shanghai", region: str = "CN",
-                 now: Callable[[], dt.datetime] = utcnow, settle_seconds: float = SETTLE_SECONDS) -> None:
+                 now: Callable[[], dt.datetime] = utcnow, settle_seconds: float = SETTLE_SECONDS,
+                 metrics: VoiceMetrics | None = None) -> None:
         self.sessions = sessions
         self.settings = settings
         self.ami = ami
@@ -97,6 +100,7 @@ class CallbackService:
         self.region = region
         self.now = now
         self.settle_seconds = settle_seconds
+        self.metrics = metrics
         self._start = _clock(settings.hours_start)
         self._end = _clock(settings.hours_end)
         self._task: asyncio.Task[None] | None = None
@@ -219,6 +223,7 @@ class CallbackService:
             log.warning("voice.callback_refused", case_number=number, error=str(exc))
             await self._attempt_failed(request_id, "failed")
             return False
+        self._count("placed")
         log.info("voice.callback_placed", case_number=number, phone=mask_number(phone), action_id=action_id)
         return True
 
@@ -275,6 +280,7 @@ class CallbackService:
             else:
                 row.status = WAITING
                 row.next_attempt_at = now + dt.timedelta(minutes=self.settings.retry_minutes)
+        self._count(result)
         log.info("voice.callback_not_answered", request_id=request_id, result=result)
         self._wake.set()
 
@@ -296,7 +302,12 @@ class CallbackService:
             row.status = RATED if row.score is not None else NOT_RATED
             row.finished_at, row.action_id, row.next_attempt_at = now, None, None
             self._log(session, row, now, row.status)
+        self._count(row.status)
         log.info("voice.callback_done", request_id=request_id, status=row.status, score=row.score)
+
+    def _count(self, result: str) -> None:
+        if self.metrics is not None:
+            self.metrics.callbacks.inc(result=result if result in _RESULTS else "failed")
 
     @staticmethod
     def _log(session: AsyncSession, row: CallbackRequestRow, now: dt.datetime, outcome: str) -> None:

@@ -63,7 +63,7 @@ class VoiceChannel:
         if settings.callback.enabled:
             self.callbacks = CallbackService(services.sessions, settings.callback, ami=None,
                                              timezone=settings.cases.timezone,
-                                             region=settings.cases.default_region)
+                                             region=settings.cases.default_region, metrics=self.metrics)
         self.actions = VoiceActions(callbacks=self.callbacks,
             cases=services.cases, engine=services.engine, sessions=services.sessions,
             templates=services.templates, catalogue=services.catalogue, recordings=self.recordings,
@@ -87,7 +87,7 @@ class VoiceChannel:
                                  region=settings.cases.default_region)
             services.metrics.on_refresh(self.ami.refresh_metrics)
             self.queue_follower = QueueFollower(self.call_records, services.sessions, services.events,
-                                                queues={settings.voice.queue})
+                                                queues={settings.voice.queue}, metrics=self.metrics)
             self.ami.on_event(self.queue_follower)
             if self.callbacks is not None:
                 self.callbacks.ami = self.ami

@@ -22,7 +22,8 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from callcenter.db.tables import StaffAccountRow
 from callcenter.voice.ami_protocol import Event
-from callcenter.voice.queue_events import ANSWERED, QueueTracker, QueueUpdate
+from callcenter.voice.metrics import VoiceMetrics
+from callcenter.voice.queue_events import ANSWERED, COMPLETED, QueueTracker, QueueUpdate
 from callcenter.voice.records import CallRecords
 from sms.privacy import mask_number
 
@@ -65,12 +66,13 @@ async def set_queue_interface(sessions: async_sessionmaker[AsyncSession], userna
 class QueueFollower:
     def __init__(self, records: CallRecords, sessions: async_sessionmaker[AsyncSession],
                  events: EventSink | None, *, queues: set[str] | None, leave_grace: float = 2.0,
-                 now: Callable[[], dt.datetime] = utcnow) -> None:
+                 now: Callable[[], dt.datetime] = utcnow, metrics: VoiceMetrics | None = None) -> None:
         self.records = records
         self.sessions = sessions
         self.events = events
         self.tracker = QueueTracker(queues, leave_grace=leave_grace)
         self.now = now
+        self.metrics = metrics
         self.leave_grace = leave_grace
         self._chains: dict[str, asyncio.Task[None]] = {}
         self._ticker: asyncio.Task[None] | None = None
@@ -94,6 +96,10 @@ class QueueFollower:
                 self._schedule(update)
 
     def _schedule(self, update: QueueUpdate) -> None:
+        if self.metrics is not None and update.kind != COMPLETED:
+            self.metrics.queue_calls.inc(queue=update.queue, outcome=update.kind)
+            if update.kind == ANSWERED and update.wait_seconds is not None:
+                self.metrics.queue_wait_seconds.observe(update.wait_seconds)
         previous = self._chains.get(update.call_id)
         task = asyncio.get_running_loop().create_task(self._handle(update, previous))
         self._chains[update.call_id] = task

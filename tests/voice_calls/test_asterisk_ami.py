@@ -168,6 +168,8 @@ async def test_agent_answer_time_comes_from_agentconnect_and_pops_only_that_agen
     assert (figures.calls, figures.queued, figures.answered, figures.answered_in_target, figures.abandoned) == (
         1, 1, 1, 1, 0)
     assert figures.mean_wait_seconds == record.queue_wait_seconds
+    metrics = voice.channel.metrics
+    assert [metrics.queue_calls.value(queue=QUEUE, outcome=o) for o in ("joined", "answered")] == [1, 1]
     # the conversation is recorded (MixMonitor starts once an agent answered), named by the
     # call; the Local channels exchange no audio, so the file holds only its header here
     assert asterisk.recording_dir is not None
@@ -195,6 +197,7 @@ async def test_a_caller_who_hangs_up_in_the_queue_is_abandoned(ami_voice: RealVo
     figures = await ConsoleQueries(voice.services.sessions).calls(now - dt.timedelta(days=400),
                                                                   now + dt.timedelta(days=400))
     assert (figures.queued, figures.answered, figures.abandoned, figures.answered_in_target_rate) == (1, 0, 1, 0.0)
+    assert voice.channel.metrics.queue_calls.value(queue=QUEUE, outcome="abandoned") == 1
 
 
 async def closed_case(voice: RealVoice, phone: str) -> str:
@@ -227,6 +230,7 @@ async def test_a_rating_call_back_is_placed_on_closure_and_its_score_lands_on_th
     callbacks.start()
     done = await until(lambda: _final(callbacks, number), "the call-back ended", limit=120)
     assert (done.status, done.score, done.attempts, done.last_result) == ("rated", 4, 1, "answered")
+    assert voice.channel.metrics.callbacks.value(result="rated") == 1
     async with voice.services.sessions() as session:
         case = await session.scalar(select(CaseRow).where(CaseRow.number == number))
         assert case is not None and case.rating == 4
