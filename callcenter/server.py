@@ -39,7 +39,7 @@ class Runtime:
         self._agi_port: Any = None
 
     async def start(self) -> None:
-        from callcenter.api.app import make_app
+        from callcenter.web.app import make_app
 
         self.services = build_services(self.settings)
         await self.services.check_database()

@@ -6,8 +6,9 @@ import datetime as dt
 
 from aiohttp import web
 
-from callcenter.api.http import ApiError, authorize, json_response, read_json
-from callcenter.api.keys import services_key
+from callcenter.api.auth import authorize
+from callcenter.web.http import ApiError, json_response, read_json
+from callcenter.web.keys import services_key
 from callcenter.api.schemas import (
     CaseCreate,
     CaseMerge,

@@ -44,8 +44,8 @@ from zoneinfo import ZoneInfo
 import structlog
 from aiohttp import web
 
-from callcenter.api.http import Handler
-from callcenter.api.keys import services_key
+from callcenter.web.http import Handler
+from callcenter.web.keys import services_key
 from callcenter.app import Services
 from callcenter.cases.catalogue import Catalogue, Category, InvalidCategoryCode
 from callcenter.cases.lifecycle import OPEN_STATES, CaseStatus, RejectionReason

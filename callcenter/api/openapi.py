@@ -9,7 +9,7 @@ from pydantic import BaseModel
 
 from callcenter.api import schemas
 from callcenter.api import sms as sms_api
-from callcenter.api.http import json_response
+from callcenter.web.http import json_response
 
 _MODELS: list[type[BaseModel]] = [
     schemas.CaseCreate, schemas.CaseUpdate, schemas.CaseSubmit, schemas.CaseReject, schemas.CaseMerge,

@@ -14,8 +14,9 @@ from typing import Any, Literal
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from callcenter.api.http import ApiError, authorize, json_response, read_json
-from callcenter.api.keys import services_key
+from callcenter.api.auth import authorize
+from callcenter.web.http import ApiError, json_response, read_json
+from callcenter.web.keys import services_key
 from callcenter.app import Services
 from callcenter.cases.numbering import CaseNumber, InvalidCaseNumber
 from callcenter.service import sms_texts

@@ -117,7 +117,7 @@ async def test_bad_number_in_path(api: ApiClient) -> None:
 async def test_transcribe_submit_and_platform_events_write_log_and_outbox(api: ApiClient) -> None:
     services_grid = "44030710200101"
     grids = api.http.app  # the app carries the services
-    from callcenter.api.keys import services_key
+    from callcenter.web.keys import services_key
 
     services = grids[services_key]
     services_grid = services.grids.search("街道", limit=1)[0].code.value

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from aiohttp import ClientResponse
 
-from callcenter.api.keys import services_key
+from callcenter.web.keys import services_key
 from callcenter.app import Services
 from callcenter.cases.model import Channel
 from callcenter.service.tokens import Role

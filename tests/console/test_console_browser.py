@@ -79,7 +79,7 @@ class LiveConsole:
     def start(self) -> None:
         from aiohttp import web
 
-        from callcenter.api.app import make_app
+        from callcenter.web.app import make_app
 
         migrate.upgrade(self.settings.database.url)
         self.thread.start()
@@ -491,7 +491,7 @@ def test_a_colleagues_save_is_shown_and_the_typed_text_is_kept(live: LiveConsole
 
 
 def test_screen_pop_and_dashboard(live: LiveConsole, browser: Any, shots: Path) -> None:
-    from callcenter.console.routes import console_key
+    from callcenter.console.state import console_key
 
     filed = live.draft(description="横岗社区道路积水", reporter_phone="13612345678", category="C0101",
                        grid="44030700400101")

@@ -476,7 +476,7 @@ async def test_dashboard_counts_todays_calls_and_sms_from_stored_rows(
 
 async def test_the_event_stream_announces_drafts_from_any_path_and_pops_only_for_its_agent(
         console_factory: Any, services: Services) -> None:
-    from callcenter.console.routes import console_key
+    from callcenter.console.state import console_key
 
     wang: Console = await (await console_factory()).signed_in("wangfang")
     li: Console = await (await console_factory()).signed_in("lijun")
@@ -503,9 +503,9 @@ async def test_the_event_stream_announces_drafts_from_any_path_and_pops_only_for
 
 
 async def test_the_hub_drops_a_draft_announced_twice_and_odd_event_types() -> None:
-    from callcenter.console.hub import ConsoleHub
+    from callcenter.events import EventHub
 
-    hub = ConsoleHub(queue_size=2)
+    hub = EventHub(queue_size=2)
     with hub.subscribe("wangfang") as sub:
         assert hub.publish("draft_created", {"number": "261124000421"}) is not None
         assert hub.publish("draft_created", {"number": "261124000421"}) is None
@@ -522,7 +522,7 @@ async def test_the_hub_drops_a_draft_announced_twice_and_odd_event_types() -> No
 
 @pytest.mark.skipif(os.name != "posix", reason="symlinks")
 def test_resolve_recording_refuses_paths_outside(tmp_path: Path) -> None:
-    from callcenter.console.routes import resolve_recording
+    from callcenter.console.serialise import resolve_recording
 
     root = tmp_path / "rec"
     root.mkdir()

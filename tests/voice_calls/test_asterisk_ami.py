@@ -24,7 +24,7 @@ from callcenter.app import build_services
 from callcenter.cases.lifecycle import CaseStatus
 from callcenter.cases.model import Channel
 from callcenter.console.auth import StaffStore
-from callcenter.console.hub import ConsoleHub, Subscription
+from callcenter.events import EventHub, Subscription
 from callcenter.console.queries import ConsoleQueries
 from callcenter.db import migrate
 from callcenter.db.tables import CallRecordRow, CaseLogRow, CaseRow
@@ -137,7 +137,7 @@ async def test_agent_answer_time_comes_from_agentconnect_and_pops_only_that_agen
     await staff(voice, "wangfang", AGENT)
     await staff(voice, "lisi", "PJSIP/1002")
     hub = voice.services.events
-    assert isinstance(hub, ConsoleHub)
+    assert isinstance(hub, EventHub)
     follower = voice.channel.queue_follower
     assert follower is not None
     # The agent is on a break when the caller arrives: the wait is the queue's, not the IVR's

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from callcenter.console.hub import ConsoleHub
+from callcenter.events import EventHub
 from callcenter.db.tables import CallRecordRow
 from callcenter.settings import Settings
 from callcenter.voice.queue_events import QueueUpdate
@@ -85,7 +85,7 @@ async def test_staff_phones_are_unique_and_well_formed(voice: Voice) -> None:
 
 
 async def test_an_addressed_screen_pop_reaches_only_that_persons_consoles() -> None:
-    hub = ConsoleHub()
+    hub = EventHub()
     with hub.subscribe("wangfang") as first, hub.subscribe("WangFang") as second, hub.subscribe("lisi") as other:
         hub.publish("screen_pop", {"agent": "wangfang", "phone": "+8613812345678", "call_id": "1.1"})
         hub.publish("screen_pop", {"agent": None, "phone": "+8613812345678", "call_id": "1.2"})

@@ -1,4 +1,6 @@
-"""Edge helpers shared by every HTTP handler: JSON in, JSON out, errors, auth."""
+"""Edge helpers shared by every HTTP front door (API, Open311, console): JSON in, JSON out, errors.
+
+They live outside api/ and console/ so that both import them and neither imports the other."""
 
 from __future__ import annotations
 
@@ -10,9 +12,7 @@ import structlog
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
-from callcenter.api.keys import services_key
 from callcenter.service.errors import ServiceError
-from callcenter.service.tokens import Principal, Role
 
 log = structlog.get_logger(__name__)
 M = TypeVar("M", bound=BaseModel)
@@ -74,23 +74,6 @@ async def read_json(request: web.Request, model: type[M]) -> M:
         first = exc.errors()[0]
         field = _field_of(first)  # type: ignore[arg-type]
         raise ApiError(422, "invalid", f"{field}: {first['msg']}", field=field) from exc
-
-
-async def authorize(request: web.Request, *roles: Role) -> Principal:
-    """The caller's principal if its bearer token has one of `roles` (admin may do anything)."""
-    header = request.headers.get("Authorization", "")
-    scheme, _, token = header.partition(" ")
-    challenge = {"WWW-Authenticate": 'Bearer realm="callcenter"'}
-    if scheme.lower() != "bearer" or not token.strip():
-        raise ApiError(401, "unauthorized", "a bearer token is required", headers=challenge)
-    principal = await request.app[services_key].tokens.verify(token.strip())
-    if principal is None:
-        raise ApiError(401, "unauthorized", "the token is not valid", headers=challenge)
-    if principal.role is not Role.ADMIN and principal.role not in roles:
-        allowed = ", ".join(role.value for role in roles)
-        raise ApiError(403, "forbidden", f"this needs a token of role: {allowed}")
-    structlog.contextvars.bind_contextvars(actor=principal.actor)
-    return principal
 
 
 @web.middleware

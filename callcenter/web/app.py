@@ -1,16 +1,16 @@
-"""The aiohttp application: routes and middlewares around the wired services."""
+"""The app factory: one aiohttp application with the API and the console mounted side by side.
+
+This is the only module that imports both; neither imports the other.
+"""
 
 from __future__ import annotations
 
 from aiohttp import web
 
-from callcenter import console
-from callcenter.api import cases, open311
-from callcenter.api import sms as sms_api
-from callcenter.api.http import error_response, error_middleware, json_response
-from callcenter.api.keys import services_key
-from callcenter.api.openapi import openapi_view
+from callcenter import api, console
 from callcenter.app import Services
+from callcenter.web.http import error_middleware, error_response, json_response
+from callcenter.web.keys import services_key
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -27,9 +27,6 @@ def make_app(services: Services) -> web.Application:
     )
     app[services_key] = services
     app.router.add_get("/healthz", healthz)
-    app.router.add_get("/api/v1/openapi.json", openapi_view)
-    cases.add_routes(app)
-    open311.add_routes(app)
-    sms_api.add_routes(app)
+    api.add_routes(app)
     console.add_routes(app)
     return app
