@@ -20,7 +20,7 @@ import datetime as dt
 from dataclasses import dataclass
 
 import structlog
-from sqlalchemy import func, select, update
+from sqlalchemy import func, literal, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -92,20 +92,24 @@ class CallRecords:
         return True
 
     async def _insert_leg(self, values: dict[str, object]) -> int | None:
+        """INSERT ... SELECT max(leg) + 1: one statement, so one short write transaction (a
+        read followed by a write would have to upgrade its lock, which SQLite refuses under
+        load); a concurrent leg taking the same number makes it try again."""
         insert = pg_insert if self.dialect == "postgresql" else sqlite_insert
+        record = CallRecordRow
+        columns = list(values)
+        next_leg = func.coalesce(func.max(record.leg), 0) + 1
+        source = select(*(literal(values[c], type_=record.__table__.c[c].type) for c in columns),
+                        next_leg).where(record.call_id == values["call_id"])
+        statement = (insert(record).from_select([*columns, "leg"], source)
+                     .on_conflict_do_nothing(index_elements=["call_id", "leg"])
+                     .returning(record.leg))
         async with self.sessions() as session:
             for _ in range(MAX_LEGS):
-                last = await session.scalar(
-                    select(func.max(CallRecordRow.leg)).where(CallRecordRow.call_id == values["call_id"]))
-                leg = (last or 0) + 1
-                if leg > MAX_LEGS:
-                    return None
-                stored = await session.scalar(
-                    insert(CallRecordRow).values(**values, leg=leg)
-                    .on_conflict_do_nothing(index_elements=["call_id", "leg"]).returning(CallRecordRow.id))
+                leg = await session.scalar(statement)
                 await session.commit()
-                if stored is not None:
-                    return leg
+                if leg is not None:
+                    return leg if leg <= MAX_LEGS else None
         return None
 
     async def apply_queue(self, update: QueueUpdate, *, wait: float = QUEUE_ROW_WAIT_SECONDS,
@@ -147,18 +151,20 @@ class CallRecords:
             return None
 
     async def _update_latest(self, call_id: str, changes: dict[str, object], kind: str) -> bool:
+        """One UPDATE of the latest leg; False when the call has no row (yet)."""
         record = CallRecordRow
+        latest = select(func.max(record.leg)).where(record.call_id == call_id).scalar_subquery()
+        statement = update(record).where(record.call_id == call_id, record.leg == latest).values(**changes)
+        if kind == LEFT:  # a late "left" never overwrites an answer or an abandon
+            statement = statement.where(record.queue_outcome.is_(None))
         async with self.sessions() as session:
-            leg = await session.scalar(select(func.max(record.leg)).where(record.call_id == call_id))
-            if leg is None:
-                return False
-            statement = update(record).where(record.call_id == call_id, record.leg == leg).values(**changes)
-            if kind == LEFT:  # a late "left" never overwrites an answer or an abandon
-                statement = statement.where(record.queue_outcome.is_(None))
-            await session.execute(statement)
+            result = await session.execute(statement)
             await session.commit()
-        return True
-
+            if result.rowcount:  # type: ignore[attr-defined]
+                return True
+            if kind != LEFT:
+                return False
+            return await session.scalar(select(func.count()).where(record.call_id == call_id)) > 0
 
 def _queue_changes(update: QueueUpdate) -> dict[str, object]:
     if update.kind == JOINED:
