@@ -262,3 +262,17 @@ async def test_a_call_back_nobody_answers_is_retried_then_given_up(ami_voice: Re
 async def _final(callbacks: Any, number: str) -> Any:
     view = await callbacks.get(number)
     return view if view is not None and view.status not in ("waiting", "calling") else None
+
+
+async def test_the_voicemail_leg_after_the_queue_keeps_its_own_record(real_voice: RealVoice) -> None:
+    """hotline 0 -> nobody in the queue (JOINEMPTY) -> voicemail: two AGI sessions on one
+    channel, one agi_uniqueid; the voicemail's draft is on the second leg's record."""
+    voice = real_voice
+    # welcome (0 barges in), transfer prompt, no agent, voicemail instructions and beep
+    voice.place("|".join(["w2", "d0", "w15", voice.say(), "w1", "d#"]))
+    await voice.settle(150)
+    (draft,) = await voice.drafts()
+    records = await legs(voice)
+    assert [(r.leg, r.route, r.outcome) for r in records] == [(1, "hotline", "transferred"), (2, "voicemail", "settled")]
+    assert records[0].call_id == records[1].call_id
+    assert (records[0].case_number, records[1].case_number) == (None, draft.number)
