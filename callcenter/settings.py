@@ -114,7 +114,7 @@ class ConsoleSettings(_Section):
     # Set true behind TLS so the session cookie is only ever sent over HTTPS.
     secure_cookies: bool = False
     # Where recording_ref paths of IVR recordings and voicemails are resolved.
-    recordings_dir: str = "var/recordings"
+    recordings_dir: str = "/var/spool/asterisk/recording/callcenter"
     # A draft waiting longer than this is shown as overdue in the queue.
     queue_target_minutes: int = Field(default=10, ge=1, le=7 * 24 * 60)
     # Duplicate candidates: same category, same or neighbouring grid, created this recently.
@@ -246,12 +246,15 @@ class RecordingSettings(_Section):
     the file name relative to the directory, so neither mount point is stored in a case.
     """
 
+    # The defaults meet on one host: Asterisk's spool folder (= CALLCENTER_RECORDING_DIR in
+    # extensions.conf), read by the service where Asterisk writes.
     asterisk_dir: str = "/var/spool/asterisk/recording/callcenter"
-    service_dir: str = "var/recordings"
+    service_dir: str = "/var/spool/asterisk/recording/callcenter"
 
 
 class AmiSettings(_Section):
-    """[ami]: Asterisk Manager Interface (pyst2) for call-backs and queue status. Off by default."""
+    """[ami]: Asterisk Manager Interface: queue events (answer times, screen-pops), call-backs
+    and queue status. Off by default."""
 
     enabled: bool = False
     host: str = "127.0.0.1"
@@ -278,6 +281,34 @@ class AmiSettings(_Section):
     def _has_number(cls, value: str) -> str:
         if "{number}" not in value:
             raise ValueError("must contain {number}, e.g. PJSIP/{number}@carrier")
+        return value
+
+
+class CallbackSettings(_Section):
+    """[callback]: rating call-backs (回访) a reporter asked for, placed through AMI when the
+    case closes. Needs `[ami] enabled`. Hours are local (`cases.timezone`), every day."""
+
+    enabled: bool = False
+    # Calls are placed only between these local times ("HH:MM", start inclusive, end exclusive).
+    hours_start: str = "09:00"
+    hours_end: str = "20:00"
+    # Calls placed in all before giving up (no answer, busy, congestion, refused).
+    max_attempts: int = Field(default=3, ge=1, le=20)
+    # Wait between attempts.
+    retry_minutes: float = Field(default=30.0, gt=0, le=24 * 60)
+    # How often due call-backs are looked for.
+    poll_seconds: float = Field(default=30.0, gt=0, le=3600)
+    # A call with no outcome from Asterisk after this long (an AMI restart lost its events)
+    # counts as a failed attempt.
+    stale_minutes: float = Field(default=15.0, gt=0, le=24 * 60)
+
+    @field_validator("hours_start", "hours_end")
+    @classmethod
+    def _clock(cls, value: str) -> str:
+        hours, sep, minutes = value.partition(":")
+        if not (sep and hours.isdigit() and minutes.isdigit() and 0 <= int(hours) <= 24
+                and 0 <= int(minutes) < 60 and len(minutes) == 2):
+            raise ValueError("must be a local time HH:MM, e.g. 09:00")
         return value
 
 
@@ -324,6 +355,7 @@ class Settings(_Section):
     sms: SmsSettings = SmsSettings()
     recordings: RecordingSettings = RecordingSettings()
     ami: AmiSettings = AmiSettings()
+    callback: CallbackSettings = CallbackSettings()
     voice: VoiceSettings = VoiceSettings()
     open311: Open311Settings = Open311Settings()
 

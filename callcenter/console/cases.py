@@ -15,6 +15,7 @@ from callcenter.cases.grids import InvalidGridCode
 from callcenter.cases.model import CaseFlag, CaseView, Channel
 from callcenter.console.auth import ConsoleSession
 from callcenter.console.inputs import (
+    CallbackIn,
     DraftIn,
     MergeIn,
     RejectIn,
@@ -264,3 +265,28 @@ async def merge_case(request: web.Request, session: ConsoleSession) -> web.Strea
         state.hub.publish("case_updated", {"number": view.master_number, "status": "merged_in"})
     return json_response(await case_payload(state, view, session))
 
+
+_CALLBACK_REFUSED = {"not_found": (404, "案件不存在"), "no_phone": (422, "该案件没有可回访的电话号码"),
+                     "busy": (409, "正在回访中，请稍后再试"), "invalid": (422, "案件编号或电话号码无效")}
+
+
+@api
+async def request_callback(request: web.Request, session: ConsoleSession) -> web.StreamResponse:
+    """The reporter asked staff for a rating call-back (回访) once the case is closed."""
+    from callcenter.voice.callbacks import CallbackRefused, CallbackService
+
+    state = state_of(request)
+    settings = state.services.settings
+    if not settings.callback.enabled:
+        raise fail(409, "callback_disabled", "未开通回访")
+    body: CallbackIn = await read_input(request, CallbackIn)
+    service = CallbackService(state.services.sessions, settings.callback, ami=None,
+                              timezone=settings.cases.timezone, region=settings.cases.default_region)
+    try:
+        view = await service.request(request.match_info["number"], by=session.account.actor,
+                                     phone=body.phone or None)
+    except CallbackRefused as exc:
+        status, message = _CALLBACK_REFUSED.get(exc.code, _CALLBACK_REFUSED["invalid"])
+        raise fail(status, exc.code, message, "phone" if exc.code == "invalid" and body.phone else None) from exc
+    return json_response({"case_number": view.case_number, "status": view.status,
+                          "phone": phone_out(view.phone, session, state)})
