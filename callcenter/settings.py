@@ -114,7 +114,7 @@ class ConsoleSettings(_Section):
     # Set true behind TLS so the session cookie is only ever sent over HTTPS.
     secure_cookies: bool = False
     # Where recording_ref paths of IVR recordings and voicemails are resolved.
-    recordings_dir: str = "var/recordings"
+    recordings_dir: str = "/var/spool/asterisk/recording/callcenter"
     # A draft waiting longer than this is shown as overdue in the queue.
     queue_target_minutes: int = Field(default=10, ge=1, le=7 * 24 * 60)
     # Duplicate candidates: same category, same or neighbouring grid, created this recently.
@@ -189,10 +189,14 @@ class SmsSettings(_Section):
 
     # Seconds to wait for the missing parts of a long MO before it becomes a flagged draft.
     reassembly_timeout: float = Field(default=300.0, gt=0)
-    # A text from the same number with the same content within this many seconds is a
-    # redelivery (no second case); commands use the shorter window so a repeated query is answered.
+    # How long a copy of a text may still be the SMSC redelivering it (no second case); commands
+    # use the shorter window. Within it, a copy on the connection that carried the first with
+    # another sequence number, or with other TLVs, is the citizen sending again (docs/sms.md).
     redelivery_window: float = Field(default=24 * 3600.0, gt=0)
     command_redelivery_window: float = Field(default=900.0, gt=0)
+    # Texts committed together in one transaction at most (intake groups; the SMPP window
+    # bounds how many are waiting anyway).
+    intake_group_max: int = Field(default=64, ge=1, le=1000)
     # Per number: more than rate_limit texts within rate_window are folded into one draft.
     rate_limit: int = Field(default=5, ge=1)
     rate_window: float = Field(default=600.0, gt=0)
@@ -242,12 +246,15 @@ class RecordingSettings(_Section):
     the file name relative to the directory, so neither mount point is stored in a case.
     """
 
+    # The defaults meet on one host: Asterisk's spool folder (= CALLCENTER_RECORDING_DIR in
+    # extensions.conf), read by the service where Asterisk writes.
     asterisk_dir: str = "/var/spool/asterisk/recording/callcenter"
-    service_dir: str = "var/recordings"
+    service_dir: str = "/var/spool/asterisk/recording/callcenter"
 
 
 class AmiSettings(_Section):
-    """[ami]: Asterisk Manager Interface (pyst2) for call-backs and queue status. Off by default."""
+    """[ami]: Asterisk Manager Interface: queue events (answer times, screen-pops), call-backs
+    and queue status. Off by default."""
 
     enabled: bool = False
     host: str = "127.0.0.1"
@@ -277,6 +284,34 @@ class AmiSettings(_Section):
         return value
 
 
+class CallbackSettings(_Section):
+    """[callback]: rating call-backs (回访) a reporter asked for, placed through AMI when the
+    case closes. Needs `[ami] enabled`. Hours are local (`cases.timezone`), every day."""
+
+    enabled: bool = False
+    # Calls are placed only between these local times ("HH:MM", start inclusive, end exclusive).
+    hours_start: str = "09:00"
+    hours_end: str = "20:00"
+    # Calls placed in all before giving up (no answer, busy, congestion, refused).
+    max_attempts: int = Field(default=3, ge=1, le=20)
+    # Wait between attempts.
+    retry_minutes: float = Field(default=30.0, gt=0, le=24 * 60)
+    # How often due call-backs are looked for.
+    poll_seconds: float = Field(default=30.0, gt=0, le=3600)
+    # A call with no outcome from Asterisk after this long (an AMI restart lost its events)
+    # counts as a failed attempt.
+    stale_minutes: float = Field(default=15.0, gt=0, le=24 * 60)
+
+    @field_validator("hours_start", "hours_end")
+    @classmethod
+    def _clock(cls, value: str) -> str:
+        hours, sep, minutes = value.partition(":")
+        if not (sep and hours.isdigit() and minutes.isdigit() and 0 <= int(hours) <= 24
+                and 0 <= int(minutes) < 60 and len(minutes) == 2):
+            raise ValueError("must be a local time HH:MM, e.g. 09:00")
+        return value
+
+
 class VoiceSettings(_Section):
     """[voice]: the IVR over FastAGI. Unset overrides keep the values of ivr_scripts/*.toml."""
 
@@ -288,11 +323,20 @@ class VoiceSettings(_Section):
     record_max_seconds: int | None = Field(default=None, ge=1, le=3600)
     record_silence_seconds: int | None = Field(default=None, ge=1, le=60)
     digit_timeout_seconds: float | None = Field(default=None, ge=0.5, le=120)
+    # A 20 ms frame of a recording louder than this (RMS, dBFS) is speech; less speech than
+    # a record state's min_seconds is a silent try (callcenter/voice/recordings.py).
+    speech_threshold_dbfs: float = Field(default=-40.0, ge=-90, le=0)
     # Invalid or silent tries before a person; states that deliberately allow one try
     # (after the number has been read out) keep it.
     retries: int | None = Field(default=None, ge=1, le=20)
     # On shutdown: seconds to let calls finish before they are cut off.
     drain_seconds: float = Field(default=10.0, ge=0, le=600)
+
+
+class Open311Settings(_Section):
+    # A POST repeated within this many minutes (same key, same fields) returns the first
+    # request instead of filing a second; 0 keeps only the Idempotency-Key header.
+    retry_window_minutes: int = Field(default=10, ge=0, le=24 * 60)
 
 
 class Settings(_Section):
@@ -311,7 +355,9 @@ class Settings(_Section):
     sms: SmsSettings = SmsSettings()
     recordings: RecordingSettings = RecordingSettings()
     ami: AmiSettings = AmiSettings()
+    callback: CallbackSettings = CallbackSettings()
     voice: VoiceSettings = VoiceSettings()
+    open311: Open311Settings = Open311Settings()
 
     def node_id(self) -> str:
         """`[node] id`, or host name + HTTP port (+ pid when the port is chosen by the OS)."""

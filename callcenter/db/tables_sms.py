@@ -7,7 +7,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from sqlalchemy import JSON, Boolean, ForeignKey, Index, Integer, String, Text
+from sqlalchemy import JSON, BigInteger, Boolean, ForeignKey, Index, Integer, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from callcenter.db.base import Base
@@ -54,6 +54,10 @@ class SmsInboundRow(Base):
     folded_into: Mapped[str | None] = mapped_column(String(12))
     reply_key: Mapped[str | None] = mapped_column(String(128), comment="idempotency key of the reply in outbox")
     detail: Mapped[str | None] = mapped_column(String(256))
+    # How it came, to tell the SMSC redelivering it from the citizen sending the same again.
+    link_connection: Mapped[str | None] = mapped_column(String(64), comment="SMPP connection, e.g. trx#2@1a2b3c4d")
+    link_sequence: Mapped[int | None] = mapped_column(BigInteger, comment="deliver_sm sequence_number")
+    link_tlv_digest: Mapped[str | None] = mapped_column(String(32), comment="sha256 of the TLVs as sent")
 
     __table_args__ = (Index("ix_sms_inbound_sender_received", "sender", "received_at"),)
 

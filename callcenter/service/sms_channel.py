@@ -97,7 +97,7 @@ class SmsRuntime:
         self.sms.outbox.gateway = gateway
         await self.sms.outbox.recover()
         await self.sms.intake.load()
-        await gateway.start(self.sms.intake.receive_status, self.sms.outbox.handle_receipt)
+        await gateway.start(self.sms.intake.receive_verdict, self.sms.outbox.handle_receipt)
         self._loops = [
             asyncio.create_task(self.sms.outbox.run(self._stop), name="sms-outbox"),
             asyncio.create_task(self._housekeeping(), name="sms-housekeeping"),

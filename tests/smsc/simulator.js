@@ -230,12 +230,16 @@ function pickSession(spec, { needReceive = false } = {}) {
   return candidates[candidates.length - 1];
 }
 
-function sendRequest(state, command, options, rawTlvs, onResponse) {
+function sendRequest(state, command, options, rawTlvs, onResponse, resendSequence) {
   const session = state.session;
   const pdu = new smpp.PDU(command, options);
-  if (session.sequence === 0x7FFFFFFF) session.sequence = 0;
-  session.sequence += 1;
-  pdu.sequence_number = session.sequence;
+  if (resendSequence) {
+    pdu.sequence_number = resendSequence; // a retransmission: the sequence number of an earlier PDU
+  } else {
+    if (session.sequence === 0x7FFFFFFF) session.sequence = 0;
+    session.sequence += 1;
+    pdu.sequence_number = session.sequence;
+  }
   let buffer = pdu.toBuffer();
   const extra = encodeRawTlvs(rawTlvs);
   if (extra.length) {
@@ -274,14 +278,15 @@ function deliverOptions(spec) {
   return Object.assign(options, tlvOptions(spec.tlvs));
 }
 
-function sendDeliver(state, spec, kind) {
+function sendDeliver(state, spec, kind, after) {
   const options = deliverOptions(spec);
   let seq = 0;
   seq = sendRequest(state, 'deliver_sm', options, spec.raw_tlvs, (resp) => {
     record('deliver_sm_resp', {
       session: state.id, sequence: seq, status: resp.command_status, of: kind,
     });
-  });
+    if (after) after(resp);
+  }, spec.resend_sequence);
   record(kind, {
     session: state.id,
     sequence: seq,
@@ -591,6 +596,23 @@ const commands = {
       sequences.push(sendDeliver(state, spec, 'deliver_sm'));
     }
     return { sequences };
+  },
+
+  deliver_window: (req) => {
+    // Send every spec, keeping at most `window` deliver_sm unanswered (as an SMSC's window
+    // does); answers at once, the PDUs go out as the responses come back.
+    const state = pickSession(req.session, { needReceive: true });
+    const specs = req.specs.slice();
+    const window = Math.max(1, req.window || 10);
+    let inFlight = 0;
+    const pump = () => {
+      while (inFlight < window && specs.length > 0 && !state.session.socket.destroyed) {
+        inFlight += 1;
+        sendDeliver(state, specs.shift(), 'deliver_sm', () => { inFlight -= 1; pump(); });
+      }
+    };
+    pump();
+    return { queued: req.specs.length, window };
   },
 
   receipt: (req) => {
