@@ -1020,6 +1020,14 @@ class OutboxSender:
                             raw_message_id=part.raw_message_id or receipt.raw_message_id))
                         await session.execute(update(UNMATCHED).where(UNMATCHED.c.id == receipt.id).values(
                             matched_submit_id=part.id, matched_at=now))
+                    # Copies of a proof (an SMSC's queued receipt delivered twice) match the part now.
+                    used = evidence[:len(doubtful)]
+                    copies = (await session.execute(select(UNMATCHED).where(
+                        UNMATCHED.c.matched_submit_id.is_(None), UNMATCHED.c.recipient == row.recipient,
+                        UNMATCHED.c.message_id.in_({r.message_id for r in used}),
+                        UNMATCHED.c.id.not_in([r.id for r in used])))).all()
+                    if copies:
+                        await self._match_stored(session, copies, now, set(), "early")
                     if any(p.status == "queued" for p in parts):
                         await self._requeue(session, outbox_id, [], now, None)
                     else:
