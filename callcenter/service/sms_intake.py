@@ -80,6 +80,8 @@ INBOUND: Table = SmsInboundRow.__table__  # type: ignore[assignment]
 PARTS: Table = SmsInboundPartRow.__table__  # type: ignore[assignment]
 BLOCKLIST: Table = SmsBlocklistRow.__table__  # type: ignore[assignment]
 OPT_OUTS: Table = SmsOptOutRow.__table__  # type: ignore[assignment]
+_INSERT_TEXT = INBOUND.insert().returning(INBOUND.c.id)
+_INSERT_TEXTS = INBOUND.insert().returning(INBOUND.c.id, sort_by_parameter_order=True)
 
 # Not (yet) CaseFlag members: the draft holds a cut text, the whole one is in sms_inbound;
 # a binary MO (no text to read) is a draft for staff, its bytes in sms_inbound.raw_hex.
@@ -809,10 +811,9 @@ class SmsIntakeService:
         enqueue_sync(conn, outgoing, now)
         if rows:
             if len(rows) == 1:
-                ids = [conn.execute(INBOUND.insert().returning(INBOUND.c.id), rows[0]).scalar_one()]
+                ids = [conn.execute(_INSERT_TEXT, rows[0]).scalar_one()]
             else:
-                ids = list(conn.execute(INBOUND.insert().returning(INBOUND.c.id, sort_by_parameter_order=True),
-                                        rows).scalars())
+                ids = list(conn.execute(_INSERT_TEXTS, rows).scalars())
             for decision, at in zip(decisions, row_of, strict=True):
                 if at is not None:
                     decision.row_id = ids[at]
