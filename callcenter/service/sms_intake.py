@@ -298,7 +298,12 @@ class SmsIntakeService:
     async def _work(self) -> None:
         """Take the queue a group at a time: at most `sms.intake_group_max` texts per transaction."""
         limit = self.settings.intake_group_max
+        linger = self.settings.intake_linger
         while self._queue:
+            if linger > 0 and len(self._queue) < limit:
+                # The SMSC sends the next texts as our answers reach it: a moment's wait lets
+                # them join this group (fewer transactions) for a few ms of latency.
+                await asyncio.sleep(linger)
             group = self._queue[:limit]
             del self._queue[:limit]
             try:
