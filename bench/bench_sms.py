@@ -32,6 +32,7 @@ from typing import Any
 
 from sqlalchemy import Column, DateTime, Integer, MetaData, String, Table, Text, func, select
 
+from bench._table import print_markdown, print_table
 from bench.bench_cases import (
     Backend,
     MissingServer,
@@ -43,7 +44,6 @@ from bench.bench_cases import (
     percentile,
     say,
 )
-from bench._table import print_markdown, print_table
 from callcenter.app import Services, build_services
 from callcenter.db.engine import create_engine
 from callcenter.db.tables import OutboxRow
@@ -52,9 +52,9 @@ from callcenter.runtime import install_reactor
 from callcenter.service.sms_channel import SmsRuntime, make_gateway
 from callcenter.settings import LoggingSettings, Settings
 from sms.gateway import OutboundPart, SmppGateway, SubmitOutcome
+from sms.simulator import SmscSimulator
 from sms.smpp.client import SmppClient
 from sms.smpp.session import DeliverSm, Status, SubmitRequest
-from sms.simulator import SmscSimulator
 
 OUTBOX: Table = OutboxRow.__table__  # type: ignore[assignment]
 

@@ -46,9 +46,8 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from callcenter.cases.lifecycle import EDITABLE_STATES, CaseStatus
-from callcenter.cases.model import CaseFlag, Channel
+from callcenter.cases.model import CaseFlag, CaseView, Channel
 from callcenter.cases.numbering import CaseNumber, InvalidCaseNumber
-from callcenter.cases.model import CaseView
 from callcenter.db.tables import CaseRow
 from callcenter.db.tables_sms import SmsBlocklistRow, SmsInboundPartRow, SmsInboundRow, SmsOptOutRow
 from callcenter.db.unit import run_in_transaction
@@ -56,8 +55,8 @@ from callcenter.metrics import MetricsRegistry
 from callcenter.service import sms_texts as texts
 from callcenter.service.cases import MAX_DESCRIPTION, CaseService, DraftInput, PreparedDraft
 from callcenter.service.errors import CaseNotFound, InvalidInput, ServiceError, TransitionRefused
-from callcenter.service.sms_roster import normalise_sender
 from callcenter.service.outbox import OutgoingSms, enqueue, enqueue_sync, outbox_key
+from callcenter.service.sms_roster import normalise_sender
 from callcenter.service.tasks import TaskService
 from callcenter.settings import SmsSettings
 from sms.codec import DEFAULT_GBK_CODINGS, decode_short_message
@@ -71,7 +70,17 @@ from sms.concat import (
     extract_segment,
 )
 from sms.gateway import InboundMessage, MoVerdict
-from sms.keywords import Command, FreeText, Help, Malformed, OptOut, QueryStatus, Rate, TaskReply, parse_command
+from sms.keywords import (
+    Command,
+    FreeText,
+    Help,
+    Malformed,
+    OptOut,
+    QueryStatus,
+    Rate,
+    TaskReply,
+    parse_command,
+)
 from sms.privacy import mask_number, mask_text
 
 log = structlog.get_logger(__name__)
@@ -810,9 +819,10 @@ class SmsIntakeService:
         outgoing = []
         for index, body in replies:
             key = outbox_key("sms-reply", decisions[index].message_key)
-            rows[row_of[index]]["reply_key"] = key  # type: ignore[index]
-            outgoing.append(OutgoingSms(key=key, recipient=_phone(rows[row_of[index]]["sender"]) or "",  # type: ignore[index]
-                                        template="sms_reply", body=body))
+            row = rows[row_of[index]]  # type: ignore[index]
+            row["reply_key"] = key
+            outgoing.append(OutgoingSms(key=key, recipient=_phone(row["sender"]) or "", template="sms_reply",
+                                        body=body))
         enqueue_sync(conn, outgoing, now)
         if rows:
             if len(rows) == 1:
