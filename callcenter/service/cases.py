@@ -38,8 +38,8 @@ from callcenter.cases.phones import InvalidPhoneNumber, is_mobile, normalise_pho
 from callcenter.db.tables import CaseLogRow, CaseRow, IntakeCounterRow
 from callcenter.db.unit import run_in_transaction
 from callcenter.service.errors import CaseNotFound, Conflict, InvalidInput, TransitionRefused
+from callcenter.privacy import is_number_search, log_changes, mask_number
 from callcenter.service.outbox import OutgoingSms, enqueue, enqueue_sync, outbox_key
-from sms.privacy import mask_number
 
 log = structlog.get_logger(__name__)
 
@@ -103,6 +103,8 @@ class CaseFilter:
     # Set-valued forms, OR-ed with the single ones (Open311 asks for "open" = several statuses).
     statuses: tuple[str, ...] = ()
     categories: tuple[str, ...] = ()
+    # Only cases with a category (Open311: a public request always has a service_code).
+    categorised: bool = False
 
 
 # Counting every match of a broad search scans the table; past this many the total is
@@ -274,6 +276,8 @@ class CaseService:
         if raw_categories:
             codes = {parsed[0] for raw in raw_categories if (parsed := self._category(raw))}
             query = query.where(CaseRow.category_code.in_(sorted(codes)))
+        if filters.categorised:
+            query = query.where(CaseRow.category_code.is_not(None))
         if filters.grid:
             try:
                 grid = GridCode.parse(filters.grid).value
@@ -286,6 +290,10 @@ class CaseService:
             query = query.where(CaseRow.created_at >= filters.created_from)
         if filters.created_to:
             query = query.where(CaseRow.created_at < filters.created_to)
+        if filters.reporter_phone or is_number_search(filters.text):
+            # No reader may see an anonymous or confidential reporter's number, so no search by
+            # a number may find their cases either (docs/privacy.md).
+            query = query.where(CaseRow.anonymous.is_(False), CaseRow.confidential.is_(False))
         if filters.text:
             pattern = "%" + filters.text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
             query = query.where(
@@ -546,7 +554,7 @@ class CaseService:
                 for key, value in values.items():
                     old = getattr(row, key)
                     if old != value:
-                        diff[key] = {"from": _jsonable(old), "to": _jsonable(value)}
+                        diff[key] = log_changes(key, _jsonable(old), _jsonable(value))
                         setattr(row, key, value)
                 if diff:
                     row.version += 1
@@ -607,14 +615,9 @@ class CaseService:
             return await self._view(session, child, with_log=True)
 
     async def apply_platform_event(self, number: str, event: PlatformEvent, *, actor: str = "platform") -> CaseView:
-        """A status change from the platform. Idempotent on `event_id`."""
-        parsed = self.parse_number(number)
-        async with self.sessions() as session:
-            row = await self._load(session, parsed.value)
-            seen = await session.scalar(
-                select(CaseLogRow.id).where(CaseLogRow.case_id == row.id, CaseLogRow.event_id == event.event_id))
-            if seen is not None:
-                return await self._view(session, row, with_log=True)
+        """A status change from the platform. Idempotent on `event_id`: `_transition` looks for
+        the event under the case's row lock, so concurrent copies all get the same answer."""
+        self.parse_number(number)
         if event.status == CaseStatus.REJECTED:
             return await self.reject(number, event.reason or RejectionReason.INVALID, actor=actor,
                                      note=event.note, event_id=event.event_id)
@@ -661,6 +664,9 @@ class CaseService:
             try:
                 async with session.begin():
                     row = await self._load(session, parsed.value, for_update=True)
+                    if event_id is not None and await session.scalar(select(CaseLogRow.id).where(
+                            CaseLogRow.case_id == row.id, CaseLogRow.event_id == event_id)) is not None:
+                        raise _AlreadyApplied  # a copy of an applied event: answer as the first time
                     if expected_version is not None and row.version != expected_version:
                         raise Conflict(f"case {row.number} was changed by someone else; reload it",
                                        field="version")
@@ -670,7 +676,8 @@ class CaseService:
                     except IllegalTransition as exc:
                         raise TransitionRefused(str(exc)) from exc
                     if require_category and not row.category_code:
-                        raise InvalidInput("choose a category before submitting", field="category")
+                        # The case's state, not the request, is wrong: 409 like any refused step.
+                        raise TransitionRefused("choose a category before submitting", field="category")
                     for key, value in (set_values or {}).items():
                         setattr(row, key, value)
                     row.status = target.value
@@ -684,10 +691,10 @@ class CaseService:
                     if ensure_receipt and row.reporter_phone and is_mobile(row.reporter_phone):
                         # Keyed by the case: queued only if no receipt ever was.
                         await self._notify(session, row, "received", recipients=[row.reporter_phone])
-            except IntegrityError:
+            except (IntegrityError, _AlreadyApplied):
                 if event_id is None:
                     raise
-                # The same platform event raced in twice; the first one won.
+                # The same platform event came twice (or raced in twice); the first one won.
                 session.expunge_all()
                 row = await self._load(session, parsed.value, with_log=True)
                 return await self._view(session, row, with_log=True)
@@ -772,6 +779,10 @@ class CaseService:
             flags=tuple(row.flags or ()), version=row.version, created_at=row.created_at,
             updated_at=row.updated_at, source_ref=row.source_ref, category_major=row.category_major,
             log=entries)
+
+
+class _AlreadyApplied(Exception):
+    """A platform event already in the case log: roll back and answer with the case as it is."""
 
 
 def _entry(row: CaseLogRow) -> LogEntry:

@@ -47,6 +47,7 @@ from callcenter.ivr import ActionResult, BusinessHours, Invoke
 from callcenter.service.cases import CaseService, DraftInput
 from callcenter.service.errors import CaseNotFound, InvalidInput, ServiceError, TransitionRefused
 from callcenter.service.outbox import outbox_key
+from callcenter.voice.callbacks import CallbackRefused, CallbackService
 from callcenter.voice.metrics import VoiceMetrics
 from callcenter.voice.recordings import RecordingCheck, RecordingStore
 from sms.privacy import mask_number
@@ -156,6 +157,7 @@ class VoiceActions:
         region: str = "CN",
         now: Callable[[], dt.datetime] = utcnow,
         timeout: float = ACTION_TIMEOUT_SECONDS,
+        callbacks: CallbackService | None = None,
     ) -> None:
         self.cases = cases
         self.engine = engine
@@ -168,6 +170,7 @@ class VoiceActions:
         self.region = region
         self.now = now
         self.timeout = timeout
+        self.callbacks = callbacks
         self._uncovered_years: set[int] = set()
         self._handlers: dict[str, Callable[[Mapping[str, str | None], CallInfo], Awaitable[Outcome]]] = {
             "check_hours": self._check_hours,
@@ -177,6 +180,7 @@ class VoiceActions:
             "lookup_status": self._lookup_status,
             "check_rating": self._check_rating,
             "rate_case": self._rate_case,
+            "request_callback": self._request_callback,
             "voicemail_draft": self._voicemail_draft,
         }
 
@@ -288,7 +292,7 @@ class VoiceActions:
         check = self._recording(ref, "voicemail", call)
         related = args.get("case_number") or None
         caller = self._phone(args.get("caller")) or call.caller
-        flags = [CaseFlag.NEEDS_TRANSCRIPTION.value, *check.flags]
+        flags = [CaseFlag.NEEDS_TRANSCRIPTION.value, CaseFlag.VOICEMAIL.value, *check.flags]
         if self._after_hours():
             flags.append(CaseFlag.AFTER_HOURS.value)
         view = await self._file_draft(DraftInput(
@@ -364,4 +368,22 @@ class VoiceActions:
         except ServiceError:
             return "error", {}
         log.info("voice.rated", call_id=call.call_id, case_number=view.number, score=int(score))
+        return "ok", {}
+
+    async def _request_callback(self, args: Mapping[str, str | None], call: CallInfo) -> Outcome:
+        """The reporter (recognised by caller ID) asks for a rating call-back (回访)."""
+        if self.callbacks is None:
+            return "unavailable", {}
+        try:
+            view = await self.cases.get(args.get("case_number") or "", with_log=False)
+        except (CaseNotFound, InvalidInput):
+            return "not_found", {}
+        caller = self._phone(args.get("caller"))
+        if caller is None or caller != view.reporter_phone:
+            return "not_reporter", {}
+        try:
+            await self.callbacks.request(view.number, by=ACTOR, phone=caller)
+        except CallbackRefused as exc:
+            log.info("voice.callback_refused", call_id=call.call_id, case_number=view.number, reason=str(exc))
+            return "unavailable", {}
         return "ok", {}

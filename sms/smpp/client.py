@@ -625,6 +625,7 @@ class SmppClient:
         self._waiters: asyncio.Future[None] | None = None
         self._deliver_tasks: set[asyncio.Task[None]] = set()
         self.instance = secrets.token_hex(4)
+        self._submit_turn = asyncio.Lock()
         self._stop_event: asyncio.Event | None = None
         if bind_mode == "trx":
             self._links = [_Link(self, "trx", BindMode.TRANSCEIVER)]
@@ -716,20 +717,23 @@ class SmppClient:
         """
         loop = asyncio.get_running_loop()
         link = self._tx_link
-        while True:
-            if self._stopping:
-                raise ClientStopped("client stopped")
-            if link.can_submit():
-                wait = self._bucket.take(self._clock())
-                if wait <= 0:
-                    break
-                await self._pause(wait)
-                continue
-            await self._changed()
-        assert link.protocol is not None
-        future: asyncio.Future[SubmitResult] = loop.create_future()
-        seq = link.protocol.submit(request)
-        link.pending[seq] = future
+        # One caller at a time waits for a window slot (asyncio.Lock is FIFO): with every
+        # caller waiting on the shared change future, each freed slot woke all of them.
+        async with self._submit_turn:
+            while True:
+                if self._stopping:
+                    raise ClientStopped("client stopped")
+                if link.can_submit():
+                    wait = self._bucket.take(self._clock())
+                    if wait <= 0:
+                        break
+                    await self._pause(wait)
+                    continue
+                await self._changed()
+            assert link.protocol is not None
+            future: asyncio.Future[SubmitResult] = loop.create_future()
+            seq = link.protocol.submit(request)
+            link.pending[seq] = future
         self.stats.submits += 1
         log.debug(
             "smpp.submit",

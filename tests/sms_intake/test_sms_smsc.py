@@ -346,7 +346,7 @@ async def test_supervisor_notice_answer_and_escalation(live: Stack) -> None:
     services = live.services
     token = await services.tokens.create(Role.PLATFORM, "platform")
     staff = await services.tokens.create(Role.STAFF, "staff")
-    from callcenter.api.app import make_app
+    from callcenter.web.app import make_app
 
     client = TestClient(TestServer(make_app(services), host="127.0.0.1"))
     await client.start_server()

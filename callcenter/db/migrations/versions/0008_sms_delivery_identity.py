@@ -8,7 +8,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0008_sms_delivery_identity"
-down_revision = "0006_call_records"
+down_revision = "0007_outbox_leases"
 branch_labels = None
 depends_on = None
 
