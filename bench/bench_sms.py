@@ -794,8 +794,8 @@ async def run(profile: Profile, names: Sequence[str], report: Report, tmp: Path,
                 await bench_mo(backend, smsc, reactor, profile, report)
                 if mo_only:
                     continue
-                # MT rows. msg-sender adds here: 5,000 messages through the outbox against a bare
-                # ESME submitting the same texts from memory (floor_mt), same window.
+                # MT rows (the sending side's). 5,000 messages through the outbox against a bare
+                # ESME submitting from memory: `--mt-outbox 5000` (mt_outbox_scenario).
                 await bench_mt(backend, smsc, reactor, profile, floors, report, registered_delivery=1)
                 await bench_mt(backend, smsc, reactor, profile, floors, report, registered_delivery=0)
                 if profile.breakdown or breakdown:
