@@ -411,14 +411,26 @@ class SmsIntakeService:
 
     @contextlib.asynccontextmanager
     async def _sender_lock(self, sender: str) -> AsyncIterator[None]:
-        """One message per sender at a time: parts, folds and duplicates stay consistent."""
+        """One message per sender at a time: parts, folds and duplicates stay consistent.
+
+        Re-entrant for the task holding it: a long text completed under its part's lock may
+        need the lock again to finish a command or a fold.
+        """
+        task = asyncio.current_task()
         entry = self._locks.get(sender)
+        if entry is not None and entry[2] is task:
+            yield
+            return
         if entry is None:
-            entry = self._locks[sender] = [asyncio.Lock(), 0]
+            entry = self._locks[sender] = [asyncio.Lock(), 0, None]
         entry[1] += 1
         try:
             async with entry[0]:
-                yield
+                entry[2] = task
+                try:
+                    yield
+                finally:
+                    entry[2] = None
         finally:
             entry[1] -= 1
             if entry[1] == 0:
