@@ -34,7 +34,8 @@ Decisions, so that clients such as FixMyStreet know what to expect:
   category: a draft still waiting for staff to classify it has no service_code and is
   neither listed nor found by id until it has one. Phone numbers are never output:
   the reporter's number is not a field here, mobile or landline numbers that citizens typed
-  into a description are masked, and the description of an anonymous or confidential case is
+  into a description or address are masked in every spelling (callcenter/privacy.py), and
+  the description of an anonymous or confidential case is
   withheld altogether.
 - Dates: start_date/end_date filter on requested_datetime; end_date is inclusive (a bare date
   covers its whole day); a value without an offset is read in the service's time zone; one
@@ -58,12 +59,13 @@ from zoneinfo import ZoneInfo
 import structlog
 from aiohttp import web
 
-from callcenter.web.http import Handler
+from callcenter.web.http import ApiError, Handler, reject_nul_in_url
 from callcenter.web.keys import services_key
 from callcenter.app import Services
 from callcenter.cases.catalogue import CaseKind, Catalogue, Category, InvalidCategoryCode
 from callcenter.cases.lifecycle import OPEN_STATES, CaseStatus, RejectionReason
 from callcenter.cases.model import CaseFlag, CaseView, Channel
+from callcenter.privacy import mask_numbers_in_text
 from callcenter.service.cases import CaseFilter, DraftInput
 from callcenter.service.errors import CaseNotFound, InvalidInput, ServiceError
 from callcenter.service.tokens import Principal, Role
@@ -82,17 +84,12 @@ WINDOW = dt.timedelta(days=90)  # spec: default range and the widest range one q
 MAX_RESULTS = 1000  # spec: at most 1000 requests per response
 MAX_LIST_ITEMS = 50  # comma-separated service_code values per query
 MAX_MEDIA_URL = 1024
+MIN_YEAR, MAX_YEAR = 2000, 2099  # dates outside this century name no request (intake numbers are YYMMDD)
 IDEMPOTENCY_HEADER = "Idempotency-Key"
 MAX_IDEMPOTENCY_KEY = 128
 
 # Characters XML 1.0 cannot carry at all; ElementTree would write them and produce broken XML.
 _XML_INVALID = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff\ud800-\udfff]")
-# Mainland mobile numbers (optionally +86/86) and landlines with an area code, as citizens type them.
-_PHONE_LIKE = re.compile(
-    r"(?<![0-9])(?:(?:\+|00)?86[ -]?)?1[3-9][0-9](?:[ -]?[0-9]{4}){2}(?![0-9])"
-    r"|(?<![0-9])0[1-9][0-9]{1,2}[ -]?[0-9]{7,8}(?![0-9])"
-)
-
 Value = str | int | float | bool | None
 Record = list[tuple[str, Value]]
 
@@ -172,6 +169,10 @@ async def open311_errors(request: web.Request, handler: Handler) -> web.StreamRe
     """Every error under /open311 leaves in the spec's format; no stack trace reaches the client."""
     fmt = _fmt_of(request)
     try:
+        try:
+            reject_nul_in_url(request)
+        except ApiError as exc:
+            raise Open311Error(400, exc.message) from exc
         return await handler(request)
     except Open311Error as exc:
         return error_response(fmt, exc.status, exc.description)
@@ -334,12 +335,15 @@ async def _form(request: web.Request) -> dict[str, str]:
         raise Open311Error(400, "send the request as application/x-www-form-urlencoded")
     try:
         form = await request.post()
-    except (UnicodeDecodeError, ValueError) as exc:
+    except (UnicodeDecodeError, ValueError, LookupError) as exc:  # LookupError: charset=bogus
         raise Open311Error(400, "the form could not be read; send UTF-8 form data") from exc
     fields: dict[str, str] = {}
     for key, value in form.items():
         if not isinstance(value, str):
             raise Open311Error(400, f"{key}: file uploads are not accepted; send media_url instead")
+        if "\x00" in key or "\x00" in value:
+            name = key.replace("\x00", "\\0")[:32]
+            raise Open311Error(400, f"{name}: may not contain a NUL character")
         fields.setdefault(key, value)
     return fields
 
@@ -489,15 +493,6 @@ async def create_request(request: web.Request) -> web.Response:
 # ---- GET requests ------------------------------------------------------------------------
 
 
-def _mask_phones(text: str, reporter_phone: str | None) -> str:
-    masked = _PHONE_LIKE.sub(lambda m: "*" * len(m.group(0)), text)
-    if reporter_phone:  # also the reporter's own number in any spelling the regex missed
-        national = reporter_phone.removeprefix("+86")
-        if len(national) >= 7:
-            masked = masked.replace(national, "*" * len(national))
-    return masked
-
-
 def _rejection_note(view: CaseView) -> str | None:
     for entry in reversed(view.log):
         if entry.to_status == CaseStatus.REJECTED:
@@ -526,7 +521,7 @@ def _public_description(view: CaseView) -> str | None:
     """Free text as the public may see it: withheld when the reporter asked for privacy."""
     if view.anonymous or view.confidential:
         return None  # the text may name or locate the reporter
-    return _mask_phones(view.description, view.reporter_phone)
+    return mask_numbers_in_text(view.description, whole=True)
 
 
 def _request_record(view: CaseView, catalogue: Catalogue, tz: ZoneInfo) -> Record:
@@ -545,7 +540,7 @@ def _request_record(view: CaseView, catalogue: Catalogue, tz: ZoneInfo) -> Recor
         ("requested_datetime", _datetime(view.created_at, tz)),
         ("updated_datetime", _datetime(view.updated_at, tz)),
         ("expected_datetime", None),
-        ("address", view.address),
+        ("address", mask_numbers_in_text(view.address, whole=True) if view.address else None),
         ("address_id", None),
         ("zipcode", None),
         ("lat", view.lat),
@@ -577,6 +572,8 @@ def _time_param(request: web.Request, name: str, tz: ZoneInfo) -> tuple[dt.datet
     except ValueError as exc:
         raise Open311Error(
             400, f"{name}: must be a W3C/ISO 8601 date or time, e.g. 2026-01-31T08:00:00+08:00") from exc
+    if not MIN_YEAR <= value.year <= MAX_YEAR:  # also keeps the 90-day arithmetic in range
+        raise Open311Error(400, f"{name}: must fall between {MIN_YEAR} and {MAX_YEAR}")
     if value.tzinfo is None:
         value = value.replace(tzinfo=tz)
     return value, "T" not in raw.upper() and " " not in raw

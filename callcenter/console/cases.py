@@ -15,6 +15,7 @@ from callcenter.cases.grids import InvalidGridCode
 from callcenter.cases.model import CaseFlag, CaseView, Channel
 from callcenter.console.auth import ConsoleSession
 from callcenter.console.inputs import (
+    CallbackIn,
     DraftIn,
     MergeIn,
     RejectIn,
@@ -34,12 +35,15 @@ from callcenter.console.serialise import (
     local_iso,
     log_json,
     phone_out,
+    sees_numbers,
+    text_out,
     recordings_root,
     resolve_recording,
     visible_flags,
 )
 from callcenter.console.signin import api
 from callcenter.console.state import ConsoleState, state_of
+from callcenter.privacy import restore_masked
 from callcenter.service.cases import DraftInput
 from callcenter.service.errors import Conflict
 from callcenter.web.http import json_response
@@ -65,7 +69,9 @@ async def queue(request: web.Request, session: ConsoleSession) -> web.StreamResp
             "created_at": local_iso(row.created_at),
             "waiting_seconds": max(0, int((now - row.created_at).total_seconds())), "target_seconds": target,
             "suggested_category": suggested, "category": category_json(state, row.category),
-            "excerpt": row.description[:80],
+            # Masked before it is cut short, so half a number cannot slip past the mask.
+            "excerpt": (text_out(row.description, session, state,
+                                 private=row.anonymous or row.confidential) or "")[:80],
             "reporter_phone": phone_out(row.reporter_phone, session, state,
                                          private=row.anonymous or row.confidential)})
     return json_response({"now": now.isoformat(), "total": total, "items": items})
@@ -176,7 +182,8 @@ def _changed(state: ConsoleState, view: CaseView) -> None:
 async def _conflict(state: ConsoleState, number: str, session: ConsoleSession, seen_log: int | None) -> web.Response:
     """409 with what the colleague changed; the browser keeps what this person typed."""
     current = await state.services.cases.get(number)
-    others = [log_json(e) for e in current.log[seen_log:]] if seen_log is not None else []
+    visible = sees_numbers(session, state, private=current.anonymous or current.confidential)
+    others = [log_json(e, visible) for e in current.log[seen_log:]] if seen_log is not None else []
     return json_response({"error": "conflict", "message": "该案件已被他人修改",
                           "current": await case_payload(state, current, session), "others": others}, status=409)
 
@@ -208,6 +215,13 @@ async def update_case(request: web.Request, session: ConsoleSession) -> web.Stre
     number = request.match_info["number"]
     body: TranscriptionIn = await read_input(request, TranscriptionIn)
     changes = body.model_dump(exclude_unset=True, exclude={"version", "seen_log"})
+    if {"description", "address"} & changes.keys():
+        # A reader who saw the text masked sends it back masked: keep the numbers it hid.
+        current = await state.services.cases.get(number, with_log=False)
+        if not sees_numbers(session, state, private=current.anonymous or current.confidential):
+            for key, stored in (("description", current.description), ("address", current.address)):
+                if isinstance(changes.get(key), str) and stored:
+                    changes[key] = restore_masked(stored, changes[key])
     try:
         view = await state.services.cases.update_transcription(
             number, changes, actor=session.account.actor, expected_version=body.version)
@@ -251,3 +265,28 @@ async def merge_case(request: web.Request, session: ConsoleSession) -> web.Strea
         state.hub.publish("case_updated", {"number": view.master_number, "status": "merged_in"})
     return json_response(await case_payload(state, view, session))
 
+
+_CALLBACK_REFUSED = {"not_found": (404, "案件不存在"), "no_phone": (422, "该案件没有可回访的电话号码"),
+                     "busy": (409, "正在回访中，请稍后再试"), "invalid": (422, "案件编号或电话号码无效")}
+
+
+@api
+async def request_callback(request: web.Request, session: ConsoleSession) -> web.StreamResponse:
+    """The reporter asked staff for a rating call-back (回访) once the case is closed."""
+    from callcenter.voice.callbacks import CallbackRefused, CallbackService
+
+    state = state_of(request)
+    settings = state.services.settings
+    if not settings.callback.enabled:
+        raise fail(409, "callback_disabled", "未开通回访")
+    body: CallbackIn = await read_input(request, CallbackIn)
+    service = CallbackService(state.services.sessions, settings.callback, ami=None,
+                              timezone=settings.cases.timezone, region=settings.cases.default_region)
+    try:
+        view = await service.request(request.match_info["number"], by=session.account.actor,
+                                     phone=body.phone or None)
+    except CallbackRefused as exc:
+        status, message = _CALLBACK_REFUSED.get(exc.code, _CALLBACK_REFUSED["invalid"])
+        raise fail(status, exc.code, message, "phone" if exc.code == "invalid" and body.phone else None) from exc
+    return json_response({"case_number": view.case_number, "status": view.status,
+                          "phone": phone_out(view.phone, session, state)})

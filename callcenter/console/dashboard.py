@@ -68,9 +68,12 @@ def _parse_day(raw: str | None, default: dt.date, name: str) -> dt.date:
     if not raw:
         return default
     try:
-        return dt.date.fromisoformat(raw)
+        day = dt.date.fromisoformat(raw)
     except ValueError as exc:
         raise fail(400, "invalid", f"{FIELD_LABELS[name]}格式应为 YYYY-MM-DD", name) from exc
+    if not 2000 <= day.year <= 2099:  # 0001-01-01 and 9999-12-31 overflowed the UTC arithmetic
+        raise fail(400, "invalid", f"{FIELD_LABELS[name]}应在 2000 至 2099 年之间", name)
+    return day
 
 
 @api
@@ -112,6 +115,7 @@ async def dashboard(request: web.Request, session: ConsoleSession) -> web.Stream
             "calls": calls.calls, "answered_within_15s": calls.answered_in_target,
             "answered_within_15s_rate": calls.answered_in_target_rate,
             "answered_within_15s_target": ANSWER_TARGET_RATE, "abandoned": calls.abandoned,
+            "queued": calls.queued, "answered": calls.answered, "mean_wait_seconds": calls.mean_wait_seconds,
             "sms_in": sms_in, "sms_out": queued, "sms_sent": sent, "sms_delivered": delivered,
             "sms_undelivered": undelivered,
             "sms_delivery_rate": (round(receipts_delivered / (receipts_delivered + undelivered), 4)

@@ -142,7 +142,10 @@ async def login_page(request: web.Request) -> web.StreamResponse:
 
 async def login_submit(request: web.Request) -> web.StreamResponse:
     state = state_of(request)
-    form = await request.post()
+    try:
+        form = await request.post()
+    except (UnicodeDecodeError, ValueError, LookupError):  # LookupError: charset=bogus
+        return render_login(state, "请求格式错误", "", status=400, error=True)
     next_url = safe_next(str(form.get("next", "")))
     expected = request.cookies.get(LOGIN_COOKIE, "")
     if not expected or not csrf_ok(expected, str(form.get("csrf_token", ""))):
@@ -153,6 +156,9 @@ async def login_submit(request: web.Request) -> web.StreamResponse:
     if not username.strip() or not password:
         return render_login(state, "请输入用户名和密码", next_url, status=400, error=True,
                             username=username.strip())
+    if "\x00" in username or "\x00" in password:  # no account has one; PostgreSQL cannot compare it
+        return render_login(state, SIGN_IN_MESSAGES["bad"], next_url, status=400, error=True,
+                            username=username.strip().replace("\x00", ""))
     try:
         account = await state.staff.authenticate(username, password)
     except SignInRefused as refused:
