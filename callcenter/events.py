@@ -9,7 +9,9 @@ Event types the console understands:
     draft_created  {"number": "261124000421", "channel": "sms"}
     case_updated   {"number": "...", "status": "submitted"}
     screen_pop     {"phone": "+8613812345678", "agent": "wangfang", "call_id": "..."}
-                   (`agent` is a console username; without it every console pops)
+                   (`agent` is a console username: only that person's consoles get it;
+                   without it every console pops. The voice channel names the agent
+                   whose phone answered, from AMI AgentConnect)
     notice         {"kind": "sent|answered|escalated", "kinds": [...], "counts": {...}}
                    (supervisor tasks changed; published by DraftWatcher, which polls the table)
 
@@ -81,9 +83,14 @@ class EventHub:
     def subscriber_count(self) -> int:
         return len(self._subscribers)
 
-    def publish(self, event_type: str, data: Mapping[str, Any]) -> HubEvent | None:
-        """Queue an event for every open console. A draft announced twice (by the case service
-        and by the watcher) goes out once. Returns the event, or None when it was dropped."""
+    def publish(self, event_type: str, data: Mapping[str, Any], *, to: str | None = None) -> HubEvent | None:
+        """Queue an event for every open console, or only the consoles of username `to` (a
+        `screen_pop` naming an `agent` goes to that agent's consoles only). A draft announced
+        twice (by the case service and by the watcher) goes out once. Returns the event, or
+        None when it was dropped."""
+        if to is None and event_type == "screen_pop" and data.get("agent"):
+            to = str(data["agent"])
+        target = to.casefold() if to is not None else None
         if not _EVENT_TYPE.fullmatch(event_type):
             log.warning("events.bad_event_type", event_type=event_type[:40])
             return None
@@ -96,7 +103,8 @@ class EventHub:
                 while len(self._recent_drafts) > 4096:
                     self._recent_drafts.popitem(last=False)
             event = HubEvent(id=next(self._ids), type=event_type, data=dict(data), at=dt.datetime.now(dt.UTC))
-            targets = list(self._subscribers)
+            targets = [sub for sub in self._subscribers
+                       if target is None or (sub.username or "").casefold() == target]
         try:
             running: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
         except RuntimeError:

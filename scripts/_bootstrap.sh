@@ -172,6 +172,38 @@ ensure_test_system_packages() {
         || warn "tests that need them will be skipped (in CI they fail)"
 }
 
+# The real Asterisk 22 of the voice tests (tests/support/asterisk.py): the shared peer's
+# installer unpacks its build into the cache and apt-installs the libraries it links against
+# (as root). Skipped when ASTERISK_PREFIX names an install; without the shared folder the
+# voice tests skip outside CI and fail in it, saying why.
+shared_dir() {
+    local d
+    if [[ -n ${CALLCENTER_SHARED_DIR:-} ]]; then echo "$CALLCENTER_SHARED_DIR"; return 0; fi
+    for d in "$REPO_ROOT/.." "$REPO_ROOT/../.."; do
+        [[ -d $d/shared ]] && { (cd "$d/shared" && pwd); return 0; }
+    done
+    return 1
+}
+
+ensure_asterisk() {
+    [[ -n ${ASTERISK_PREFIX:-} ]] && return 0
+    local shared installer log
+    if ! shared=$(shared_dir) || [[ ! -f $shared/peers/asterisk/install.sh ]]; then
+        is_ci && die "no Asterisk for the voice tests: set ASTERISK_PREFIX or provide ../shared/peers/asterisk"
+        warn "no ../shared/peers/asterisk and no ASTERISK_PREFIX: the real-Asterisk tests will skip"
+        return 0
+    fi
+    installer=$shared/peers/asterisk/install.sh
+    log=$(mktemp)
+    if ! bash "$installer" "${XDG_CACHE_HOME:-$HOME/.cache}/asterisk-peer" >"$log" 2>&1; then
+        tail -n 20 "$log" >&2; rm -f "$log"
+        is_ci && die "installing Asterisk with $installer failed"
+        warn "installing Asterisk failed: the real-Asterisk tests will skip"
+        return 0
+    fi
+    rm -f "$log"
+}
+
 # npm dependencies of the SMSC simulator (tests/smsc), when it exists.
 ensure_smsc_deps() {
     local dir="$REPO_ROOT/tests/smsc" log

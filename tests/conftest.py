@@ -13,7 +13,7 @@ from callcenter.db import migrate
 from callcenter.service.tokens import Role
 from callcenter.settings import Settings, load_settings
 
-pytest_plugins = ["tests.support.pg_fixtures"]
+pytest_plugins = ["tests.support.pg_fixtures", "tests.support.asterisk_fixtures"]
 
 
 @pytest.fixture

@@ -3,7 +3,8 @@
 Inbound texts from HTTP gateways (Kannel, Jasmin) go through the same intake pipeline as
 SMPP deliveries, with the same parsing and de-duplication: a JSON body in our own shape,
 or Jasmin's form post (`id`, `from`, `to`, `coding`, `content`/`binary`), answered with
-`ACK/Jasmin` as Jasmin expects. A store failure answers 503 so the gateway retries.
+`ACK/Jasmin` as Jasmin expects. The intake answers stored / try again later / refused, and
+this route maps that itself: 200, 503 (the gateway retries), 422 (it must not).
 """
 
 from __future__ import annotations
@@ -38,8 +39,7 @@ from callcenter.service.sms_intake import IntakeResult
 from callcenter.service.tasks import TaskView, parse_kind
 from callcenter.service.tokens import Role
 from sms.concat import ESM_UDHI
-from sms.gateway import InboundMessage
-from sms.smpp.session import Status
+from sms.gateway import InboundMessage, MoVerdict
 
 _MAX_HEX = 2 * 65535
 
@@ -202,9 +202,12 @@ async def sms_inbound(request: web.Request) -> web.StreamResponse:
     else:
         message = _inbound_from_json(await read_json(request, SmsInboundIn))
     result: IntakeResult = await sms.intake.receive(message)
-    if result.status != Status.ROK:
+    if result.verdict is MoVerdict.RETRY_LATER:
         raise ApiError(503, "unavailable", "the message could not be stored; deliver it again",
                        headers={"Retry-After": "5"})
+    if result.verdict is MoVerdict.REFUSED:
+        raise ApiError(422, "invalid", "the message cannot be stored (no sender address); do not deliver it again",
+                       field="from")
     if form:
         return web.Response(text="ACK/Jasmin", content_type="text/plain")
     return json_response(SmsInboundOut(status="accepted", outcome=result.outcome, case=result.case_number,

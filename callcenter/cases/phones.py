@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import re
 import unicodedata
 
 import phonenumbers
+
+# The common case, checked without phonenumbers' full parse (a third of an SMS's intake CPU):
+# a Chinese mobile (1[3-9] + 9 digits) as +86..., 86... or, in region CN, national.
+_CN_MOBILE = re.compile(r"(\+86|86)?(1[3-9][0-9]{9})", re.ASCII)
 
 
 class InvalidPhoneNumber(ValueError):
@@ -21,6 +26,8 @@ def normalise_phone(raw: str, region: str = "CN") -> str:
     """
     if not isinstance(raw, str):
         raise InvalidPhoneNumber("phone number must be a string")
+    if (fast := _CN_MOBILE.fullmatch(raw)) and (fast.group(1) or region == "CN"):
+        return "+86" + fast.group(2)
     text = unicodedata.normalize("NFKC", raw).strip()
     if not text or len(text) > 32:
         raise InvalidPhoneNumber("phone number is empty or too long")

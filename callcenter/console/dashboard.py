@@ -115,6 +115,7 @@ async def dashboard(request: web.Request, session: ConsoleSession) -> web.Stream
             "calls": calls.calls, "answered_within_15s": calls.answered_in_target,
             "answered_within_15s_rate": calls.answered_in_target_rate,
             "answered_within_15s_target": ANSWER_TARGET_RATE, "abandoned": calls.abandoned,
+            "queued": calls.queued, "answered": calls.answered, "mean_wait_seconds": calls.mean_wait_seconds,
             "sms_in": sms_in, "sms_out": queued, "sms_sent": sent, "sms_delivered": delivered,
             "sms_undelivered": undelivered,
             "sms_delivery_rate": (round(receipts_delivered / (receipts_delivered + undelivered), 4)

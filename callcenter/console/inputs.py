@@ -99,6 +99,10 @@ class RejectIn(_In):
     note: Short | None = None
 
 
+class CallbackIn(_In):
+    phone: Short | None = None
+
+
 class MergeIn(_In):
     into: Code
     note: Short | None = None

@@ -69,5 +69,6 @@ def add_routes(app: web.Application) -> None:
     r.add_post("/console/api/cases/{number}/submit", cases.submit_case)
     r.add_post("/console/api/cases/{number}/reject", cases.reject_case)
     r.add_post("/console/api/cases/{number}/merge", cases.merge_case)
+    r.add_post("/console/api/cases/{number}/callback", cases.request_callback)
     r.add_get("/console/api/cases/{number}/duplicates", cases.duplicates)
     r.add_get("/console/api/cases/{number}/recording", cases.recording)

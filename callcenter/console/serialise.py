@@ -12,7 +12,7 @@ from callcenter.cases.grids import Grid, InvalidGridCode
 from callcenter.cases.lifecycle import EDITABLE_STATES, CaseStatus
 from callcenter.cases.model import CaseFlag, CaseView, Channel, LogEntry
 from callcenter.console.auth import ConsoleSession
-from callcenter.console.queries import CaseBrief, OutboxMessage, TaskNotice
+from callcenter.console.queries import CaseBrief, InboundText, OutboxMessage, TaskNotice
 from callcenter.console.state import ConsoleState
 from callcenter.service.sms_texts import ANSWERS_ZH, TASK_KINDS_ZH
 from callcenter.privacy import changes_for, may_see_number, phone_for, text_for
@@ -83,13 +83,29 @@ def grid_by_code(state: ConsoleState, code: str | None) -> dict[str, Any] | None
     return grid_json(grid) if grid else {"code": code, "name": "未知网格", "street": "", "community": ""}
 
 
-def channel_label(channel: str, flags: tuple[str, ...], recording: bool) -> str:
+def channel_label(channel: str, flags: tuple[str, ...], recording: bool, menu_choice: bool = False) -> str:
+    """语音留言 for a voicemail, IVR录音 for a report made through the IVR menu: staff treat
+    them differently (a voicemail may be about anything, an IVR report has its category)."""
     if channel == "phone":
-        if CaseFlag.NEEDS_TRANSCRIPTION in flags:
+        legacy_voicemail = CaseFlag.NEEDS_TRANSCRIPTION in flags and not menu_choice  # before the flag
+        if CaseFlag.VOICEMAIL in flags or legacy_voicemail:
             return "语音留言"
         if recording:
             return "IVR录音"
     return CHANNEL_LABELS.get(channel, channel)
+
+
+def visible_flags(flags: tuple[str, ...], recording_available: bool) -> list[str]:
+    """Flags as staff should see them now: 录音缺失 goes once the file has arrived (the
+    shared volume may lag the call), and 语音留言 is already the channel's label."""
+    shown = [f for f in flags if f != CaseFlag.VOICEMAIL]
+    if recording_available:
+        shown = [f for f in shown if f != CaseFlag.RECORDING_MISSING]
+    return shown
+
+
+def flag_labels(flags: list[str]) -> list[str]:
+    return [FLAG_LABELS.get(f, f) for f in flags]  # type: ignore[call-overload]
 
 
 ACTOR_KINDS = {"platform": "城管平台", "sms": "短信通道", "agi": "语音通道", "phone": "语音通道",
@@ -147,13 +163,21 @@ def recordings_root(state: ConsoleState) -> Path:
 
 
 def case_json(state: ConsoleState, view: CaseView, session: ConsoleSession,
-               outbox: list[OutboxMessage] | None = None) -> dict[str, Any]:
+               outbox: list[OutboxMessage] | None = None,
+               inbound: list[InboundText] | None = None) -> dict[str, Any]:
     private = view.anonymous or view.confidential
     visible = sees_numbers(session, state, private=private)
     has_recording = bool(view.recording_ref)
     available = has_recording and resolve_recording(recordings_root(state), view.recording_ref) is not None
     thread: list[dict[str, Any]] = []
-    if view.channel == Channel.SMS.value and view.description:
+    # Every text that made or was folded into this case (a flood draft's description holds
+    # only the first fifty); the description stands in for drafts that have none on file.
+    for text in inbound or []:
+        thread.append({"direction": "in", "at": local_iso(text.received_at), "body": text_for(text.text, visible),
+                       "party": phone_out(text.sender, session, state, private=private),
+                       "status": text.outcome,
+                       "status_label": "已合并到本案（短信过多）" if text.outcome == "folded" else "已收到"})
+    if not inbound and view.channel == Channel.SMS.value and view.description:
         thread.append({"direction": "in", "at": local_iso(view.created_at), "body": text_for(view.description, visible),
                        "party": phone_out(view.reporter_phone, session, state, private=private),
                        "status": "received", "status_label": "已收到"})
@@ -167,13 +191,16 @@ def case_json(state: ConsoleState, view: CaseView, session: ConsoleSession,
         suggested["confidence"] = view.suggested_confidence
     return {
         "number": view.number, "status": view.status, "status_label": CaseStatus(view.status).label_zh,
-        "channel": view.channel, "channel_label": channel_label(view.channel, view.flags, has_recording),
+        "channel": view.channel,
+        "channel_label": channel_label(view.channel, view.flags, has_recording,
+                                       bool(view.kind or view.category_major)),
         "reporter_phone": phone_out(view.reporter_phone, session, state, private=private),
         "anonymous": view.anonymous, "confidential": view.confidential,
         "description": text_for(view.description, visible),
         "has_recording": has_recording, "recording_available": available,
         "recording_url": f"/console/api/cases/{view.number}/recording" if available else None,
-        "flags": list(view.flags), "flag_labels": [FLAG_LABELS.get(f, f) for f in view.flags],  # type: ignore[call-overload]
+        "flags": visible_flags(view.flags, available),
+        "flag_labels": flag_labels(visible_flags(view.flags, available)),
         "category": category_json(state, view.category), "suggested_category": suggested,
         "grid": grid_by_code(state, view.grid), "address": text_for(view.address, visible),
         "version": view.version,

@@ -17,7 +17,9 @@ Whole-call tests use `AgiServerHarness` (the `agi_server` fixture): `start(route
 on 127.0.0.1 port 0 and `await call(peer)` plays one call and waits for its handler.
 
 DTMF model: `dtmf` is the sequence of keys the caller presses, in order; a `,` is a
-pause long enough for any timeout. GET DATA takes keys up to `#`, a pause or its max;
+pause long enough for any timeout; a `.` is the caller waiting for the beep (prompts
+before a recording take barge-in, so without it the `#` meant to end the recording would
+skip the instructions instead). GET DATA takes keys up to `#`, a pause or its max;
 WAIT FOR DIGIT takes one; STREAM FILE, SAY and RECORD FILE take the next key only if it
 is one of their escape digits (otherwise the caller is waiting for the prompt to end).
 """
@@ -440,7 +442,7 @@ class ScriptedAsterisk:
 
     def _interrupt(self, escape_digits: str) -> str | None:
         key = self._next_key()
-        if key is not None and key != "," and key in escape_digits:
+        if key is not None and key not in ",." and key in escape_digits:
             return self._take_key()
         return None
 
@@ -461,6 +463,8 @@ class ScriptedAsterisk:
             return f"200 result={ord(key) if key and key != ',' else 0}"
         if name == "record file":
             transcript.recordings.append(argv[2])
+            if self._next_key() == ".":  # the caller waited for the beep
+                self._take_key()
             key = self._interrupt(argv[4])
             if key is not None:
                 return f"200 result={ord(key)} (dtmf) endpos=9760"
@@ -567,10 +571,11 @@ SESSIONS_FILE = Path(__file__).resolve().parent / "reference" / "agi-sessions.tx
 
 
 def reference_dir() -> Path:
-    """`../shared/reference/asterisk-agi` beside the project, or $CALLCENTER_SHARED_DIR."""
-    shared = os.environ.get("CALLCENTER_SHARED_DIR")
-    base = Path(shared) if shared else Path(__file__).resolve().parents[3] / "shared"
-    return base / "reference" / "asterisk-agi"
+    """`../shared/reference/asterisk-agi` beside the project (or a git worktree's), or
+    under $CALLCENTER_SHARED_DIR."""
+    from tests.support.asterisk import shared_dir
+
+    return shared_dir() / "reference" / "asterisk-agi"
 
 
 @dataclass(frozen=True)

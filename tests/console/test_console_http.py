@@ -430,19 +430,25 @@ async def test_dashboard_counts_todays_calls_and_sms_from_stored_rows(
     base = dt.datetime.combine(today, dt.time(1, 0), tzinfo=tz)  # 01:00 local today
     yesterday = base - dt.timedelta(days=1)
     second = dt.timedelta(seconds=1)
-    calls = [  # (started, answered after, outcome)
-        (base, 3 * second, "settled"), (base, 15 * second, "transferred"),
-        (base, 16 * second, "abandoned"), (base, None, "abandoned"), (yesterday, second, "abandoned")]
+    calls = [  # (started, queue outcome from AMI, seconds waited in the queue)
+        (base, "answered", 3), (base, "answered", 15), (base, "answered", 16), (base, "abandoned", 20),
+        (base, None, None), (yesterday, "answered", 1)]
     sent = [  # (sent_at, status, delivery_state)
         *[(base, "sent", "delivered")] * 4, (base, "sent", "undeliverable"), (base, "sent", "expired"),
         (base, "failed", None), (base, "sent", "enroute"), (base, "sent", None),
         (yesterday, "sent", "undeliverable")]
     async with services.sessions() as session, session.begin():
-        for index, (started, after, outcome) in enumerate(calls):
+        for index, (started, queue_outcome, wait) in enumerate(calls):
             session.add(CallRecordRow(
-                call_id=f"1795477691.{index}", route="hotline", caller=None, started_at=started,
-                answered_at=None if after is None else started + after, ended_at=started + 60 * second,
-                last_state="menu", outcome=outcome))
+                call_id=f"1795477691.{index}", leg=1, route="hotline", caller=None, started_at=started,
+                answered_at=started, ended_at=started + 60 * second, last_state="menu",
+                outcome="settled" if queue_outcome is None else "transferred",
+                queue_joined_at=None if queue_outcome is None else started + 30 * second,
+                queue_outcome=queue_outcome, queue_wait_seconds=wait))
+        # the voicemail leg of the abandoned call: one call, two legs
+        session.add(CallRecordRow(
+            call_id="1795477691.3", leg=2, route="voicemail", caller=None, started_at=base + 90 * second,
+            answered_at=base + 90 * second, ended_at=base + 120 * second, last_state="goodbye", outcome="settled"))
         for index, received in enumerate([base, base, yesterday]):
             session.add(SmsInboundRow(
                 message_key=f"k{index}", fingerprint=f"f{index}", source="http", sender="+8613800000001",
@@ -454,8 +460,10 @@ async def test_dashboard_counts_todays_calls_and_sms_from_stored_rows(
                 status=status, not_before=at, created_at=at, sent_at=at, delivery_state=state,
                 delivered_at=at if state == "delivered" else None))
     figures = (await console.get_json("/console/api/dashboard"))["today"]
-    assert figures["calls"] == 4 and figures["answered_within_15s"] == 2
-    assert figures["answered_within_15s_rate"] == 0.5 and figures["abandoned"] == 2
+    # GB/T 33358 counts the calls that asked for a person: answered by one within 15 s of joining
+    assert figures["calls"] == 5 and figures["queued"] == 4 and figures["answered"] == 3
+    assert figures["answered_within_15s"] == 2 and figures["answered_within_15s_rate"] == 0.5
+    assert figures["abandoned"] == 1 and figures["mean_wait_seconds"] == 11.3
     assert figures["sms_in"] == 2
     assert figures["sms_delivered"] == 4 and figures["sms_undelivered"] == 3
     assert figures["sms_delivery_rate"] == round(4 / 7, 4)

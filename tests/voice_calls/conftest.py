@@ -15,6 +15,7 @@ import array
 import asyncio
 import datetime as dt
 import math
+import random
 import re
 import wave
 from collections.abc import AsyncIterator, Iterator, Sequence
@@ -34,7 +35,11 @@ from callcenter.db.tables import CaseRow, OutboxRow
 from callcenter.service.cases import DraftInput, PlatformEvent
 from callcenter.settings import Settings
 from callcenter.voice import VoiceChannel
-from tests.agi.asterisk_peer import AgiServerHarness, CallTranscript, Command, ScriptedAsterisk
+from callcenter.agi.protocol import AgiResult
+from callcenter.agi.server import AgiCall, AgiHandler
+from tests.agi.asterisk_peer import AgiServerHarness, CallTranscript, Command, ScriptedAsterisk, split_agi_args
+from tests.support.asterisk import AsteriskPeer
+from tests.support.asterisk_fixtures import Sounds
 from tests.agi.conftest import _session_reactor, agi_logs, agi_server, reactor  # noqa: F401 - fixtures
 
 ASTERISK_DIR = "/var/spool/asterisk/recording/callcenter"
@@ -58,9 +63,18 @@ class Clock:
         return self.value
 
 
-def write_wav(path: Path, frames: int) -> None:
-    """8 kHz mono 16-bit PCM, what Asterisk's `wav` format writes; a tone when frames > 0."""
+def write_wav(path: Path, frames: int, *, seconds_of_silence: float = 0.0,
+              noise_dbfs: float | None = None) -> None:
+    """8 kHz mono 16-bit PCM, what Asterisk's `wav` format writes: `frames` of a tone, then
+    `seconds_of_silence` of digital silence (or of line noise at noise_dbfs)."""
     samples = array.array("h", (int(8000 * math.sin(2 * math.pi * 440 * i / 8000)) for i in range(frames)))
+    quiet = int(8000 * seconds_of_silence)
+    if noise_dbfs is None:
+        samples.extend([0] * quiet)
+    else:
+        level = 32768 * 10 ** (noise_dbfs / 20)
+        rng = random.Random(7)
+        samples.extend(int(rng.gauss(0, level)) for _ in range(quiet))
     with wave.open(str(path), "wb") as wav:
         wav.setnchannels(1)
         wav.setsampwidth(2)
@@ -74,17 +88,27 @@ class VoicePeer(ScriptedAsterisk):
     volume, seen by the test (and the service) under `service_dir`.
 
     audio: "speech" writes endpos samples of a tone, "header" only the 44-byte header (no
-    audio reached Asterisk), "none" no file at all (a volume that is not shared).
+    audio reached Asterisk), "none" no file at all (a volume that is not shared),
+    "silence" what a real Asterisk 22 leaves of a caller who says nothing and presses
+    nothing: silence detection ends the take, which keeps ~1 s of pure silence
+    (`200 result=0 endpos=8000`).
     """
 
     service_dir: Path | None = None
     asterisk_dir: str = ASTERISK_DIR
-    audio: Literal["speech", "header", "none"] = "speech"
+    audio: Literal["speech", "header", "none", "silence"] = "speech"
     written: list[Path] = field(default_factory=list)
+    # Asterisk's recording folder does not exist: RECORD FILE fails at once, no file.
+    folder_missing: bool = False
 
     def _alive(self, command: Command, transcript: CallTranscript) -> str:
+        if command.name == "record file" and self.folder_missing:
+            transcript.recordings.append(command.argv[2])
+            return "200 result=-1 (writefile)"
         reply = super()._alive(command, transcript)
         if command.name == "record file":
+            if self.audio == "silence" and "(dtmf)" not in reply:
+                reply = "200 result=0 endpos=8000"
             self._write(command, reply)
         return reply
 
@@ -103,7 +127,10 @@ class VoicePeer(ScriptedAsterisk):
         match = _ENDPOS.search(reply)
         frames = min(int(match.group(1)) if match else 0, MAX_TEST_FRAMES)
         path = self.service_dir / (target[len(self.asterisk_dir) + 1:] + ".wav")
-        write_wav(path, frames if self.audio == "speech" else 0)
+        if self.audio == "silence":
+            write_wav(path, 0, seconds_of_silence=frames / 8000)
+        else:
+            write_wav(path, frames if self.audio == "speech" else 0)
         self.written.append(path)
 
 
@@ -164,21 +191,26 @@ class Voice:
             return list((await session.scalars(query)).all())
 
     async def case(self, phone: str | None = CALLER, *, status: CaseStatus = CaseStatus.DRAFT) -> CaseView:
-        """A case made the way staff and the platform would, in the given status."""
-        cases = self.services.cases
-        view = await cases.create_draft(DraftInput(channel=Channel.STAFF, description="路灯不亮",
-                                                   reporter_phone=phone, category="C0101",
-                                                   notify_reporter=False), actor="test")
-        if status == CaseStatus.DRAFT:
-            return view
-        await cases.submit(view.number, actor="test")
-        steps = [CaseStatus.REGISTERED, CaseStatus.DISPATCHED, CaseStatus.FEEDBACK, CaseStatus.CLOSED]
-        for index, step in enumerate(steps):
-            view = await cases.apply_platform_event(
-                view.number, PlatformEvent(event_id=f"{view.number}-{index}", status=step))
-            if step == status:
-                break
+        return await make_case(self.services, phone, status)
+
+
+async def make_case(services: Services, phone: str | None = CALLER, status: CaseStatus = CaseStatus.DRAFT
+                    ) -> CaseView:
+    """A case made the way staff and the platform would, in the given status."""
+    cases = services.cases
+    view = await cases.create_draft(DraftInput(channel=Channel.STAFF, description="路灯不亮",
+                                               reporter_phone=phone, category="C0101",
+                                               notify_reporter=False), actor="test")
+    if status == CaseStatus.DRAFT:
         return view
+    await cases.submit(view.number, actor="test")
+    steps = [CaseStatus.REGISTERED, CaseStatus.DISPATCHED, CaseStatus.FEEDBACK, CaseStatus.CLOSED]
+    for index, step in enumerate(steps):
+        view = await cases.apply_platform_event(
+            view.number, PlatformEvent(event_id=f"{view.number}-{index}", status=step))
+        if step == status:
+            break
+    return view
 
 
 def voice_settings(settings: Settings, recordings: Path) -> Settings:
@@ -224,3 +256,180 @@ def no_tracebacks(agi_logs: list[dict[str, Any]]) -> Iterator[list[dict[str, Any
     crashed = [e for e in agi_logs if e.get("event") in ("agi.handler_failed", "voice.ivr_failed",
                                                          "voice.action_failed")]
     assert not crashed, crashed
+
+
+# ---------------------------------------------------------------------------------------
+# Whole calls through a real Asterisk 22 and the project's own dialplan
+# ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class AgiLine:
+    """One AGI command the service sent on a real call and what Asterisk answered."""
+
+    command: str
+    result: AgiResult | None
+    error: str | None = None
+
+    @property
+    def argv(self) -> list[str]:
+        return split_agi_args(self.command)
+
+
+@dataclass
+class RealCall:
+    """What one call (all its AGI sessions: hotline, then voicemail...) looked like."""
+
+    tag: str
+    sessions: list[tuple[str, list[AgiLine]]] = field(default_factory=list)
+
+    @property
+    def lines(self) -> list[AgiLine]:
+        return [line for _, session in self.sessions for line in session]
+
+    @property
+    def routes(self) -> list[str]:
+        return [route for route, _ in self.sessions]
+
+    @property
+    def argvs(self) -> list[list[str]]:
+        return [line.argv for line in self.lines]
+
+    def played(self) -> list[str]:
+        """Prompt ids Asterisk really played (STREAM FILE / GET DATA not failed), in order."""
+        heard = []
+        for line in self.lines:
+            argv = line.argv
+            if [w.upper() for w in argv[:2]] in (["STREAM", "FILE"], ["GET", "DATA"]) and len(argv) > 2:
+                if line.result is not None and not (argv[0].upper() == "STREAM" and line.result.failed):
+                    heard.append(Path(argv[2]).name)
+        return heard
+
+    def number_heard(self) -> str:
+        heard = self.played()
+        if "your_number_is" not in heard:
+            return ""
+        start = len(heard) - 1 - heard[::-1].index("your_number_is")
+        digits = ""
+        for prompt in heard[start + 1:]:
+            if not prompt.startswith("digit_"):
+                break
+            digits += prompt.removeprefix("digit_")
+        return digits
+
+    def set_variables(self) -> dict[str, str]:
+        found: dict[str, str] = {}
+        for argv in self.argvs:
+            if [w.upper() for w in argv[:2]] == ["SET", "VARIABLE"] and len(argv) >= 4:
+                found[argv[2]] = argv[3]
+        return found
+
+
+@dataclass
+class RealVoice:
+    """The voice channel listening for a real Asterisk that runs the project's dialplan."""
+
+    services: Services
+    channel: VoiceChannel
+    asterisk: AsteriskPeer
+    clock: Clock
+    recordings: Path
+    speech: Sounds
+    port: int
+    calls: dict[str, RealCall] = field(default_factory=dict)
+
+    def place(self, script: str = "", *, callerid: str | None = CALLER, **options: Any) -> str:
+        tag = self.asterisk.call(script, callerid=callerid, **options)
+        self.calls[tag] = RealCall(tag)
+        return tag
+
+    def say(self, sentence: str = "report_streetlight") -> str:
+        """A caller step: play this sentence into the call (the citizen speaking)."""
+        return "p" + self.speech.path(sentence)
+
+    def silent(self) -> str:
+        """A caller step: a minute of a silent line (frames of digital silence)."""
+        return "p" + self.speech.path("silence_60s")
+
+    async def case(self, phone: str | None = CALLER, *, status: CaseStatus = CaseStatus.DRAFT) -> CaseView:
+        return await make_case(self.services, phone, status)
+
+    async def settle(self, timeout: float = 120.0) -> None:
+        """Until every call has ended in Asterisk and every AGI handler has finished."""
+        await self.asterisk.wait_idle(timeout)
+        factory = self.channel.factory
+        if factory is not None:
+            await asyncio.wait_for(factory.drain(), 30)
+
+    async def run(self, script: str = "", *, timeout: float = 120.0, **options: Any) -> RealCall:
+        tag = self.place(script, **options)
+        await self.settle(timeout)
+        return self.calls[tag]
+
+    async def drafts(self) -> list[CaseRow]:
+        async with self.services.sessions() as session:
+            return list((await session.scalars(
+                select(CaseRow).where(CaseRow.channel == Channel.PHONE.value).order_by(CaseRow.id))).all())
+
+    async def outbox(self, case_id: int | None = None) -> list[OutboxRow]:
+        query = select(OutboxRow).order_by(OutboxRow.id)
+        if case_id is not None:
+            query = query.where(OutboxRow.case_id == case_id)
+        async with self.services.sessions() as session:
+            return list((await session.scalars(query)).all())
+
+    def _record(self, handler: AgiHandler, route: str) -> AgiHandler:
+        async def recorded(call: AgiCall) -> None:
+            tag = call.request.get("calleridname") or ""
+            lines: list[AgiLine] = []
+            self.calls.setdefault(tag, RealCall(tag)).sessions.append((route, lines))
+            send = call.command
+
+            async def command(line: str | bytes) -> AgiResult:
+                text = line.decode() if isinstance(line, bytes) else line
+                try:
+                    result = await send(line)
+                except Exception as exc:
+                    lines.append(AgiLine(text.rstrip("\n"), None, type(exc).__name__))
+                    raise
+                lines.append(AgiLine(text.rstrip("\n"), result))
+                return result
+
+            call.command = command  # type: ignore[method-assign]
+            await handler(call)
+
+        return recorded
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def real_voice(settings: Settings, tmp_path: Path, asterisk: AsteriskPeer, ivr_sounds: Sounds,
+                     caller_speech: Sounds, reactor: Any, clock: Clock) -> AsyncIterator[RealVoice]:  # noqa: F811
+    """The voice channel on a free port, with the real Asterisk's dialplan pointed at it.
+
+    Recordings: Asterisk and the service share one local folder (both mounts the same path).
+    Prompts: the built Mandarin WAVs, linked as Asterisk's `callcenter/zh` sounds (the default
+    `prompts.asterisk_sounds_dir`), as in production.
+    """
+    recordings = tmp_path / "recordings"
+    recordings.mkdir()
+    configured = settings.model_copy(update={
+        "recordings": settings.recordings.model_copy(
+            update={"asterisk_dir": str(recordings), "service_dir": str(recordings)}),
+        "console": settings.console.model_copy(update={"recordings_dir": str(recordings)}),
+    })
+    migrate.upgrade(configured.database.url)
+    services = build_services(configured)
+    channel = VoiceChannel(services, now=clock)
+    voice = RealVoice(services, channel, asterisk, clock, recordings, caller_speech, 0)
+    channel.routes = {route: voice._record(handler, route) for route, handler in channel.routes.items()}
+    listening = channel.listen(reactor, "127.0.0.1", 0)
+    voice.port = listening.getHost().port  # type: ignore[attr-defined]
+    await asterisk.set_global("CALLCENTER_AGI_PORT", str(voice.port))
+    try:
+        yield voice
+    finally:
+        try:
+            await voice.settle(60)
+        finally:
+            await channel.stop()
+            await services.close()
