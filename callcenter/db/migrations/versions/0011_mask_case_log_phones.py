@@ -1,7 +1,7 @@
 """case_log: mask reporter_phone changes written in full before docs/privacy.md
 
 Revision ID: 0011_mask_case_log_phones
-Revises: 0006_call_records
+Revises: 0009_call_legs_callbacks
 
 The case log now stores a changed reporter number masked (callcenter/privacy.py
 `log_changes`); this rewrites the entries written before that. Data only, no schema change.
@@ -13,7 +13,7 @@ from alembic import op
 from sms.privacy import mask_number
 
 revision = "0011_mask_case_log_phones"
-down_revision = "0006_call_records"
+down_revision = "0009_call_legs_callbacks"
 branch_labels = None
 depends_on = None
 
