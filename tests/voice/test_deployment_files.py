@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from callcenter.prompts import prompt_ids
+from callcenter.ivr.prompt_ids import prompt_ids
 from callcenter.settings import AgiSettings, PromptSettings, Settings, load_settings
 
 yaml = pytest.importorskip("yaml")
