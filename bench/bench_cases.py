@@ -473,7 +473,7 @@ async def bench_writes(backend: Backend, profile: Profile, report: Report) -> No
 
 
 def make_api(services: Services) -> web.Application:
-    from callcenter.api.app import make_app
+    from callcenter.web.app import make_app
 
     return make_app(services)
 

@@ -91,6 +91,8 @@ def peer_main(job: dict[str, Any]) -> int:
 async def _peer(job: dict[str, Any]) -> int:
     from tests.agi.asterisk_peer import CallTranscript, ScriptedAsterisk
 
+    run_id = f"{int(time.time())}{os.getpid():07d}"  # Asterisk's uniqueid: <epoch>.<sequence>
+
     hold = asyncio.Event()
     held = 0
     all_held = asyncio.Event()
@@ -149,8 +151,10 @@ async def _peer(job: dict[str, Any]) -> int:
 
     async def call(i: int) -> None:
         nonlocal failures, commands
+        # Each peer process numbers its calls from 1: without its own prefix every row after
+        # the first repeated the call ids of the one before (one warning per call record).
         peer = Peer(script=job["script"], dtmf=job["dtmf"], read_timeout=120.0,
-                    env={"callerid": f"139{i % 100_000_000:08d}"})
+                    env={"callerid": f"139{i % 100_000_000:08d}", "uniqueid": f"{run_id}.{i + 1}"})
         try:
             transcript = await peer.run("127.0.0.1", job["port"])
         except OSError:

@@ -11,7 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from callcenter.cases.catalogue import Catalogue
 from callcenter.cases.grids import GridIndex
 from callcenter.cases.messages import MessageTemplates
-from callcenter.console.hub import ConsoleHub
+from callcenter.events import EventHub
 from callcenter.db.engine import create_engine, make_sessionmaker
 from callcenter.metrics import MetricsRegistry
 from callcenter.service.cases import CaseService
@@ -32,7 +32,7 @@ class Services:
     templates: MessageTemplates
     cases: CaseService
     tokens: TokenStore
-    events: ConsoleHub = field(default_factory=ConsoleHub)
+    events: EventHub = field(default_factory=EventHub)
     metrics: MetricsRegistry = field(default_factory=MetricsRegistry)
     sms: SmsServices | None = None
 
@@ -65,7 +65,7 @@ def build_services(settings: Settings) -> Services:
         timezone=settings.cases.timezone, region=settings.cases.default_region,
         serial_digits=settings.cases.serial_digits,
     )
-    events = ConsoleHub()
+    events = EventHub()
     cases.on_draft_created = lambda view: events.publish(
         "draft_created", {"number": view.number, "channel": view.channel})
     metrics = MetricsRegistry()

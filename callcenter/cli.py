@@ -7,6 +7,7 @@ import asyncio
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from callcenter.settings import Settings, SettingsError, load_settings
 
@@ -94,6 +95,8 @@ def cmd_staff(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     migrate.upgrade_if_empty(settings.database.url)
+    if args.staff_command == "phone":
+        return _staff_phone(args, settings)
     password = _read_password()
 
     async def run() -> int:
@@ -107,6 +110,28 @@ def cmd_staff(args: argparse.Namespace) -> int:
         finally:
             await engine.dispose()
         print(f"staff account {account.username} ({account.display_name}, {account.role.value}) created",
+              file=sys.stderr)
+        return 0
+
+    return asyncio.run(run())
+
+
+def _staff_phone(args: argparse.Namespace, settings: Any) -> int:
+    """`staff phone`: the queue member interface whose answered calls pop on this account."""
+    from callcenter.db.engine import create_engine, make_sessionmaker
+    from callcenter.voice.queue_follow import InterfaceError, set_queue_interface
+
+    async def run() -> int:
+        engine = create_engine(settings.database)
+        try:
+            await set_queue_interface(make_sessionmaker(engine), args.username,
+                                      None if args.clear else args.interface)
+        except InterfaceError as exc:
+            print(f"callcenter: {exc}", file=sys.stderr)
+            return 2
+        finally:
+            await engine.dispose()
+        print(f"staff account {args.username}: phone {'cleared' if args.clear else args.interface}",
               file=sys.stderr)
         return 0
 
@@ -178,6 +203,12 @@ def build_parser() -> argparse.ArgumentParser:
     staff_create.add_argument("--username", required=True, help="sign-in name (letters, digits, . _ -)")
     staff_create.add_argument("--name", required=True, help="the staff member's name, written to case logs")
     staff_create.add_argument("--role", required=True, choices=["staff", "shift_leader"])
+    staff_phone = staff_sub.add_parser(
+        "phone", help="the phone (queue member interface) whose answered calls pop on this account")
+    staff_phone.add_argument("--username", required=True)
+    phone_target = staff_phone.add_mutually_exclusive_group(required=True)
+    phone_target.add_argument("--interface", help="as queues.conf names the member, e.g. PJSIP/1001")
+    phone_target.add_argument("--clear", action="store_true", help="no phone: no screen-pops")
     staff.set_defaults(func=cmd_staff)
     return parser
 

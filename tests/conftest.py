@@ -45,7 +45,7 @@ class ApiClient:
 
 @pytest.fixture
 async def api(services: Services) -> AsyncIterator[ApiClient]:
-    from callcenter.api.app import make_app
+    from callcenter.web.app import make_app
 
     tokens = {role: await services.tokens.create(role, f"test-{role.value}") for role in Role}
     client = TestClient(TestServer(make_app(services), host="127.0.0.1"))

@@ -1,23 +1,12 @@
 """Staff console (/console/): sign-in, live work queue, transcription, screen pops, dashboard.
 
-`callcenter.console.hub` imports nothing of the app, so the composition root can import
-ConsoleHub; the routes are imported only when the console is mounted.
+Imports point one way: the app factory (`callcenter.web.app`) mounts the console beside the
+API; the console uses the services, the event hub (`callcenter.events`) and the shared HTTP
+helpers (`callcenter.web.http`), and nothing but the factory imports the console's routes.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from callcenter.console.routes import add_routes
 
-from callcenter.console.hub import ConsoleHub
-
-if TYPE_CHECKING:
-    from aiohttp import web
-
-__all__ = ["ConsoleHub", "add_routes"]
-
-
-def add_routes(app: web.Application) -> None:
-    """Mount /console/ on the service's app (needs services_key set)."""
-    from callcenter.console import routes
-
-    routes.add_routes(app)
+__all__ = ["add_routes"]

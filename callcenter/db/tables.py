@@ -103,6 +103,10 @@ class OutboxRow(Base):
     delivered_at: Mapped[dt.datetime | None]
     delivery_state: Mapped[str | None] = mapped_column(String(16))
     last_error: Mapped[str | None] = mapped_column(Text)
+    # The sender's claim (status 'sending'): which node holds it and until when. Only an
+    # expired lease is taken back, so several nodes can share the outbox.
+    lease_owner: Mapped[str | None] = mapped_column(String(64), comment="[node] id of the claiming sender")
+    lease_expires_at: Mapped[dt.datetime | None]
 
 
 class IntakeCounterRow(Base):
@@ -138,6 +142,8 @@ class StaffAccountRow(Base):
     failed_attempts: Mapped[int] = mapped_column(Integer, default=0)
     locked_until: Mapped[dt.datetime | None]
     created_at: Mapped[dt.datetime]
+    queue_interface: Mapped[str | None] = mapped_column(
+        String(64), unique=True, comment="queue member interface of this person's phone, e.g. PJSIP/1001")
 
 
 class ConsoleSessionRow(Base):
@@ -154,12 +160,18 @@ class ConsoleSessionRow(Base):
 
 
 class CallRecordRow(Base):
-    """One row per IVR call (FastAGI session), written by the voice runtime when the call ends."""
+    """One row per IVR leg (FastAGI session), written by the voice runtime when the leg ends.
+
+    A call that goes hotline -> queue -> voicemail runs two AGI sessions on one channel (one
+    agi_uniqueid): legs 1 and 2. The queue columns come from AMI queue events (QueueCallerJoin,
+    AgentConnect, QueueCallerAbandon, AgentComplete) and are written on the leg that transferred.
+    """
 
     __tablename__ = "call_records"
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
-    call_id: Mapped[str] = mapped_column(String(64), unique=True, comment="agi_uniqueid")
+    call_id: Mapped[str] = mapped_column(String(64), comment="agi_uniqueid (AMI Uniqueid of the caller channel)")
+    leg: Mapped[int] = mapped_column(Integer, default=1, comment="1 for the first AGI session of the call")
     route: Mapped[str] = mapped_column(String(32))
     caller: Mapped[str | None] = mapped_column(String(20), comment="E.164")
     started_at: Mapped[dt.datetime] = mapped_column(index=True)
@@ -168,6 +180,37 @@ class CallRecordRow(Base):
     last_state: Mapped[str | None] = mapped_column(String(64), comment="IVR state at the end")
     outcome: Mapped[str] = mapped_column(String(16), comment="settled | transferred | abandoned | error")
     case_number: Mapped[str | None] = mapped_column(String(12), comment="the draft this call made")
+    queue_joined_at: Mapped[dt.datetime | None] = mapped_column(comment="AMI QueueCallerJoin")
+    agent_answered_at: Mapped[dt.datetime | None] = mapped_column(comment="AMI AgentConnect: a person answered")
+    queue_wait_seconds: Mapped[int | None] = mapped_column(Integer, comment="HoldTime of AgentConnect/Abandon")
+    queue_outcome: Mapped[str | None] = mapped_column(String(16), comment="answered | abandoned | left")
+    agent_interface: Mapped[str | None] = mapped_column(String(64), comment="queue member that answered")
+    talk_seconds: Mapped[int | None] = mapped_column(Integer, comment="TalkTime of AgentComplete")
+
+    __table_args__ = (Index("uq_call_records_call_leg", "call_id", "leg", unique=True),)
+
+
+class CallbackRequestRow(Base):
+    """A reporter asked to be called back for the rating (回访) once the case closes."""
+
+    __tablename__ = "callback_requests"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    case_id: Mapped[int] = mapped_column(ForeignKey("cases.id"), unique=True)
+    phone: Mapped[str] = mapped_column(String(20), comment="E.164, whom to call")
+    requested_by: Mapped[str] = mapped_column(String(128), comment="ivr or the staff member's actor name")
+    requested_at: Mapped[dt.datetime]
+    status: Mapped[str] = mapped_column(
+        String(16), comment="waiting | calling | rated | not_rated | unreached | failed")
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[dt.datetime | None] = mapped_column(comment="earliest next call; None: not due")
+    action_id: Mapped[str | None] = mapped_column(String(64), comment="AMI ActionID of the call in progress")
+    channel_id: Mapped[str | None] = mapped_column(String(64), comment="AMI Uniqueid of the answered call")
+    last_result: Mapped[str | None] = mapped_column(String(16), comment="answered | no_answer | busy | failed ...")
+    score: Mapped[int | None] = mapped_column(Integer)
+    finished_at: Mapped[dt.datetime | None]
+
+    __table_args__ = (Index("ix_callback_requests_status_next", "status", "next_attempt_at"),)
 
 
 from callcenter.db import tables_sms  # noqa: E402,F401

@@ -90,6 +90,8 @@ ACTIONS: Mapping[str, ActionSpec] = MappingProxyType({
               "may this caller rate this case now"),
         _spec("rate_case", {"ok", "not_found", "not_closed", "not_reporter", "error"}, (),
               "store the 1-5 rating"),
+        _spec("request_callback", {"ok", "not_found", "not_reporter", "unavailable", "error"}, (),
+              "the reporter asks to be called back for the rating once the case is closed (回访)"),
         _spec("voicemail_draft", {"ok", "error"}, ("case_number",),
               "commit a voicemail as a draft flagged for transcription; ok sets case_number"),
     )

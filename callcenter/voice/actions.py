@@ -30,14 +30,11 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import hashlib
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 
 import phonenumbers
 import structlog
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
@@ -46,10 +43,11 @@ from callcenter.cases.lifecycle import CaseStatus
 from callcenter.cases.messages import MessageTemplates
 from callcenter.cases.model import CaseFlag, CaseView, Channel
 from callcenter.cases.phones import InvalidPhoneNumber, normalise_phone
-from callcenter.db.tables import OutboxRow
 from callcenter.ivr import ActionResult, BusinessHours, Invoke
 from callcenter.service.cases import CaseService, DraftInput
 from callcenter.service.errors import CaseNotFound, InvalidInput, ServiceError, TransitionRefused
+from callcenter.service.outbox import outbox_key
+from callcenter.voice.callbacks import CallbackRefused, CallbackService
 from callcenter.voice.metrics import VoiceMetrics
 from callcenter.voice.recordings import RecordingCheck, RecordingStore
 from sms.privacy import mask_number
@@ -138,8 +136,8 @@ def is_mobile(phone: str) -> bool:
 
 
 def receipt_key(case_number: str) -> str:
-    """Outbox idempotency key of a phone draft's number SMS: one per draft, whoever gets it."""
-    return hashlib.sha256(f"voice|received|{case_number}".encode()).hexdigest()
+    """Outbox idempotency key of a draft's number SMS: one per case, whoever gets it."""
+    return outbox_key("receipt", case_number)
 
 
 class VoiceActions:
@@ -159,6 +157,7 @@ class VoiceActions:
         region: str = "CN",
         now: Callable[[], dt.datetime] = utcnow,
         timeout: float = ACTION_TIMEOUT_SECONDS,
+        callbacks: CallbackService | None = None,
     ) -> None:
         self.cases = cases
         self.engine = engine
@@ -171,6 +170,7 @@ class VoiceActions:
         self.region = region
         self.now = now
         self.timeout = timeout
+        self.callbacks = callbacks
         self._uncovered_years: set[int] = set()
         self._handlers: dict[str, Callable[[Mapping[str, str | None], CallInfo], Awaitable[Outcome]]] = {
             "check_hours": self._check_hours,
@@ -180,6 +180,7 @@ class VoiceActions:
             "lookup_status": self._lookup_status,
             "check_rating": self._check_rating,
             "rate_case": self._rate_case,
+            "request_callback": self._request_callback,
             "voicemail_draft": self._voicemail_draft,
         }
 
@@ -291,7 +292,7 @@ class VoiceActions:
         check = self._recording(ref, "voicemail", call)
         related = args.get("case_number") or None
         caller = self._phone(args.get("caller")) or call.caller
-        flags = [CaseFlag.NEEDS_TRANSCRIPTION.value, *check.flags]
+        flags = [CaseFlag.NEEDS_TRANSCRIPTION.value, CaseFlag.VOICEMAIL.value, *check.flags]
         if self._after_hours():
             flags.append(CaseFlag.AFTER_HOURS.value)
         view = await self._file_draft(DraftInput(
@@ -322,21 +323,10 @@ class VoiceActions:
             log.info("voice.sms_no_mobile", call_id=call.call_id, case_number=number,
                      recipient=mask_number(recipient))
             return "no_number", {}
-        view = await self.cases.get(number, with_log=False)
-        body = self.templates.render("received", number=view.number, platform_number=view.platform_number or "",
-                                     status=CaseStatus(view.status).label_zh)
-        now = self.cases.now()
-        values = {"idempotency_key": receipt_key(view.number), "case_id": view.id, "recipient": recipient,
-                  "template": "received", "body": body, "status": "pending", "attempts": 0,
-                  "not_before": now, "created_at": now}
-        insert = pg_insert if self.engine.dialect.name == "postgresql" else sqlite_insert
-        statement = insert(OutboxRow.__table__).values(**values).on_conflict_do_nothing(
-            index_elements=["idempotency_key"])
-        async with self.sessions() as session, session.begin():
-            result = await session.execute(statement)
-        queued = bool(result.rowcount)
+        # The outbox owner queues it inside the transaction that reads the draft, keyed by the case.
+        queued = await self.cases.send_receipt(number, recipient)
         log.info("voice.sms_queued" if queued else "voice.sms_already_queued", call_id=call.call_id,
-                 case_number=view.number, recipient=mask_number(recipient))
+                 case_number=number, recipient=mask_number(recipient))
         return "ok", {}
 
     async def _lookup_status(self, args: Mapping[str, str | None], call: CallInfo) -> Outcome:
@@ -378,4 +368,22 @@ class VoiceActions:
         except ServiceError:
             return "error", {}
         log.info("voice.rated", call_id=call.call_id, case_number=view.number, score=int(score))
+        return "ok", {}
+
+    async def _request_callback(self, args: Mapping[str, str | None], call: CallInfo) -> Outcome:
+        """The reporter (recognised by caller ID) asks for a rating call-back (回访)."""
+        if self.callbacks is None:
+            return "unavailable", {}
+        try:
+            view = await self.cases.get(args.get("case_number") or "", with_log=False)
+        except (CaseNotFound, InvalidInput):
+            return "not_found", {}
+        caller = self._phone(args.get("caller"))
+        if caller is None or caller != view.reporter_phone:
+            return "not_reporter", {}
+        try:
+            await self.callbacks.request(view.number, by=ACTOR, phone=caller)
+        except CallbackRefused as exc:
+            log.info("voice.callback_refused", call_id=call.call_id, case_number=view.number, reason=str(exc))
+            return "unavailable", {}
         return "ok", {}

@@ -1,52 +1,45 @@
-"""Asterisk Manager Interface through pyst2: call-backs (Originate) and staff-queue status.
+"""Asterisk Manager Interface client: a thin asyncio transport over `ami_protocol`.
 
-pyst2's `asterisk.manager.Manager` is blocking and starts its own reader threads, so every
-call into it runs on one dedicated worker thread (which also keeps its single response
-queue in order: one action at a time) and the event loop only awaits the result. A
-supervisor task connects, logs in, pings, and reconnects with exponential back-off
-whenever Asterisk goes away (restart, network), so callers of `originate_callback()` get
-`AmiUnavailable` while it is down, never a hang.
+pyst2's manager was replaced here (it stays for the classic AGI script): its reader thread
+dies on the `ChanVariable` header that manager.conf's `channelvars` adds to every channel
+event, and its blocking `send_action` needed a worker thread per connection. Answer times
+and screen-pops need those events, so this client reads them: the sans-I/O
+`AmiProtocol` frames bytes and matches answers to ActionIDs; this module only owns the
+socket, log-in, keep-alive Pings and reconnection.
 
-Two pyst2 details this module works around:
-
-- Its message parser crashes its reader thread on any event with a `ChanVariable` header
-  (Python 2's `dict.has_key`), and manager.conf sends one with every channel event
-  (`channelvars = CALLCENTER_CASE_NUMBER`). We log in with `Events: off`: this client only
-  sends actions and reads their responses; list responses (QueueStatus) still arrive.
-- `send_action` waits for ever on a queue. Each action has a deadline; past it, the socket
-  is shut down and the waiter released, so the worker thread is free again.
+A supervisor task connects, logs in (`Events: on`), and reconnects with exponential
+back-off whenever Asterisk goes away (restart, network), so callers of an action get
+`AmiUnavailable` while it is down, never a hang. Each action has a deadline; past it the
+connection is renewed (an Asterisk that stopped answering is not trusted with the next one).
+Events go to the listeners registered with `on_event` (queue tracker, call-backs); a
+listener's failure is logged and never stops the reader.
 """
 
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
-import itertools
-import queue
-import re
-import secrets
-import socket
-from collections.abc import Callable
+import contextlib
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
 
 import phonenumbers
 import structlog
-from asterisk.manager import Manager, ManagerAuthException, ManagerException, ManagerSocketException
 
 from callcenter.cases.numbering import CaseNumber
 from callcenter.cases.phones import normalise_phone
 from callcenter.settings import AmiSettings
+from callcenter.voice.ami_protocol import ActionDone, AmiProtocol, AmiProtocolError, Banner, Event
 from callcenter.voice.metrics import VoiceMetrics
 from sms.privacy import mask_number
 
 log = structlog.get_logger(__name__)
 
-T = TypeVar("T")
-_HEADER_UNSAFE = re.compile(r"[\r\n\x00]")
 # Device states (QueueMember Status) of members who cannot take a call.
 _UNREACHABLE = frozenset({"4", "5"})  # invalid, unavailable
 _BUSY = frozenset({"2", "3", "6", "7", "8"})  # in use, busy, ringing, ringinuse, on hold
+_READ_SIZE = 65536
+
+EventListener = Callable[[Event], object]
 
 
 class AmiError(RuntimeError):
@@ -73,60 +66,6 @@ class QueueSnapshot:
     holdtime: int
 
 
-class _Manager(Manager):  # type: ignore[misc]
-    """pyst2's Manager with a connect timeout (its own connect can block for minutes on a
-    host that drops SYNs); the socket is blocking afterwards, as its reader thread needs."""
-
-    def connect_with_timeout(self, host: str, port: int, timeout: float) -> Any:
-        if self._connected.is_set():
-            raise ManagerException("Already connected to manager")
-        try:
-            raw = socket.create_connection((host, int(port)), timeout=timeout)
-            raw.settimeout(None)
-            self._sock = raw.makefile(mode="rwb", buffering=0)
-            raw.close()  # the file object keeps the descriptor open
-        except OSError as exc:
-            raise ManagerSocketException(exc.errno, exc.strerror or str(exc)) from exc
-        self._connected.set()
-        self._running.set()
-        self.message_thread.start()
-        self.event_dispatch_thread.start()
-        try:
-            return self._response_queue.get(timeout=timeout)
-        except queue.Empty as exc:
-            raise ManagerSocketException(0, "no AMI greeting") from exc
-
-    def abort(self) -> None:
-        """Cut the connection and release any waiter; safe from any thread, never raises."""
-        sock = getattr(self._sock, "_sock", None)
-        if sock is not None:
-            try:
-                sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-        self._connected.clear()
-        for _ in range(max(1, len(self._reswaiting))):
-            self._response_queue.put(None)
-
-
-def _blocks(text: str) -> list[dict[str, str]]:
-    """`Key: Value` blocks separated by blank lines (AMI list responses)."""
-    blocks: list[dict[str, str]] = []
-    current: dict[str, str] = {}
-    for line in text.replace("\r\n", "\n").split("\n"):
-        if not line.strip():
-            if current:
-                blocks.append(current)
-                current = {}
-            continue
-        key, sep, value = line.partition(":")
-        if sep:
-            current[key.strip()] = value.strip()
-    if current:
-        blocks.append(current)
-    return blocks
-
-
 def _int(value: str | None) -> int:
     try:
         return int(value or 0)
@@ -139,6 +78,26 @@ def national_number(phone: str, region: str = "CN") -> str:
     parsed = phonenumbers.parse(normalise_phone(phone, region), None)
     national = phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.NATIONAL)
     return "".join(ch for ch in national if ch.isdigit())
+
+
+class _Link:
+    """One TCP connection: the protocol state, the writer, and the actions awaiting answers."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+        self.protocol = AmiProtocol()
+        self.waiters: dict[str, asyncio.Future[ActionDone]] = {}
+        self.closed = False
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self.writer.close()
+        for future in self.waiters.values():
+            if not future.done():
+                future.set_exception(AmiUnavailable("the AMI connection closed"))
+        self.waiters.clear()
 
 
 class AmiClient:
@@ -158,20 +117,28 @@ class AmiClient:
         self.metrics = metrics
         self.region = region
         self.poll_interval = min(poll_interval, settings.ping_interval)
-        self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="ami")
-        self._manager: _Manager | None = None
+        self._link: _Link | None = None
         self._task: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
         self._connected = asyncio.Event()
-        self._action_ids = itertools.count(1)
+        self._listeners: list[EventListener] = []
+        self._on_connect: list[Callable[[], Awaitable[None]]] = []
         self.connections = 0  # successful logins so far (reconnects show as > 1)
+        self.version: str | None = None
 
     # ---- lifecycle
 
     @property
     def connected(self) -> bool:
-        manager = self._manager
-        return manager is not None and manager.connected()
+        return self._link is not None and not self._link.closed and self._connected.is_set()
+
+    def on_event(self, listener: EventListener) -> None:
+        """Call `listener(event)` for every unsolicited AMI event (on the event loop)."""
+        self._listeners.append(listener)
+
+    def on_connect(self, hook: Callable[[], Awaitable[None]]) -> None:
+        """Await `hook()` after every successful log-in (resynchronise after a restart)."""
+        self._on_connect.append(hook)
 
     async def start(self) -> None:
         if self._task is None:
@@ -180,16 +147,18 @@ class AmiClient:
 
     async def stop(self) -> None:
         self._stopping.set()
+        link = self._link
+        if link is not None and not link.closed:
+            with contextlib.suppress(AmiError, OSError, AmiProtocolError):
+                await self._send(link, "Logoff", {}, min(self.settings.action_timeout, 2.0), renew=False)
+            link.close()
         if self._task is not None:
             try:
                 await asyncio.wait_for(self._task, self.settings.action_timeout + 2)
             except (TimeoutError, asyncio.CancelledError):
                 self._task.cancel()
             self._task = None
-        manager, self._manager = self._manager, None
-        if manager is not None:
-            manager.abort()
-        self._executor.shutdown(wait=False, cancel_futures=True)
+        self._link = None
 
     async def wait_connected(self, timeout: float) -> bool:
         """True once logged in (within `timeout` seconds); for start-up checks and tests."""
@@ -203,9 +172,9 @@ class AmiClient:
         delay = self.settings.reconnect_min
         while not self._stopping.is_set():
             try:
-                manager = await self._connect()
+                link = await self._connect()
             except Exception as exc:  # noqa: BLE001 - whatever it was, try again later
-                if not isinstance(exc, (ManagerException, OSError, AmiError)):
+                if not isinstance(exc, (OSError, AmiError, TimeoutError)):
                     log.exception("ami.connect_error")
                 log.warning("ami.connect_failed", host=self.settings.host, port=self.settings.port,
                             error=_describe(exc), retry_in=round(delay, 2))
@@ -213,17 +182,24 @@ class AmiClient:
                 delay = min(delay * 2, self.settings.reconnect_max)
                 continue
             delay = self.settings.reconnect_min
-            self._manager = manager
             self.connections += 1
             self._connected.set()
             self._gauge(1)
-            log.info("ami.connected", host=self.settings.host, port=self.settings.port,
-                     version=getattr(manager, "version", None))
-            await self._watch(manager)
+            log.info("ami.connected", host=self.settings.host, port=self.settings.port, version=self.version)
+            pinger = asyncio.get_running_loop().create_task(self._keepalive(link), name="ami-ping")
+            for hook in self._on_connect:
+                try:
+                    await hook()
+                except Exception:  # noqa: BLE001
+                    log.exception("ami.on_connect_failed")
+            await self._read(link)
+            pinger.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await pinger
             self._connected.clear()
             self._gauge(0)
-            self._manager = None
-            await self._close(manager)
+            self._link = None
+            link.close()
             if not self._stopping.is_set():
                 log.warning("ami.disconnected", retry_in=round(delay, 2))
                 await self._pause(delay)
@@ -234,71 +210,97 @@ class AmiClient:
         except TimeoutError:
             pass
 
-    async def _connect(self) -> _Manager:
-        manager = _Manager()
+    async def _connect(self) -> _Link:
         settings = self.settings
-
-        def connect() -> None:
-            greeting = manager.connect_with_timeout(settings.host, settings.port, settings.connect_timeout)
-            if greeting is None:
-                raise ManagerSocketException(0, "no AMI greeting")
-            response = manager.send_action({
-                "Action": "Login", "Username": settings.username, "Secret": settings.secret,
-                "Events": "off"})
-            if response is None or response.get_header("Response") != "Success":
-                message = response.get_header("Message") if response is not None else "no answer"
-                raise ManagerAuthException(message)
-
+        reader, writer = await asyncio.wait_for(
+            asyncio.open_connection(settings.host, settings.port, limit=_READ_SIZE), settings.connect_timeout)
+        link = _Link(reader, writer)
         try:
-            await self._blocking(manager, connect, settings.connect_timeout + settings.action_timeout)
+            async with asyncio.timeout(settings.connect_timeout):
+                while link.protocol.banner is None:
+                    data = await reader.read(_READ_SIZE)
+                    if not data:
+                        raise AmiUnavailable("closed before the AMI greeting")
+                    for item in link.protocol.feed(data):
+                        if isinstance(item, Banner):
+                            self.version = item.version
+            self._link = link
+            reading = asyncio.get_running_loop().create_task(self._read(link), name="ami-login-reader")
+            try:
+                done = await self._send(link, "Login", {
+                    "Username": settings.username, "Secret": settings.secret, "Events": "on"},
+                    settings.action_timeout, renew=False)
+            finally:
+                # The supervisor reads from here on; cancelling between reads loses nothing.
+                reading.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await reading
+            if not done.ok:
+                raise AmiError(f"login refused: {done.message or 'no reason given'}")
         except BaseException:
-            manager.abort()
+            self._link = None
+            link.close()
             raise
-        return manager
+        return link
 
-    async def _watch(self, manager: _Manager) -> None:
-        """Until the connection drops or we stop; a Ping every ping_interval seconds."""
-        loop = asyncio.get_running_loop()
-        next_ping = loop.time() + self.settings.ping_interval
-        while not self._stopping.is_set() and manager.connected():
-            await self._pause(self.poll_interval)
-            if loop.time() >= next_ping and manager.connected() and not self._stopping.is_set():
-                next_ping = loop.time() + self.settings.ping_interval
-                try:
-                    await self._blocking(manager, lambda: manager.send_action({"Action": "Ping"}),
-                                         self.settings.action_timeout)
-                except (ManagerException, OSError, AmiError) as exc:
-                    log.warning("ami.ping_failed", error=_describe(exc))
-                    manager.abort()
+    async def _read(self, link: _Link) -> None:
+        """Feed received bytes to the protocol until the connection ends."""
+        while not link.closed:
+            try:
+                data = await link.reader.read(_READ_SIZE)
+            except (OSError, asyncio.IncompleteReadError):
+                data = b""
+            if not data:
+                link.close()
+                return
+            for item in link.protocol.feed(data):
+                if isinstance(item, ActionDone):
+                    future = link.waiters.pop(item.action_id, None)
+                    if future is not None and not future.done():
+                        future.set_result(item)
+                elif isinstance(item, Event):
+                    self._dispatch(item)
 
-    async def _close(self, manager: _Manager) -> None:
-        def close() -> None:
-            if manager.connected():
-                try:
-                    manager.send_action({"Action": "Logoff"})
-                except ManagerException:
-                    pass
-            manager.abort()
-            manager.close()
+    def _dispatch(self, event: Event) -> None:
+        for listener in self._listeners:
+            try:
+                result = listener(event)
+                if asyncio.iscoroutine(result):
+                    asyncio.get_running_loop().create_task(result)
+            except Exception:  # noqa: BLE001 - a listener never stops the reader
+                log.exception("ami.listener_failed", ami_event=event.name)
 
+    async def _keepalive(self, link: _Link) -> None:
+        """A Ping every ping_interval seconds notices a connection that died without a FIN."""
+        while not link.closed:
+            await asyncio.sleep(self.settings.ping_interval)
+            try:
+                await self._send(link, "Ping", {}, self.settings.action_timeout)
+            except AmiError as exc:
+                log.warning("ami.ping_failed", error=_describe(exc))
+                link.close()
+                return
+
+    async def _send(self, link: _Link, action: str, fields: Mapping[str, str | int | Sequence[str]],
+                    timeout: float, *, action_id: str | None = None, renew: bool = True) -> ActionDone:
+        if link.closed:
+            raise AmiUnavailable("not connected to Asterisk (AMI)")
+        action_id, data = link.protocol.action(action, fields, action_id=action_id)
+        future: asyncio.Future[ActionDone] = asyncio.get_running_loop().create_future()
+        link.waiters[action_id] = future
         try:
-            await self._blocking(manager, close, self.settings.action_timeout)
-        except (ManagerException, OSError, AmiError):
-            manager.abort()
-
-    async def _blocking(self, manager: _Manager, fn: Callable[[], T], timeout: float) -> T:
-        """Run a pyst2 call on the AMI thread; past `timeout`, cut the connection."""
-        loop = asyncio.get_running_loop()
-        try:
-            future = loop.run_in_executor(self._executor, fn)
-        except RuntimeError as exc:  # executor shut down
-            raise AmiUnavailable("the AMI client is stopped") from exc
-        try:
+            link.writer.write(data)
+            await link.writer.drain()
             return await asyncio.wait_for(asyncio.shield(future), timeout)
         except TimeoutError as exc:
-            manager.abort()
-            future.add_done_callback(lambda f: f.cancelled() or f.exception())
+            link.protocol.forget(action_id)
+            link.waiters.pop(action_id, None)
+            if renew:
+                link.close()  # the supervisor reconnects
             raise AmiUnavailable(f"no answer from Asterisk within {timeout:g} s") from exc
+        except (OSError, ConnectionError) as exc:
+            link.close()
+            raise AmiUnavailable(_describe(exc)) from exc
 
     def _gauge(self, value: int) -> None:
         if self.metrics is not None:
@@ -306,41 +308,42 @@ class AmiClient:
 
     # ---- actions
 
-    async def _action(self, fields: dict[str, Any]) -> Any:
-        manager = self._manager
-        if manager is None or not manager.connected():
+    async def action(self, action: str, fields: Mapping[str, str | int | Sequence[str]] | None = None, *,
+                     action_id: str | None = None, timeout: float | None = None) -> ActionDone:
+        """Send one action and await its answer (with a list action's events).
+
+        Raises AmiUnavailable while there is no connection or no answer in time, AmiError when
+        Asterisk answers `Response: Error`, ValueError for a field that would inject headers."""
+        link = self._link
+        if link is None or link.closed or not self._connected.is_set():
             raise AmiUnavailable("not connected to Asterisk (AMI)")
-        for key, value in fields.items():
-            for item in value if isinstance(value, list) else [value]:
-                if _HEADER_UNSAFE.search(str(item)) or _HEADER_UNSAFE.search(key):
-                    raise ValueError(f"AMI header {key} contains a line break")
         try:
-            response = await self._blocking(manager, lambda: manager.send_action(dict(fields)),
-                                            self.settings.action_timeout)
-        except ManagerException as exc:
-            raise AmiUnavailable(_describe(exc)) from exc
-        if response is None:
-            raise AmiUnavailable("the AMI connection closed")
-        if response.get_header("Response") == "Error":
-            raise AmiError(response.get_header("Message") or "Asterisk refused the action")
-        return response
+            done = await self._send(link, action, fields or {}, timeout or self.settings.action_timeout,
+                                    action_id=action_id)
+        except AmiProtocolError as exc:
+            raise ValueError(str(exc)) from exc
+        if not done.ok:
+            raise AmiError(done.message or "Asterisk refused the action")
+        return done
 
-    def _action_id(self, kind: str) -> str:
-        return f"callcenter-{kind}-{next(self._action_ids)}-{secrets.token_hex(3)}"
+    def new_action_id(self, kind: str) -> str:
+        link = self._link
+        return (link.protocol if link is not None else AmiProtocol()).next_action_id(kind)
 
-    async def originate_callback(self, phone: str, case_number: str) -> str:
+    async def originate_callback(self, phone: str, case_number: str, *, action_id: str | None = None,
+                                 variables: Mapping[str, str] | None = None) -> str:
         """Ring a reporter and run the `callback` IVR (rate a closed case) when they answer.
 
-        Returns the ActionID. Raises ValueError for a bad number or case number,
-        AmiUnavailable while Asterisk is unreachable, AmiError if it refuses.
+        Returns the ActionID; the outcome arrives later as an `OriginateResponse` event with
+        it. Raises ValueError for a bad number or case number, AmiUnavailable while Asterisk is
+        unreachable, AmiError if it refuses.
         """
         number = CaseNumber.parse(case_number).value
         dial = national_number(phone, self.region)
-        action_id = self._action_id("callback")
+        action_id = action_id or self.new_action_id("callback")
         settings = self.settings
-        await self._action({
-            "Action": "Originate",
-            "ActionID": action_id,
+        extra = [f"{key}={value}" for key, value in (variables or {}).items()]
+        await self.action("Originate", {
             "Channel": settings.callback_channel.format(number=dial),
             "Context": settings.callback_context,
             "Exten": "s",
@@ -348,17 +351,16 @@ class AmiClient:
             "CallerID": settings.callback_caller_id,
             "Timeout": str(settings.callback_ring_seconds * 1000),
             "Async": "true",
-            "Variable": [f"CALLCENTER_CASE_NUMBER={number}"],
-        })
+            "Variable": [f"CALLCENTER_CASE_NUMBER={number}", *extra],
+        }, action_id=action_id)
         log.info("ami.callback_originated", case_number=number, phone=mask_number(phone), action_id=action_id)
         return action_id
 
     async def queue_status(self, queue: str | None = None) -> QueueSnapshot:
         """The staff queue's callers and members (QueueStatus)."""
         name = queue or self.queue
-        response = await self._action({"Action": "QueueStatus", "Queue": name,
-                                       "ActionID": self._action_id("queue")})
-        blocks = _blocks(getattr(response, "data", "") or "")
+        done = await self.action("QueueStatus", {"Queue": name})
+        blocks = [dict(message.headers) for message in done.events]
         params = next((b for b in blocks if b.get("Event") == "QueueParams" and b.get("Queue") == name), {})
         members = [b for b in blocks if b.get("Event") == "QueueMember" and b.get("Queue") == name]
         paused = sum(1 for m in members if m.get("Paused") == "1")
@@ -384,6 +386,4 @@ class AmiClient:
 
 
 def _describe(exc: BaseException) -> str:
-    if isinstance(exc, ManagerException) and exc.args:
-        return " ".join(str(a) for a in exc.args if a not in (None, 0))
     return str(exc) or type(exc).__name__

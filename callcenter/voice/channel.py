@@ -22,8 +22,10 @@ from callcenter.ivr import BusinessHours, Flow, HoursError, load_flows
 from callcenter.settings import Settings
 from callcenter.voice.actions import VoiceActions, utcnow
 from callcenter.voice.ami import AmiClient
+from callcenter.voice.callbacks import CallbackService
 from callcenter.voice.metrics import VoiceMetrics
-from callcenter.voice.recordings import RecordingStore
+from callcenter.voice.recordings import RecordingStore, check_recording_dirs
+from callcenter.voice.queue_follow import QueueFollower
 from callcenter.voice.records import CallRecords
 from callcenter.voice.routes import apply_overrides, build_routes
 from callcenter.voice.runner import RunnerDeps
@@ -56,28 +58,49 @@ class VoiceChannel:
             settings.path(settings.voice.flows_dir), settings.path(settings.prompts.source))
         self.flows = {name: apply_overrides(flow, settings.voice) for name, flow in loaded.items()}
         self.hours = hours if hours is not None else load_hours(settings)
-        self.actions = VoiceActions(
+        # Requests are taken whenever call-backs are on; the calls are placed through AMI.
+        self.callbacks: CallbackService | None = None
+        if settings.callback.enabled:
+            self.callbacks = CallbackService(services.sessions, settings.callback, ami=None,
+                                             timezone=settings.cases.timezone,
+                                             region=settings.cases.default_region, metrics=self.metrics)
+        self.actions = VoiceActions(callbacks=self.callbacks,
             cases=services.cases, engine=services.engine, sessions=services.sessions,
             templates=services.templates, catalogue=services.catalogue, recordings=self.recordings,
             metrics=self.metrics, hours=self.hours, region=settings.cases.default_region, now=now)
         self._draining = False
         self._active = 0
+        self.call_records = CallRecords(services.sessions, services.engine.dialect.name,
+                                        region=settings.cases.default_region)
         self.deps = RunnerDeps(
-            actions=self.actions, recordings=self.recordings, metrics=self.metrics, events=services.events,
+            actions=self.actions, recordings=self.recordings, metrics=self.metrics,
+            # With AMI the screen-pop waits for AgentConnect and goes to the agent who answered;
+            # without it the IVR's transfer pops every console, as before.
+            events=None if settings.ami.enabled else services.events,
             sounds_dir=settings.prompts.asterisk_sounds_dir, region=settings.cases.default_region,
-            draining=lambda: self._draining,
-            call_records=CallRecords(services.sessions, services.engine.dialect.name))
+            draining=lambda: self._draining, call_records=self.call_records)
         self.routes: dict[str, AgiHandler] = build_routes(self.flows, self.deps, self._track)
         self.ami: AmiClient | None = None
+        self.queue_follower: QueueFollower | None = None
         if settings.ami.enabled:
             self.ami = AmiClient(settings.ami, queue=settings.voice.queue, metrics=self.metrics,
                                  region=settings.cases.default_region)
             services.metrics.on_refresh(self.ami.refresh_metrics)
+            self.queue_follower = QueueFollower(self.call_records, services.sessions, services.events,
+                                                queues={settings.voice.queue}, metrics=self.metrics)
+            self.ami.on_event(self.queue_follower)
+            if self.callbacks is not None:
+                self.callbacks.ami = self.ami
+                self.ami.on_event(self.callbacks.on_event)
+        elif self.callbacks is not None:
+            log.error("voice.callbacks_without_ami",
+                      problem="[callback] enabled needs [ami] enabled: requests are kept, no call is placed")
         self.factory: AgiServerFactory | None = None
         self._listening: IListeningPort | None = None
-        if settings.console.recordings_dir != settings.recordings.service_dir:
-            log.warning("voice.recordings_dirs_differ", console=settings.console.recordings_dir,
-                        service=settings.recordings.service_dir)
+        # Said once at start-up, in words: a recording folder that is wrong loses every report.
+        self.recording_problems = check_recording_dirs(settings)
+        for problem in self.recording_problems:
+            log.error("voice.recordings_problem", problem=problem)
 
     def _track(self, delta: int) -> None:
         self._active += delta
@@ -100,6 +123,8 @@ class VoiceChannel:
     async def start_ami(self) -> None:
         if self.ami is not None:
             await self.ami.start()
+        if self.callbacks is not None and self.ami is not None:
+            self.callbacks.start()
 
     async def stop(self) -> None:
         """Stop taking calls, drain the ones in progress, stop AMI."""
@@ -112,8 +137,12 @@ class VoiceChannel:
                 await stopped.asFuture(loop)
             self._listening = None
         await self.drain(self.settings.voice.drain_seconds)
+        if self.callbacks is not None:
+            await self.callbacks.stop()
         if self.ami is not None:
             await self.ami.stop()
+        if self.queue_follower is not None:
+            await self.queue_follower.stop()
 
     def start_draining(self) -> None:
         """From now on a caller reaching a prompt is handed to a person (owed work done)."""

@@ -12,6 +12,8 @@ from callcenter.metrics import Counter, Gauge, MetricsRegistry, Summary
 
 # Call durations in seconds: IVR calls last from a few seconds to a few minutes.
 CALL_SECONDS_BUCKETS: tuple[float, ...] = (5, 10, 20, 30, 60, 90, 120, 180, 300, 600, 1800)
+# Waits in the staff queue: GB/T 33358's target is 15 s.
+QUEUE_WAIT_BUCKETS: tuple[float, ...] = (5, 10, 15, 20, 30, 60, 120, 300)
 
 
 @dataclass(frozen=True)
@@ -28,6 +30,9 @@ class VoiceMetrics:
     queue_waiting: Gauge
     queue_members: Gauge
     ami_connected: Gauge
+    queue_calls: Counter
+    queue_wait_seconds: Summary
+    callbacks: Counter
 
     @classmethod
     def register(cls, registry: MetricsRegistry) -> VoiceMetrics:
@@ -50,4 +55,12 @@ class VoiceMetrics:
             queue_members=registry.gauge(
                 "voice_queue_members", "staff queue members by state: logged_in, available, paused, in_call"),
             ami_connected=registry.gauge("voice_ami_connected", "1 while the AMI connection is up"),
+            queue_calls=registry.counter(
+                "voice_queue_calls_total",
+                "staff queue callers by outcome (AMI): joined, answered, abandoned, left"),
+            queue_wait_seconds=registry.summary(
+                "voice_queue_wait_seconds", "seconds a caller waited before a person answered (AgentConnect HoldTime)",
+                QUEUE_WAIT_BUCKETS),
+            callbacks=registry.counter(
+                "voice_callbacks_total", "rating call-back attempts and outcomes, by result"),
         )

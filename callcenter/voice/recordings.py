@@ -186,3 +186,36 @@ class RecordingStore:
         except Exception as exc:  # noqa: BLE001 - a permission or I/O error is a flag, not a crash
             log.warning("voice.recording_check_failed", recording=text[:80], error=str(exc))
             return RecordingCheck(text, RecordingState.MISSING, detail=f"unreadable: {exc}")
+
+
+def check_recording_dirs(settings: Settings, *, create: bool = True) -> list[str]:
+    """What is wrong with the recording folders, in words for the operator (empty: fine).
+
+    The service must be able to read and write `service_dir` (created when missing). When
+    `asterisk_dir` is the same path, Asterisk runs on this host and writes there too: a
+    folder that is missing makes every RECORD FILE fail at once (the caller would be handed
+    over as if silent). The console's player must look in the same folder."""
+    problems: list[str] = []
+    service = settings.path(settings.recordings.service_dir)
+    if not service.is_dir() and create:
+        try:
+            service.mkdir(parents=True, exist_ok=True)
+            log.info("voice.recordings_dir_created", path=str(service))
+        except OSError as exc:
+            problems.append(f"recordings.service_dir {service} does not exist and cannot be created: "
+                            f"{exc.strerror or exc}")
+    if service.is_dir():
+        import os
+
+        if not os.access(service, os.R_OK | os.W_OK | os.X_OK):
+            problems.append(f"recordings.service_dir {service} is not readable and writable by this service")
+    elif not problems:
+        problems.append(f"recordings.service_dir {service} is not a folder")
+    asterisk = Path(settings.recordings.asterisk_dir)
+    if not asterisk.is_absolute():
+        problems.append(f"recordings.asterisk_dir {asterisk} must be an absolute path (Asterisk's view)")
+    console = settings.path(settings.console.recordings_dir)
+    if console != service:
+        problems.append(f"console.recordings_dir {console} differs from recordings.service_dir {service}: "
+                        "the console would not find the recordings the IVR files")
+    return problems

@@ -6,7 +6,8 @@ by simulating a channel (a caller who presses `dtmf` keys, channel variables, a 
 after N commands, a dead channel that answers 511). It is written on plain asyncio
 streams, independent of the server under test, and returns a `CallTranscript` of what
 the server sent. Response formats follow the captured Asterisk 22 transcripts in
-`../shared/reference/asterisk-agi/`; `load_reference_sessions()` reads those.
+`../shared/reference/asterisk-agi/`; their byte lines live in `tests/agi/reference/
+agi-sessions.txt`, which `load_reference_sessions()` reads, so a plain clone runs them.
 
     peer = ScriptedAsterisk(script="hotline", dtmf="12#5", hangup_after=6)
     transcript = await peer.run("127.0.0.1", port)
@@ -566,6 +567,9 @@ class AgiServerHarness:
 # --------------------------------------------------------------------------------------
 
 
+SESSIONS_FILE = Path(__file__).resolve().parent / "reference" / "agi-sessions.txt"
+
+
 def reference_dir() -> Path:
     """`../shared/reference/asterisk-agi` beside the project (or a git worktree's), or
     under $CALLCENTER_SHARED_DIR."""
@@ -607,11 +611,11 @@ class ReferenceSession:
 
 _SECTION = re.compile(r"(?:--- )?(\d+[a-z]?)\. ")
 _PROBE_LINE = re.compile(r"\s+\d+\.\d+ \[(c\d+)\] (<<|>>) (.*)")
+_SESSION_LINE = re.compile(r"(\S+) (<<|>>) (.*)")
 
 
-def load_reference_sessions(path: Path | None = None) -> list[ReferenceSession]:
-    """Every probe-logged connection of transcripts.txt, in file order."""
-    path = path or reference_dir() / "transcripts.txt"
+def parse_transcripts(path: Path) -> list[ReferenceSession]:
+    """Every probe-logged connection of the shared transcripts.txt, in file order."""
     sessions: dict[str, list[tuple[str, bytes]]] = {}
     section = "?"
     for text_line in path.read_text(encoding="utf-8").splitlines():
@@ -624,3 +628,28 @@ def load_reference_sessions(path: Path | None = None) -> list[ReferenceSession]:
                 (probe[2], value.encode("utf-8"))
             )
     return [ReferenceSession(name, tuple(lines)) for name, lines in sessions.items()]
+
+
+def load_reference_sessions(path: Path | None = None) -> list[ReferenceSession]:
+    """The sessions kept in tests/ (`<session> <<|>> <repr of the line>`), in file order."""
+    sessions: dict[str, list[tuple[str, bytes]]] = {}
+    for text_line in (path or SESSIONS_FILE).read_text(encoding="utf-8").splitlines():
+        if not text_line or text_line.startswith("#"):
+            continue
+        match = _SESSION_LINE.fullmatch(text_line)
+        assert match is not None, text_line
+        value = ast.literal_eval(match[3])
+        assert isinstance(value, str), text_line
+        sessions.setdefault(match[1], []).append((match[2], value.encode("utf-8")))
+    return [ReferenceSession(name, tuple(lines)) for name, lines in sessions.items()]
+
+
+def write_sessions(sessions: list[ReferenceSession], path: Path = SESSIONS_FILE) -> None:
+    """Refresh tests/agi/reference/agi-sessions.txt from parsed transcripts."""
+    lines = ["# FastAGI lines exchanged with a real Asterisk 22.10.1, one per line:",
+             "# <section>-<connection> <'<<' from Asterisk | '>>' to Asterisk> <Python repr of the line>.",
+             "# Extracted from ../shared/reference/asterisk-agi/transcripts.txt by",
+             "# tests/agi/asterisk_peer.py:write_sessions; test_agi_protocol checks it still matches."]
+    for session in sessions:
+        lines += [f"{session.name} {direction} {data.decode('utf-8')!r}" for direction, data in session.lines]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")

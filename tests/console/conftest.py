@@ -112,7 +112,7 @@ class Console:
 @pytest.fixture
 async def console_factory(services: Services) -> AsyncIterator[Any]:
     """make() → a fresh Console (own cookies) against one running app."""
-    from callcenter.api.app import make_app
+    from callcenter.web.app import make_app
 
     await create_staff(services)
     server = TestServer(make_app(services), host="127.0.0.1")

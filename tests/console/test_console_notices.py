@@ -13,7 +13,7 @@ from typing import Any
 from callcenter.app import Services
 from callcenter.cases.model import Channel
 from callcenter.cases.numbering import CaseNumber
-from callcenter.console.hub import ConsoleHub, DraftWatcher
+from callcenter.events import EventHub, DraftWatcher
 from callcenter.service.cases import DraftInput
 from callcenter.service.tasks import TaskKind, TaskService, TaskView
 from sms.gateway import InboundMessage
@@ -174,7 +174,7 @@ async def test_the_dashboard_counts_todays_supervision(console_factory: Any, ser
 
 
 async def test_the_watcher_announces_sent_answered_and_escalated_tasks(services: Services) -> None:
-    hub = ConsoleHub()
+    hub = EventHub()
     watcher = DraftWatcher(hub, services.sessions)
     number = await draft(services, GRID_BUJI)
     with hub.subscribe("wangfang") as sub:
@@ -217,7 +217,7 @@ async def test_the_event_stream_says_notice_when_a_task_is_sent_and_answered(
 
 async def test_an_ivr_transfer_pops_the_callers_draft(console_factory: Any, services: Services) -> None:
     """The voice channel publishes {"agent": None, "phone", "call_id", "case_number"}."""
-    from callcenter.console.routes import console_key
+    from callcenter.console.state import console_key
 
     filed = await draft(services, GRID_BUJI, description="（语音留言）", reporter_phone="13712345678")
     console: Console = await (await console_factory()).signed_in("wangfang")

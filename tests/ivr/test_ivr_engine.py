@@ -459,15 +459,16 @@ def test_rating_a_closed_case() -> None:
     assert call.actions == [Play(("rate_thanks", "thanks_goodbye"), DTMF_KEYS), HangUp()]
 
 
-@pytest.mark.parametrize(("outcome", "prompt"), [("not_closed", "rate_not_closed"),
-                                                 ("not_reporter", "rate_not_reporter")])
-def test_rating_refused_returns_to_the_main_menu(outcome: str, prompt: str) -> None:
+@pytest.mark.parametrize(("outcome", "prompt", "then"), [("not_closed", "rate_not_closed", "offer_callback"),
+                                                         ("not_reporter", "rate_not_reporter", "main_menu")])
+def test_rating_refused_returns_to_the_main_menu(outcome: str, prompt: str, then: str) -> None:
+    # not closed yet: the reporter is first offered a rating call-back (回访) once it is
     call = Call("hotline")
     call.press("3")
     call.press(KEYED)
     call.result(outcome)
-    assert call.heard == [prompt, "main_menu"]
-    assert isinstance(call.pending, WaitDigit) and call.runner.state == "main_menu"
+    assert call.heard == [prompt, "callback_offer" if then == "offer_callback" else "main_menu"]
+    assert isinstance(call.pending, WaitDigit) and call.runner.state == then
 
 
 def test_callback_rates_the_case_it_was_placed_for() -> None:

@@ -8,7 +8,7 @@ import jsonschema
 from sqlalchemy import select
 
 from callcenter.api.openapi import document
-from callcenter.api.keys import services_key
+from callcenter.web.keys import services_key
 from callcenter.db.tables import OutboxRow
 from callcenter.service.tokens import Role
 from tests.conftest import ApiClient

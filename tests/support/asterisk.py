@@ -172,6 +172,19 @@ exten => s,1,NoOp(CALL_TAG=${{CALL_TAG}} on ${{CHANNEL}})
  same => n(listen),Wait(${{CALLER_LISTEN}})
  same => n(hangup),Hangup()
 
+; a citizen the service calls back (AMI Originate Local/<number>@test-citizen/n): a number
+; ending in 2 is busy, in 3 rings and never answers; others answer and run CITIZEN_SCRIPT
+; (a global the test sets) as test-caller does
+[test-citizen]
+exten => _X.,1,GotoIf($["${{EXTEN:-1}}" = "2"]?busy)
+ same => n,GotoIf($["${{EXTEN:-1}}" = "3"]?ring)
+ same => n,Set(CALLER_SCRIPT=${{CITIZEN_SCRIPT}})
+ same => n,Set(CALLER_LISTEN=30)
+ same => n,Goto({CALLER_CONTEXT},s,1)
+ same => n(busy),Busy(5)
+ same => n(ring),Ringing()
+ same => n,Wait(120)
+
 ; a staff member's phone as a queue member (Local/agent@test-agent): answers and talks
 [test-agent]
 exten => agent,1,NoOp(AGENT_ANSWERS case=${{CALLCENTER_CASE_NUMBER}} on ${{CHANNEL}})

@@ -63,6 +63,11 @@ class ScriptedAmi:
         await self.stop()
         await self.start()
 
+    def emit(self, lines: list[str]) -> None:
+        """Send an event to every logged-in client, as Asterisk does when something happens."""
+        for writer in list(self._writers):
+            self._send(writer, lines)
+
     def named(self, action: str) -> list[dict[str, list[str]]]:
         return [a for a in self.actions if a.get("Action", [""])[0].lower() == action.lower()]
 

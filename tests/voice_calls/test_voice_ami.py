@@ -1,4 +1,4 @@
-"""The AMI client (pyst2 on a worker thread) against a scripted AMI on a real socket."""
+"""The asyncio AMI client against a scripted AMI on a real socket."""
 
 from __future__ import annotations
 
@@ -62,14 +62,14 @@ async def connected_client(peer: ScriptedAmi, voice_metrics: VoiceMetrics | None
     return client
 
 
-async def test_logs_in_without_events_and_originates_a_callback(peer: ScriptedAmi) -> None:
+async def test_logs_in_with_events_and_originates_a_callback(peer: ScriptedAmi) -> None:
     client = await connected_client(peer)
     try:
         action_id = await client.originate_callback("138 1234 5678", NUMBER)
     finally:
         await client.stop()
     (login,) = peer.named("Login")
-    assert login["Username"] == ["callcenter"] and login["Events"] == ["off"]
+    assert login["Username"] == ["callcenter"] and login["Events"] == ["on"]
     (originate,) = peer.named("Originate")
     assert {k: v for k, v in originate.items()} == {
         "Action": ["Originate"], "ActionID": [action_id], "Channel": ["PJSIP/13812345678@carrier"],
@@ -153,7 +153,7 @@ async def test_an_unanswered_action_times_out_and_the_connection_is_renewed(peer
             await client.originate_callback("13812345678", NUMBER)
         await until(lambda: client.connections == 2 and client.connected, "a fresh connection")
         peer.silent_actions.clear()
-        snapshot = await client.queue_status()  # the worker thread is free again
+        snapshot = await client.queue_status()  # the renewed connection answers
         assert snapshot.members == 4
     finally:
         await client.stop()

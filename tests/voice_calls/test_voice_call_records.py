@@ -49,13 +49,17 @@ async def test_zero_is_transferred(voice: Voice) -> None:
     assert record.outcome == "transferred" and record.case_number is None
 
 
-async def test_a_record_that_cannot_be_stored_does_not_break_the_call(
+async def test_the_voicemail_leg_keeps_its_own_record_and_draft(
         voice: Voice, agi_logs: list[dict[str, Any]]) -> None:
-    await voice.call(voice.peer("hotline", "0", env={"uniqueid": "1795000000.7"}))
-    # Asterisk reuses a uniqueid (it should not): the second call still ends normally
-    transcript = await voice.call(voice.peer("hotline", "121.#1", env={"uniqueid": "1795000000.7"}))
-    assert transcript.variables["CALLCENTER_NEXT"] == "hangup"
-    assert len(await voice.drafts()) == 1
-    (record,) = await records(voice)
-    assert record.outcome == "transferred"
-    assert [e["call_id"] for e in agi_logs if e.get("event") == "voice.call_record_duplicate"] == ["1795000000.7"]
+    """hotline -> queue -> voicemail: two AGI sessions on one channel (one agi_uniqueid)."""
+    first = await voice.call(voice.peer("hotline", "0", env={"uniqueid": "1795000000.7"}))
+    assert first.variables["CALLCENTER_NEXT"] == "agent"
+    second = await voice.call(voice.peer("voicemail", "#", env={"uniqueid": "1795000000.7"},
+                                         variables=first.variables))
+    assert second.variables["CALLCENTER_NEXT"] == "hangup"
+    (draft,) = await voice.drafts()
+    legs = await records(voice)
+    assert [(r.call_id, r.leg, r.route, r.outcome) for r in legs] == [
+        ("1795000000.7", 1, "hotline", "transferred"), ("1795000000.7", 2, "voicemail", "settled")]
+    assert legs[1].case_number == draft.number and legs[0].case_number is None
+    assert not [e for e in agi_logs if e.get("event") == "voice.call_record_duplicate"]

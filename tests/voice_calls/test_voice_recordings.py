@@ -11,7 +11,7 @@ import pytest
 
 from callcenter.cases.catalogue import CaseKind, Catalogue
 from callcenter.cases.model import CaseFlag
-from callcenter.console.routes import resolve_recording
+from callcenter.console.serialise import resolve_recording
 from callcenter.voice.actions import phone_report_text, voicemail_text
 from callcenter.voice.recordings import RecordingState, RecordingStore, Speech, measure_speech
 from tests.voice_calls.conftest import ASTERISK_DIR, Voice, number_heard, sounds, write_wav

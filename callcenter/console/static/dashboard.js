@@ -48,8 +48,9 @@ async function load({ background = false } = {}) {
   clear($("cards-today")).append(
     card("今日来电", t.calls),
     card("15秒内接通率", t.answered_within_15s_rate === null ? null : formatPercent(t.answered_within_15s_rate),
-      `目标 ≥ ${formatPercent(t.answered_within_15s_target)}（GB/T 33358）`),
-    card("放弃呼叫", t.abandoned),
+      `转人工 ${t.queued} 个中 · 目标 ≥ ${formatPercent(t.answered_within_15s_target)}（GB/T 33358）`),
+    card("排队放弃", t.abandoned, "等待接线员时挂机"),
+    card("平均等待", t.mean_wait_seconds === null ? null : `${t.mean_wait_seconds} 秒`, `人工接听 ${t.answered}`),
     card("短信接收", t.sms_in),
     card("短信发送", t.sms_out, `已发出 ${t.sms_sent} · 已送达 ${t.sms_delivered}`),
     card("短信送达率", t.sms_delivery_rate === null ? null : formatPercent(t.sms_delivery_rate),

@@ -1,4 +1,4 @@
-"""ConsoleHub: in-process fan-out of live events to every open console (Server-Sent Events).
+"""EventHub: in-process fan-out of live events to every open console (Server-Sent Events).
 
 Anything in the process may publish: the case service when a draft is created, the AGI
 server when it transfers a call (screen pop), the SMS channel. Publishing never blocks and
@@ -9,7 +9,9 @@ Event types the console understands:
     draft_created  {"number": "261124000421", "channel": "sms"}
     case_updated   {"number": "...", "status": "submitted"}
     screen_pop     {"phone": "+8613812345678", "agent": "wangfang", "call_id": "..."}
-                   (`agent` is a console username; without it every console pops)
+                   (`agent` is a console username: only that person's consoles get it;
+                   without it every console pops. The voice channel names the agent
+                   whose phone answered, from AMI AgentConnect)
     notice         {"kind": "sent|answered|escalated", "kinds": [...], "counts": {...}}
                    (supervisor tasks changed; published by DraftWatcher, which polls the table)
 
@@ -42,7 +44,7 @@ _EVENT_TYPE = re.compile(r"[a-z][a-z_]{0,31}")
 
 
 @dataclass(frozen=True)
-class ConsoleEvent:
+class HubEvent:
     id: int
     type: str
     data: Mapping[str, Any]
@@ -54,12 +56,12 @@ class Subscription:
     """One open console stream: a bounded queue the hub fills and the SSE handler drains."""
 
     username: str | None
-    queue: asyncio.Queue[ConsoleEvent | None]
+    queue: asyncio.Queue[HubEvent | None]
     loop: asyncio.AbstractEventLoop
     overflowed: bool = False
     closed: bool = False
 
-    async def next(self, timeout: float) -> ConsoleEvent | None:
+    async def next(self, timeout: float) -> HubEvent | None:
         """The next event, or None after `timeout` seconds (time for a heartbeat) or on close."""
         try:
             return await asyncio.wait_for(self.queue.get(), timeout)
@@ -68,7 +70,7 @@ class Subscription:
 
 
 @dataclass
-class ConsoleHub:
+class EventHub:
     """Fan-out of console events. `publish` is safe from any thread and never raises."""
 
     queue_size: int = 256
@@ -81,11 +83,16 @@ class ConsoleHub:
     def subscriber_count(self) -> int:
         return len(self._subscribers)
 
-    def publish(self, event_type: str, data: Mapping[str, Any]) -> ConsoleEvent | None:
-        """Queue an event for every open console. A draft announced twice (by the case service
-        and by the watcher) goes out once. Returns the event, or None when it was dropped."""
+    def publish(self, event_type: str, data: Mapping[str, Any], *, to: str | None = None) -> HubEvent | None:
+        """Queue an event for every open console, or only the consoles of username `to` (a
+        `screen_pop` naming an `agent` goes to that agent's consoles only). A draft announced
+        twice (by the case service and by the watcher) goes out once. Returns the event, or
+        None when it was dropped."""
+        if to is None and event_type == "screen_pop" and data.get("agent"):
+            to = str(data["agent"])
+        target = to.casefold() if to is not None else None
         if not _EVENT_TYPE.fullmatch(event_type):
-            log.warning("console.bad_event_type", event_type=event_type[:40])
+            log.warning("events.bad_event_type", event_type=event_type[:40])
             return None
         with self._lock:
             if event_type == "draft_created":
@@ -95,8 +102,9 @@ class ConsoleHub:
                 self._recent_drafts[number] = None
                 while len(self._recent_drafts) > 4096:
                     self._recent_drafts.popitem(last=False)
-            event = ConsoleEvent(id=next(self._ids), type=event_type, data=dict(data), at=dt.datetime.now(dt.UTC))
-            targets = list(self._subscribers)
+            event = HubEvent(id=next(self._ids), type=event_type, data=dict(data), at=dt.datetime.now(dt.UTC))
+            targets = [sub for sub in self._subscribers
+                       if target is None or (sub.username or "").casefold() == target]
         try:
             running: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
         except RuntimeError:
@@ -108,7 +116,7 @@ class ConsoleHub:
                 sub.loop.call_soon_threadsafe(self._deliver, sub, event)
         return event
 
-    def _deliver(self, sub: Subscription, event: ConsoleEvent | None) -> None:
+    def _deliver(self, sub: Subscription, event: HubEvent | None) -> None:
         if sub.closed and event is not None:
             return
         try:
@@ -155,7 +163,7 @@ class DraftWatcher:
     `notice` event naming what grew. The consoles reload their notices on it.
     """
 
-    hub: ConsoleHub
+    hub: EventHub
     sessions: async_sessionmaker[AsyncSession]
     interval: float = 2.0
     window: int = 200
