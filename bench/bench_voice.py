@@ -14,6 +14,8 @@ cost of the IVR engine, the case service and the database on top of the AGI core
 
     .venv/bin/python -m bench.bench_voice [--quick] [--backend sqlite|postgresql] [--markdown]
 
+    .venv/bin/python -m bench.bench_voice --asterisk-only    # just the real-Asterisk rows
+
 Rows (see docs/benchmarks.md for a reading):
 - throughput: report calls ("121#1": event 01, recording, SMS) completed per second with
   C calls in flight, and server CPU per call (this process, all threads);
@@ -22,7 +24,12 @@ Rows (see docs/benchmarks.md for a reading):
   command, p50 / p99, all commands and those after a channel command only (the others
   include a service call: the draft's commit, the SMS);
 - memory: tracemalloc growth of this process per connected call idling in a menu
-  (1,000 calls held on WAIT FOR DIGIT), and RSS growth per call for reference.
+  (1,000 calls held on WAIT FOR DIGIT), and RSS growth per call for reference;
+- via real Asterisk (when one is found, tests/support/asterisk.py): 100 report calls at
+  once through the project's dialplan, Local-channel citizens pressing keys and speaking
+  in real time; calls completed and wall time, and AGI command turnaround p50 / p99 (from
+  Asterisk's answer to our next command), beside a bare FastAGI responder replaying the
+  same command lines through the same Asterisk.
 """
 
 from __future__ import annotations
@@ -46,7 +53,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-REPORT_DTMF = "121#1"
+REPORT_DTMF = "121.#1"  # "." waits for the beep (tests/agi/asterisk_peer.py)
 # Turnaround test: the peer answers each command after 0.4-1.2 s (a prompt playing, a
 # caller deciding: real prompts take seconds), and 1,000 calls start over 20 s (50 a
 # second, below what one SQLite writer files), so about all of them are in flight together
@@ -83,6 +90,8 @@ def peer_main(job: dict[str, Any]) -> int:
 
 async def _peer(job: dict[str, Any]) -> int:
     from tests.agi.asterisk_peer import CallTranscript, ScriptedAsterisk
+
+    run_id = f"{int(time.time())}{os.getpid():07d}"  # Asterisk's uniqueid: <epoch>.<sequence>
 
     hold = asyncio.Event()
     held = 0
@@ -142,8 +151,10 @@ async def _peer(job: dict[str, Any]) -> int:
 
     async def call(i: int) -> None:
         nonlocal failures, commands
+        # Each peer process numbers its calls from 1: without its own prefix every row after
+        # the first repeated the call ids of the one before (one warning per call record).
         peer = Peer(script=job["script"], dtmf=job["dtmf"], read_timeout=120.0,
-                    env={"callerid": f"139{i % 100_000_000:08d}"})
+                    env={"callerid": f"139{i % 100_000_000:08d}", "uniqueid": f"{run_id}.{i + 1}"})
         try:
             transcript = await peer.run("127.0.0.1", job["port"])
         except OSError:
@@ -172,13 +183,15 @@ async def _peer(job: dict[str, Any]) -> int:
 
 
 def _write_wav(path: Path, frames: int = 9760) -> None:
+    """A loud square wave: the IVR decides speech from the audio, and near-silence would
+    make every report a silent try."""
     import wave
 
     with contextlib.suppress(OSError), wave.open(str(path), "wb") as wav:
         wav.setnchannels(1)
         wav.setsampwidth(2)
         wav.setframerate(8000)
-        wav.writeframes(b"\x01\x00" * frames)
+        wav.writeframes(b"\x40\x1f\xc0\xe0" * (frames // 2))
 
 
 # ---------------------------------------------------------------------- the server process
@@ -368,6 +381,98 @@ class Bench:
                              f"{f_heap / 1024:.1f} KiB", f"{i_heap / f_heap:.1f}",
                              f"RSS growth {i_rss / 1024:.1f} KiB vs {f_rss / 1024:.1f} KiB per call"))
 
+    async def real_asterisk(self) -> None:
+        """Report calls through a real Asterisk 22 with the project's dialplan, the citizen a
+        Local channel (keys with SendDTMF, synthesised speech with Playback). The floor is a
+        bare FastAGI responder replaying the IVR's own command lines through the same
+        Asterisk and the same caller script, so both sides wait for the same prompts."""
+        from callcenter.agi.server import AgiCall, start_agi_server
+        from callcenter.runtime import install_reactor
+        from tests.support.asterisk import AsteriskPeer, AsteriskUnavailable, find_asterisk
+        from tests.support.asterisk_fixtures import build_caller_speech, build_ivr_sounds
+
+        calls = 30 if self.args.quick else 100
+        try:
+            prefix = find_asterisk()
+        except AsteriskUnavailable as exc:
+            print(f"# real-Asterisk rows skipped: {exc}", flush=True)
+            return
+        sounds, speech = build_ivr_sounds(), build_caller_speech(self.root)
+        asterisk = AsteriskPeer(prefix=prefix, root=self.root / "asterisk",
+                                sounds={"callcenter/zh": sounds.directory})
+        asterisk.start()
+        reactor = install_reactor(asyncio.get_running_loop())
+        samples: dict[str, list[float]] = {"ivr": [], "floor": []}
+        finished: dict[str, int] = {"ivr": 0, "floor": 0}
+        lines: list[str] = []
+
+        def timed(kind: str, handler: Any) -> Any:
+            async def run(call: AgiCall) -> None:
+                send, answered = call.command, [0.0]
+
+                async def command(line: str | bytes) -> Any:
+                    now = time.perf_counter()
+                    if answered[0]:
+                        samples[kind].append(now - answered[0])
+                    if kind == "ivr" and not lines_done:
+                        captured.append(line if isinstance(line, str) else line.decode())
+                    result = await send(line)
+                    answered[0] = time.perf_counter()
+                    return result
+
+                call.command = command  # type: ignore[method-assign]
+                await handler(call)
+                finished[kind] += 1
+            return run
+
+        captured: list[str] = []
+        lines_done = False
+
+        async def floor(call: AgiCall) -> None:
+            stem = f"floor-{call.call_id}"
+            for line in lines:
+                await call.command(line.replace(record_stem, stem) if record_stem else line)
+
+        ivr_port = start_agi_server(reactor, "127.0.0.1", 0, {
+            name: timed("ivr", handler) for name, handler in self.channel.routes.items()}).getHost().port
+        floor_port = start_agi_server(reactor, "127.0.0.1", 0, {"hotline": timed("floor", floor)}).getHost().port
+        say = "p" + speech.path("report_streetlight")
+        script = "|".join(["w2", "d1", "w1.5", "d2", "w1.5", "d1", "w1", "d*", "w1.5", say, "w0.5", "d#",
+                           "w2.5", "d1"])
+
+        async def batch(port: int, n: int, first: int) -> float:
+            await asterisk.set_global("CALLCENTER_AGI_PORT", str(port))
+            started = time.perf_counter()
+            for i in range(n):
+                asterisk.call(script, callerid=f"137{first + i:08d}")
+            await asterisk.wait_idle(900)
+            return time.perf_counter() - started
+
+        try:
+            await batch(ivr_port, 1, 0)  # one call: its command lines are what the floor replays
+            lines, lines_done = list(captured), True
+            record = next((line for line in lines if line.startswith("RECORD FILE")), "")
+            record_stem = record.split('"')[1].rsplit("/", 1)[-1] if '"' in record else ""
+            samples["ivr"].clear()
+            finished["ivr"] = 0
+            ivr_seconds = await batch(ivr_port, calls, 1)
+            floor_seconds = await batch(floor_port, calls, 1 + calls)
+        finally:
+            asterisk.stop()
+        ivr, flo = samples["ivr"], samples["floor"]
+        self.rows.append(Row(
+            "report calls via real Asterisk", calls, calls,
+            f"{finished['ivr']} in {ivr_seconds:.0f} s", f"{finished['floor']} in {floor_seconds:.0f} s",
+            f"{ivr_seconds / floor_seconds:.2f}",
+            f"Local-channel citizens, prompts and speech played in real time; {len(lines)} commands/call"))
+        i50, i99, f50, f99 = (percentile(ivr, 50), percentile(ivr, 99), percentile(flo, 50), percentile(flo, 99))
+        self.rows.append(Row(
+            "command turnaround via real Asterisk", calls, calls,
+            f"{1000 * i50:.2f} ms / {1000 * i99:.2f} ms", f"{1000 * f50:.2f} ms / {1000 * f99:.2f} ms",
+            f"{i50 / f50:.1f} / {i99 / f99:.1f}",
+            f"p50 / p99 of {len(ivr):,} commands: Asterisk's answer to our next command "
+            "(service calls included)"))
+
     async def close(self) -> None:
         await self.channel.drain(5)
         await self.services.close()
@@ -399,9 +504,12 @@ async def server_main(args: argparse.Namespace) -> int:
             print(f"# bench_voice {'--quick ' if args.quick else ''}backend={args.backend} "
                   f"python {platform.python_version()} on {platform.machine()} ({os.cpu_count()} CPUs), "
                   f"load {os.getloadavg()[0]:.2f}", flush=True)
-            await bench.throughput()
-            await bench.turnaround()
-            await bench.memory()
+            if not args.asterisk_only:
+                await bench.throughput()
+                await bench.turnaround()
+                await bench.memory()
+            if not args.no_asterisk:
+                await bench.real_asterisk()
         finally:
             await bench.close()
         bench.print(args.markdown)
@@ -414,6 +522,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="fewer and smaller runs (about 40 s)")
     parser.add_argument("--backend", choices=["sqlite", "postgresql"], default="sqlite")
     parser.add_argument("--markdown", action="store_true", help="also print the table as Markdown")
+    parser.add_argument("--no-asterisk", action="store_true", help="leave out the real-Asterisk rows")
+    parser.add_argument("--asterisk-only", action="store_true", help="only the real-Asterisk rows")
     parser.add_argument("--peer-job", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.peer_job:

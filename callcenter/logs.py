@@ -3,25 +3,37 @@
 from __future__ import annotations
 
 import logging
-import re
 import sys
 
 import structlog
 
 from callcenter.settings import LoggingSettings
-from sms.privacy import mask_number
-
-_PHONE_KEYS = {"phone", "reporter", "caller", "recipient", "sender", "callerid", "msisdn", "to", "from_number"}
-_LONG_DIGITS = re.compile(r"(?<!\d)(\+?\d{3})\d{4,}(\d{4})(?!\d)")
+from callcenter.privacy import PHONE_FIELDS, mask_number, mask_numbers_in_text
 
 
 def _mask_phones(_logger: object, _name: str, event: dict[str, object]) -> dict[str, object]:
-    """Belt and braces: mask known phone fields, even if a caller forgot to."""
-    for key in _PHONE_KEYS & event.keys():
-        value = event[key]
-        if isinstance(value, str) and "****" not in value:
-            event[key] = mask_number(value)
+    """Belt and braces: mask phone fields even if a caller forgot to, and numbers inside any
+    other text (an error message quoting a caller ID, a note) in every spelling."""
+    for key, value in event.items():
+        if not isinstance(value, str):
+            continue
+        if key in PHONE_FIELDS:
+            if "****" not in value and value != "-":
+                event[key] = mask_number(value)
+        else:
+            event[key] = mask_numbers_in_text(value)
     return event
+
+
+class _MaskingFilter(logging.Filter):
+    """The same masking for libraries that log through the standard library (smpplib, Twisted)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        masked = mask_numbers_in_text(message)
+        if masked != message:
+            record.msg, record.args = masked, None
+        return True
 
 
 def configure_logging(settings: LoggingSettings) -> None:
@@ -31,9 +43,9 @@ def configure_logging(settings: LoggingSettings) -> None:
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]
-    if settings.privacy:
-        processors.append(_mask_phones)
     processors.append(structlog.processors.format_exc_info)
+    if settings.privacy:  # after the traceback is text, so numbers in it are masked too
+        processors.append(_mask_phones)
     renderer: structlog.typing.Processor = (
         structlog.processors.JSONRenderer(ensure_ascii=False) if settings.format == "json"
         else structlog.dev.ConsoleRenderer(colors=False)
@@ -45,5 +57,9 @@ def configure_logging(settings: LoggingSettings) -> None:
         cache_logger_on_first_use=False,
     )
     logging.basicConfig(level=level, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
+    if settings.privacy:
+        for handler in logging.getLogger().handlers:
+            if not any(isinstance(f, _MaskingFilter) for f in handler.filters):
+                handler.addFilter(_MaskingFilter())
     # smpplib logs whole PDUs (message text included) at DEBUG.
     logging.getLogger("smpplib").setLevel(max(level, logging.INFO))

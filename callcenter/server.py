@@ -50,11 +50,24 @@ class Runtime:
         for sock in site._server.sockets if site._server else ():  # noqa: SLF001 - to log port 0's real port
             host, port = sock.getsockname()[:2]
             log.info("listening", service="http", address=f"http://{host}:{port}/")
+            log.info("listening", service="console", address=f"http://{host}:{port}/console/")
+        await self._first_account_hint()
         if self.services.sms is not None:
             self.sms = SmsRuntime(self.services.sms, self.settings)
             await self.sms.start()
         if self.settings.agi.enabled:
             await self._start_voice(self.services)
+
+    async def _first_account_hint(self) -> None:
+        """A fresh install has no console account; say how to create one (it is not a web page)."""
+        from callcenter.console.auth import StaffStore
+
+        assert self.services is not None
+        store = StaffStore(self.services.sessions, self.settings.console)
+        if await store.account_count() == 0:
+            log.warning("console.no_accounts",
+                        hint="create the first account: scripts/callcenter staff create "
+                             "--username NAME --name 姓名 --role shift_leader")
 
     async def _start_voice(self, services: Services) -> None:
         """The FastAGI listener with the IVR routes, and AMI when enabled (callcenter.voice)."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
@@ -41,6 +42,16 @@ class DatabaseSettings(_Section):
         if scheme not in {"sqlite", "postgresql", "postgres"}:
             raise ValueError("must be a sqlite:/// or postgresql:// URL")
         return value
+
+
+class NodeSettings(_Section):
+    """[node]: this service process among several sharing one store (issue 11).
+
+    `id` names the node in outbox leases (and later heartbeats and metrics). Empty means
+    host name + HTTP port; two processes on one host must then use different ports or ids.
+    """
+
+    id: str = Field(default="", max_length=64)
 
 
 class HttpSettings(_Section):
@@ -161,8 +172,11 @@ class SmppSettings(_Section):
     # Seconds an MT may wait at the SMSC (and in our outbox) before it is given up.
     validity_period: int = Field(default=48 * 3600, ge=60, le=99 * 86400)
     registered_delivery: int = Field(default=1, ge=0, le=255)
-    # How submit_sm_resp ids relate to receipt ids at this SMSC (see sms.dlr.IdBases).
+    # How submit_sm_resp ids relate to receipt ids at this SMSC (see sms.dlr.IdBases). "auto"
+    # learns it per link from unambiguous (submit id, receipt id) pairs, kept in sms_id_bases.
     id_bases: Literal["auto", "same", "submit_hex_receipt_dec", "submit_dec_receipt_hex"] = "auto"
+    # Agreeing unambiguous pairs (and none against) before "auto" trusts one relation.
+    id_bases_learn_pairs: int = Field(default=3, ge=1, le=1000)
 
 
 class RetryRule(_Section):
@@ -175,10 +189,14 @@ class SmsSettings(_Section):
 
     # Seconds to wait for the missing parts of a long MO before it becomes a flagged draft.
     reassembly_timeout: float = Field(default=300.0, gt=0)
-    # A text from the same number with the same content within this many seconds is a
-    # redelivery (no second case); commands use the shorter window so a repeated query is answered.
+    # How long a copy of a text may still be the SMSC redelivering it (no second case); commands
+    # use the shorter window. Within it, a copy on the connection that carried the first with
+    # another sequence number, or with other TLVs, is the citizen sending again (docs/sms.md).
     redelivery_window: float = Field(default=24 * 3600.0, gt=0)
     command_redelivery_window: float = Field(default=900.0, gt=0)
+    # Texts committed together in one transaction at most (intake groups; the SMPP window
+    # bounds how many are waiting anyway).
+    intake_group_max: int = Field(default=64, ge=1, le=1000)
     # Per number: more than rate_limit texts within rate_window are folded into one draft.
     rate_limit: int = Field(default=5, ge=1)
     rate_window: float = Field(default=600.0, gt=0)
@@ -195,6 +213,9 @@ class SmsSettings(_Section):
     outbox_batch: int = Field(default=50, ge=1, le=10_000)
     # An unanswered submit waits this long for a receipt that proves it arrived before it is resent.
     in_doubt_wait: float = Field(default=600.0, gt=0)
+    # A claimed batch is leased for this long and renewed every third of it while in flight;
+    # another node takes back (as in doubt) only a lease that has expired.
+    outbox_lease: float = Field(default=60.0, ge=1.0)
     housekeeping_interval: float = Field(default=5.0, gt=0)
     # Longer texts are cut for the draft (the whole text stays in sms_inbound).
     max_text_chars: int = Field(default=3800, ge=100, le=3950)
@@ -302,6 +323,9 @@ class VoiceSettings(_Section):
     record_max_seconds: int | None = Field(default=None, ge=1, le=3600)
     record_silence_seconds: int | None = Field(default=None, ge=1, le=60)
     digit_timeout_seconds: float | None = Field(default=None, ge=0.5, le=120)
+    # A 20 ms frame of a recording louder than this (RMS, dBFS) is speech; less speech than
+    # a record state's min_seconds is a silent try (callcenter/voice/recordings.py).
+    speech_threshold_dbfs: float = Field(default=-40.0, ge=-90, le=0)
     # Invalid or silent tries before a person; states that deliberately allow one try
     # (after the number has been read out) keep it.
     retries: int | None = Field(default=None, ge=1, le=20)
@@ -309,7 +333,14 @@ class VoiceSettings(_Section):
     drain_seconds: float = Field(default=10.0, ge=0, le=600)
 
 
+class Open311Settings(_Section):
+    # A POST repeated within this many minutes (same key, same fields) returns the first
+    # request instead of filing a second; 0 keeps only the Idempotency-Key header.
+    retry_window_minutes: int = Field(default=10, ge=0, le=24 * 60)
+
+
 class Settings(_Section):
+    node: NodeSettings = NodeSettings()
     database: DatabaseSettings = DatabaseSettings()
     http: HttpSettings = HttpSettings()
     agi: AgiSettings = AgiSettings()
@@ -326,6 +357,16 @@ class Settings(_Section):
     ami: AmiSettings = AmiSettings()
     callback: CallbackSettings = CallbackSettings()
     voice: VoiceSettings = VoiceSettings()
+    open311: Open311Settings = Open311Settings()
+
+    def node_id(self) -> str:
+        """`[node] id`, or host name + HTTP port (+ pid when the port is chosen by the OS)."""
+        if self.node.id:
+            return self.node.id
+        host = socket.gethostname() or "localhost"
+        if self.http.port == 0:
+            return f"{host}:0/{os.getpid()}"[:64]
+        return f"{host}:{self.http.port}"[:64]
 
     def path(self, value: str) -> Path:
         """Resolve a configured path against the project root unless it is absolute."""

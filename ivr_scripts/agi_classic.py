@@ -35,6 +35,7 @@ import sys
 import urllib.error
 import urllib.parse
 import urllib.request
+import wave
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TextIO
@@ -47,42 +48,33 @@ except ImportError:  # run from a checkout where the package is not installed
 from asterisk.agi import AGI, AGIHangup, AGIInvalidCommand, AGIUsageError
 
 from callcenter.agi import commands
-from callcenter.agi.errors import AgiError
+from callcenter.agi.errors import AgiError, AgiHangup, AgiInvalidCommand, AgiUsageError
 from callcenter.agi.protocol import AgiResult, parse_result_line
 from callcenter.cases.catalogue import CaseKind, Catalogue
 from callcenter.cases.phones import InvalidPhoneNumber, normalise_phone
-from callcenter.ivr import (
-    Action,
-    ActionResult,
-    BusinessHours,
-    CollectDigits,
-    Digits,
-    Event,
-    FlowRunner,
-    HangUp,
-    Hangup,
-    HoursError,
-    Invoke,
-    Play,
-    Record,
-    RecordingDone,
-    SayDigits,
-    Timeout,
-    Transfer,
-    WaitDigit,
-    load_flow,
+from callcenter.ivr import ActionResult, BusinessHours, Flow, HoursError, Invoke, load_flow
+from callcenter.ivr.executor import (
+    Audio,
+    CallEnv,
+    CallExecutor,
+    CheckSpeech,
+    Command,
+    NewRecording,
+    RecordingTarget,
+    Request,
+    Service,
 )
-from callcenter.ivr.flow import DTMF_KEYS
 from callcenter.ivr.hours import DEFAULT_HOURS_FILE
 from callcenter.ivr.loader import FLOWS_DIR, PROMPTS_DIR
+from callcenter.logs import configure_logging
+from callcenter.settings import LoggingSettings
+from callcenter.voice.recordings import DEFAULT_SPEECH_DBFS, measure_speech
 
 DEFAULT_SOUNDS = "callcenter/zh"
 DEFAULT_RECORDING_DIR = "/var/spool/asterisk/recording/callcenter"
 HTTP_TIMEOUT_SECONDS = 5.0
 _FLOW_NAME = re.compile(r"[a-z][a-z0-9_]*")
 _SAFE_ID = re.compile(r"[^A-Za-z0-9._-]")
-# Asterisk records WAV at 8 kHz: RECORD FILE's endpos is in samples.
-_SAMPLES_PER_MS = 8
 
 
 def log(message: str) -> None:
@@ -325,145 +317,56 @@ class ServiceCalls:
 
 
 class ClassicRuntime:
-    """Executes the runner's actions with AGI commands, one at a time (never pipelined)."""
+    """The classic stdin/stdout driver of the one IVR executor (callcenter.ivr.executor):
+    performs its requests with pyst2, one command at a time (never pipelined)."""
 
-    def __init__(self, agi: ClassicAgi, runner: FlowRunner, services: ServiceCalls, *,
-                 sounds: str = DEFAULT_SOUNDS, recording_dir: str | None = None) -> None:
+    def __init__(self, agi: ClassicAgi, flow: Flow, services: ServiceCalls, *, route: str,
+                 case_number: str | None = None, sounds: str = DEFAULT_SOUNDS,
+                 recording_dir: str | None = None, speech_dbfs: float = DEFAULT_SPEECH_DBFS) -> None:
         self.agi = agi
-        self.runner = runner
         self.services = services
         self.sounds = sounds.rstrip("/")
         self.recording_dir = recording_dir
+        self.speech_dbfs = speech_dbfs
         self.call_id = _SAFE_ID.sub("_", agi.env.get("agi_uniqueid", "call")) or "call"
         self.recordings = 0
-        self.channel_gone = False
+        self.executor = CallExecutor(
+            flow, CallEnv(agi.env.get("agi_uniqueid", ""), agi.env.get("agi_callerid"),
+                          (case_number,) if case_number else ()),
+            route=route, sound=lambda prompt_id: f"{self.sounds}/{prompt_id}")
 
-    def run(self, context: Mapping[str, str]) -> None:
-        try:
-            actions = self.runner.start(context)
-            while actions:
-                try:
-                    event = self.perform(actions)
-                except AGIHangup:
-                    self.channel_gone = True
-                    event = Hangup()
-                if event is None:
-                    break
-                actions = self.runner.feed(event)
-        except Exception as exc:  # noqa: BLE001 - the safety net: the caller reaches a person
-            log(f"IVR failed in state {self.runner.state!r}: {type(exc).__name__}: {exc}")
-            if not self.channel_gone and not self.runner.hung_up:
-                try:
-                    self._next("agent", {k: v for k, v in self.runner.variables.items()
-                                         if k == "case_number"})
-                except Exception as again:  # noqa: BLE001 - AGISTATUS=FAILURE also means a person
-                    log(f"could not hand the caller to a person: {again}")
-
-    def perform(self, actions: list[Action]) -> Event | None:
-        """Run one batch; the answer to its last action, or None when the flow ended."""
-        pressed: str | None = None
-        for action in actions:
-            match action:
-                case Play():
-                    if pressed is None:
-                        pressed = self._play(action.prompt_ids, action.escape_digits)
-                case SayDigits():
-                    if pressed is None:
-                        self._play(action.prompt_ids, "")
-                case WaitDigit():
-                    return Digits(pressed) if pressed is not None else self._wait(action.timeout_ms)
-                case CollectDigits():
-                    return self._collect(action, pressed)
-                case Record():
-                    return self._record(action)
-                case Invoke():
-                    return self.services.invoke(action)
-                case Transfer():
-                    self._next(action.queue, action.variables)
-                    return None
-                case HangUp():
-                    self._next("hangup", {})
-                    self.agi.run(commands.hangup())
-                    return None
-        return None
-
-    def _sound(self, prompt_id: str) -> str:
-        return f"{self.sounds}/{prompt_id}"
-
-    def _alive(self) -> None:
-        """After `result=-1`: raise AGIHangup if the channel is gone (else a prompt is missing)."""
-        self.agi.run(commands.channel_status())
-
-    def _play(self, prompt_ids: tuple[str, ...], escape: str) -> str | None:
-        for prompt_id in prompt_ids:
-            result = self.agi.run(commands.stream_file(self._sound(prompt_id), escape))
-            if result.failed:
-                self._alive()
-                log(f"prompt {prompt_id} could not be played (missing sound file?)")
-                continue
-            if result.digit is not None:
-                return result.digit
-        return None
-
-    def _wait(self, timeout_ms: int) -> Event:
-        result = self.agi.run(commands.wait_for_digit(timeout_ms))
-        if result.failed:
-            raise AGIHangup("hangup while waiting for a key")
-        return Digits(result.digit) if result.digit else Timeout()
-
-    def _collect(self, action: CollectDigits, first: str | None) -> Event:
-        prompts = list(action.prompt_ids)
-        if first is None and len(prompts) > 1:
-            first = self._play(tuple(prompts[:-1]), DTMF_KEYS)
-        if first is None and prompts:
-            result = self.agi.run(commands.get_data(self._sound(prompts[-1]), action.timeout_ms,
-                                                    action.max_digits))
-            if result.failed:
-                raise AGIHangup("hangup while collecting digits")
-            keyed = result.result or ""
-            return Timeout() if keyed == "" and result.timed_out else Digits(keyed)
-        if first is None:  # no prompt at all: wait for the first key like the others
-            result = self.agi.run(commands.wait_for_digit(action.timeout_ms))
-            if result.failed:
-                raise AGIHangup("hangup while collecting digits")
-            first = result.digit
-        keyed = ""
-        key = first
-        while key is not None and key != action.terminator:
-            keyed += key
-            if len(keyed) >= action.max_digits:
-                break
-            result = self.agi.run(commands.wait_for_digit(action.timeout_ms))
-            if result.failed:
-                raise AGIHangup("hangup while collecting digits")
-            key = result.digit
-        return Digits(keyed) if keyed or key == action.terminator else Timeout()
-
-    def _record(self, action: Record) -> Event:
-        self._play(action.prompt_ids, "")
-        if action.beep:  # our own beep: RECORD FILE's BEEP needs Asterisk's core sounds
-            self._play(("beep",), "")
-        self.recordings += 1
-        path = f"{self._recording_dir()}/{action.name}-{self.call_id}-{self.recordings}"
-        result = self.agi.run(commands.record_file(
-            path, "wav", action.escape, action.max_seconds * 1000,
-            silence_s=action.silence_seconds))
-        duration_ms = (result.endpos or 0) // _SAMPLES_PER_MS
-        if result.data == "hangup":
-            ended_by = "hangup"
-        elif result.failed:
+    def run(self) -> None:
+        executor = self.executor
+        step = executor.start()
+        while step is not None:
             try:
-                self._alive()
-            except AGIHangup:
-                ended_by = "hangup"
+                answer = self.perform(step)
+            except Exception as exc:  # noqa: BLE001 - the executor decides (a person, owed work)
+                step = executor.throw(_agi_error(exc))
             else:
-                log(f"RECORD FILE failed ({result.data}); counted as silence")
-                ended_by, duration_ms = "silence", 0
-        elif result.data == "dtmf":
-            ended_by = "dtmf"
-        else:
-            ended_by = "max_length" if duration_ms >= action.max_seconds * 1000 - 500 else "silence"
-        return RecordingDone(f"{path}.wav", duration_ms, ended_by)
+                step = executor.send(answer)
+
+    def perform(self, step: Request) -> Any:
+        match step:
+            case Command():
+                return self.agi.run(step.line)
+            case Service():
+                return self.services.invoke(step.invoke)
+            case NewRecording():
+                self.recordings += 1
+                path = f"{self._recording_dir()}/{step.name}-{self.call_id}-{self.recordings}"
+                return RecordingTarget(path, f"{path}.wav")
+            case CheckSpeech():
+                # The script runs beside Asterisk: the file is where RECORD FILE put it.
+                try:
+                    speech = measure_speech(step.ref, self.speech_dbfs)
+                except FileNotFoundError:
+                    return Audio()
+                except (OSError, EOFError, ValueError, wave.Error) as exc:
+                    log(f"cannot measure {step.ref}: {exc}")
+                    return Audio()
+                return Audio(speech.duration_ms, speech.speech_ms)
+        raise TypeError(f"unknown executor request {step!r}")
 
     def _recording_dir(self) -> str:
         if self.recording_dir is None:
@@ -472,11 +375,16 @@ class ClassicRuntime:
             self.recording_dir = (value or DEFAULT_RECORDING_DIR).rstrip("/")
         return self.recording_dir
 
-    def _next(self, target: str, variables: Mapping[str, str]) -> None:
-        """Tell the dialplan what to do after AGI() (extensions.conf CALLCENTER_NEXT)."""
-        if variables.get("case_number"):
-            self.agi.run(commands.set_variable("CALLCENTER_CASE_NUMBER", variables["case_number"]))
-        self.agi.run(commands.set_variable("CALLCENTER_NEXT", target))
+
+def _agi_error(exc: Exception) -> Exception:
+    """pyst2's exceptions as the executor knows them (callcenter.agi.errors)."""
+    if isinstance(exc, AGIHangup):
+        return AgiHangup(str(exc))
+    if isinstance(exc, AGIInvalidCommand):
+        return AgiInvalidCommand(str(exc))
+    if isinstance(exc, AGIUsageError):
+        return AgiUsageError(str(exc))
+    return exc
 
 
 # ----------------------------------------------------------------------------- main
@@ -497,6 +405,8 @@ def main(argv: list[str] | None = None, environ: Mapping[str, str] | None = None
     argv = list(sys.argv if argv is None else argv)
     environ = os.environ if environ is None else environ
     debug = environ.get("CALLCENTER_AGI_DEBUG") == "1"
+    # stdout is the AGI channel: the executor's structured logs go to stderr (Asterisk's log).
+    configure_logging(LoggingSettings(level="DEBUG" if debug else "WARNING"))
     # pyst2 logs the env block (the caller's number) and every command to stderr.
     quiet = sys.stderr if debug else open(os.devnull, "w")  # noqa: SIM115 - for the whole call
     agi = ClassicAgi(stdin=stdin or sys.stdin, stdout=stdout or sys.stdout, stderr=quiet)
@@ -522,28 +432,13 @@ def main(argv: list[str] | None = None, environ: Mapping[str, str] | None = None
             pass
         return 0
 
-    runtime = ClassicRuntime(agi, FlowRunner(flow), services,
+    case_number = argv[2] if len(argv) > 2 and argv[2] else None
+    runtime = ClassicRuntime(agi, flow, services, route=flow_name, case_number=case_number,
                              sounds=environ.get("CALLCENTER_SOUNDS", DEFAULT_SOUNDS),
-                             recording_dir=environ.get("CALLCENTER_RECORDING_DIR") or None)
-    try:
-        answered = agi.run(commands.answer())
-        if answered.failed:
-            return 0
-        context: dict[str, str] = {"call_id": agi.env.get("agi_uniqueid", "")}
-        caller = _phone(agi.env.get("agi_callerid"))
-        if caller:
-            context["caller"] = caller
-        case_number = argv[2] if len(argv) > 2 and argv[2] else None
-        if case_number is None:
-            found = agi.run(commands.get_variable("CALLCENTER_CASE_NUMBER"))
-            case_number = found.data if found.result == "1" and found.data else None
-        if case_number:
-            context["case_number"] = case_number
-    except AGIHangup:
-        return 0
-    runtime.run(context)
+                             recording_dir=environ.get("CALLCENTER_RECORDING_DIR") or None,
+                             speech_dbfs=float(environ.get("CALLCENTER_SPEECH_DBFS") or DEFAULT_SPEECH_DBFS))
+    runtime.run()
     return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())

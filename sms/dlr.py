@@ -21,16 +21,27 @@ zeros or a C-string NUL.  The rule here:
   id in both bases.  `message_id_keys` gives the canonical forms a receipt id
   may have been stored under, for a configured `IdBases` relation (as Jasmin's
   ``dlr_msg_id_bases`` does) or, with ``IdBases.AUTO``, under every plausible
-  one.  `message_ids_match` compares with the same rule, so "0A1B", "2587" and
-  "00000a1b" all match under AUTO.  Configure the relation per SMSC when it is
-  known: AUTO can pair two different messages whose ids read the same in the
-  other base.
+  one.  `message_ids_match` compares with the same rule.
+
+Settling exactly one part
+-------------------------
+`match_receipt` decides which stored part (if any) a receipt settles.  It reads
+the receipt id strictly under each relation still possible for the SMSC link
+(`submit_id_for`), keeps only parts of the handset the receipt names, and
+settles a part only when exactly one is left; otherwise it says why not
+(``no_part``, ``other_handset``, ``ambiguous``) and the caller stores the
+receipt unmatched.  A match whose id pair fits exactly one relation is an
+unambiguous pair: `decide_bases` turns enough agreeing pairs (and no
+contradicting one) into the link's relation, after which only that reading is
+tried.  In ``AUTO`` mode with nothing learned yet, "10" may stand for the
+parts "10", "A" or "16", but only one of them went to the handset named.
 """
 
 from __future__ import annotations
 
 import enum
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Final
@@ -38,18 +49,26 @@ from typing import Final
 from sms.codec import DataCoding
 
 __all__ = [
+    "CONCRETE_BASES",
     "DeliveryReceipt",
     "DeliveryState",
     "IdBases",
     "NetworkError",
+    "PartRef",
     "ReceiptError",
+    "ReceiptMatch",
     "ReceiptText",
+    "decide_bases",
     "is_delivery_receipt",
+    "match_receipt",
     "message_id_keys",
     "message_ids_match",
     "normalise_message_id",
     "parse_receipt",
     "parse_receipt_text",
+    "receipt_id_for",
+    "relations_between",
+    "submit_id_for",
 ]
 
 ESM_DELIVERY_RECEIPT: Final = 0x04
@@ -233,6 +252,118 @@ def message_ids_match(
     """Whether a receipt id refers to the id from submit_sm_resp (see the module doc)."""
     canonical = normalise_message_id(submit_id)
     return bool(canonical) and canonical in message_id_keys(receipt_id, bases)
+
+
+CONCRETE_BASES: Final = (IdBases.SAME, IdBases.SUBMIT_HEX_RECEIPT_DEC, IdBases.SUBMIT_DEC_RECEIPT_HEX)
+
+
+def _relations(bases: IdBases | None) -> tuple[IdBases, ...]:
+    return CONCRETE_BASES if bases is None or bases is IdBases.AUTO else (bases,)
+
+
+def submit_id_for(receipt_id: str | bytes, relation: IdBases) -> str | None:
+    """The submit id a receipt id stands for under one concrete relation; None if it cannot.
+
+    Strict, unlike `message_id_keys`: a receipt id with hex letters has no decimal reading.
+    """
+    canonical = normalise_message_id(receipt_id)
+    if not canonical:
+        return None
+    if relation is IdBases.SUBMIT_HEX_RECEIPT_DEC:
+        return _dec_to_hex(canonical)
+    if relation is IdBases.SUBMIT_DEC_RECEIPT_HEX:
+        return _hex_to_dec(canonical)
+    if relation is IdBases.SAME:
+        return canonical
+    raise ValueError("a concrete relation is needed, not AUTO")
+
+
+def receipt_id_for(submit_id: str | bytes, relation: IdBases) -> str | None:
+    """The inverse of `submit_id_for`: how a receipt would write this submit id."""
+    canonical = normalise_message_id(submit_id)
+    if not canonical:
+        return None
+    if relation is IdBases.SUBMIT_HEX_RECEIPT_DEC:
+        return _hex_to_dec(canonical)
+    if relation is IdBases.SUBMIT_DEC_RECEIPT_HEX:
+        return _dec_to_hex(canonical)
+    if relation is IdBases.SAME:
+        return canonical
+    raise ValueError("a concrete relation is needed, not AUTO")
+
+
+def relations_between(submit_id: str | bytes, receipt_id: str | bytes) -> tuple[IdBases, ...]:
+    """Every concrete relation under which the two ids are the same message.
+
+    >>> relations_between("A", "10")
+    (<IdBases.SUBMIT_HEX_RECEIPT_DEC: 'submit_hex_receipt_dec'>,)
+    """
+    canonical = normalise_message_id(submit_id)
+    return tuple(r for r in CONCRETE_BASES if canonical and submit_id_for(receipt_id, r) == canonical)
+
+
+def decide_bases(pairs: dict[IdBases, int], needed: int) -> IdBases | None:
+    """The link's relation once `needed` unambiguous pairs agree and none contradicts."""
+    seen = {relation: count for relation, count in pairs.items() if count > 0}
+    if len(seen) != 1:
+        return None
+    ((relation, count),) = seen.items()
+    return relation if count >= needed else None
+
+
+@dataclass(frozen=True, slots=True)
+class PartRef:
+    """A stored part a receipt might settle: its canonical submit id and recipient."""
+
+    part_id: int
+    message_id: str
+    recipient: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class ReceiptMatch:
+    """The one part a receipt settles, or why none; `pair` is the relation an unambiguous pair shows."""
+
+    part_id: int | None
+    reason: str | None = None
+    pair: IdBases | None = None
+
+
+def match_receipt(
+    receipt_id: str | bytes,
+    handset: str | None,
+    parts: Sequence[PartRef],
+    bases: IdBases | None = None,
+) -> ReceiptMatch:
+    """Pick the single part a receipt settles among `parts` (those of the receipt's SMSC link).
+
+    ``bases`` is the link's relation (configured or learned); None or AUTO tries all three.
+    When the receipt names the handset, only that handset's parts count.  Zero or several
+    candidates settle nothing: the reason is returned, the caller stores the receipt.
+    """
+    wanted = {r: submit_id_for(receipt_id, r) for r in _relations(bases)}
+    hits: dict[int, tuple[PartRef, set[IdBases]]] = {}
+    for part in parts:
+        for relation, key in wanted.items():
+            if key is not None and part.message_id == key:
+                hits.setdefault(part.part_id, (part, set()))[1].add(relation)
+    if handset:
+        own = {pid: hit for pid, hit in hits.items() if hit[0].recipient == handset}
+        if not own:
+            return ReceiptMatch(None, "other_handset" if hits else "no_part")
+    else:
+        own = hits
+        if not own:
+            return ReceiptMatch(None, "no_part")
+    if len(own) > 1:
+        return ReceiptMatch(None, f"ambiguous: {len(own)} parts")
+    ((part_id, (part, _)),) = own.items()
+    pair = None
+    if handset:
+        # Unambiguous pair: the handset pins the part and only one reading joins the ids.
+        fits = relations_between(part.message_id, receipt_id)
+        pair = fits[0] if len(fits) == 1 else None
+    return ReceiptMatch(part_id, None, pair)
 
 
 # --- receipt text -------------------------------------------------------------------

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import enum
+import hashlib
 import itertools
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -21,7 +23,7 @@ import structlog
 
 from sms.dlr import DeliveryReceipt, ReceiptError, is_delivery_receipt, parse_receipt
 from sms.privacy import mask_number
-from sms.smpp.client import ClientStopped, SmppClient, SubmitInDoubt
+from sms.smpp.client import DELIVER_ORIGIN, ClientStopped, SmppClient, SubmitInDoubt
 from sms.smpp.session import DeliverSm, Status, SubmitRequest, TlvValue, status_name
 
 __all__ = [
@@ -29,6 +31,7 @@ __all__ = [
     "InboundMessage",
     "InboundReceipt",
     "MoHandler",
+    "MoVerdict",
     "OutboundPart",
     "ReceiptHandler",
     "SmppGateway",
@@ -37,6 +40,19 @@ __all__ = [
 ]
 
 log = structlog.get_logger("sms.gateway")
+
+
+class MoVerdict(enum.Enum):
+    """What the service made of an inbound text; each transport turns it into its own answer."""
+
+    STORED = "stored"            # committed: SMPP ESME_ROK, HTTP 200
+    RETRY_LATER = "retry_later"  # not stored now (store failure): ESME_RX_T_APPN / HTTP 503, delivered again
+    REFUSED = "refused"          # can never be stored (no sender): ESME_RX_P_APPN / HTTP 422, not again
+
+
+#: SMPP command_status for each verdict (deliver_sm_resp).
+SMPP_STATUS = {MoVerdict.STORED: Status.ROK, MoVerdict.RETRY_LATER: Status.RX_T_APPN,
+               MoVerdict.REFUSED: Status.RX_P_APPN}
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +75,12 @@ class InboundMessage:
     text: str | None = None
     message_id: str | None = None
     source: str = "smpp"
+    # How it came: the connection ("trx#2@<client>") and its sequence number, and a digest of the
+    # optional parameters (TLVs) as the SMSC sent them. An SMSC redelivers byte for byte; see
+    # `SmsIntakeService` for how a redelivery is told from a citizen sending the same again.
+    connection: str | None = None
+    sequence: int | None = None
+    tlv_digest: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,7 +128,7 @@ class SubmitOutcome:
         return "in_doubt" if self.in_doubt else status_name(self.status)
 
 
-MoHandler = Callable[[InboundMessage], Awaitable[int]]
+MoHandler = Callable[[InboundMessage], Awaitable[MoVerdict]]
 ReceiptHandler = Callable[[InboundReceipt], Awaitable[int]]
 
 
@@ -184,6 +206,16 @@ def _str_tlv(value: TlvValue | None) -> str | None:
     if isinstance(value, bytes):
         return value.split(b"\0", 1)[0].decode("latin-1")
     return str(value)
+
+
+def _tlv_digest(event: DeliverSm) -> str | None:
+    """The optional parameters exactly as sent (vendor message ids, timestamps, references), or None."""
+    if not event.tlvs:
+        return None
+    digest = hashlib.sha256()
+    for item in event.tlvs:
+        digest.update(item.tag.to_bytes(2, "big") + len(item.value).to_bytes(2, "big") + item.value)
+    return digest.hexdigest()[:32]
 
 
 def _sender(address: str, ton: int) -> str:
@@ -269,6 +301,7 @@ class SmppGateway:
         handler = self._on_message
         if handler is None:
             return Status.RX_T_APPN
+        origin = DELIVER_ORIGIN.get()
         message = InboundMessage(
             sender=_sender(event.source_addr, event.source_addr_ton),
             destination=event.destination_addr.strip(),
@@ -279,8 +312,11 @@ class SmppGateway:
             sar_total_segments=_int_tlv(event.tlv("sar_total_segments")),
             sar_segment_seqnum=_int_tlv(event.tlv("sar_segment_seqnum")),
             source="smpp",
+            connection=origin[0] if origin else None,
+            sequence=origin[1] if origin else event.sequence,
+            tlv_digest=_tlv_digest(event),
         )
-        return await handler(message)
+        return SMPP_STATUS[await handler(message)]
 
     async def _receipt(self, event: DeliverSm, receipted_id: str | None, payload: bytes) -> int:
         handler = self._on_receipt

@@ -28,6 +28,9 @@ command                keywords (pinyin initials, pinyin, 简/繁)     arguments
   answer: ``1 T1234``, ``T1234 属实``, ``属实T1234``.  A bare digit answer after a
   code needs a separator (``T1234 1``), since ``T12341`` is ambiguous.
 * Trailing "。", ".", "!" and "?" are ignored.
+* A keyword (or task code) followed by nothing but digits and separators that fits none
+  of the forms (``CX 261203 000019``: a space inside the number; ``PJ <number> 6``: out
+  of range) is `Malformed`: a command attempt, answered with the help text, never a report.
 
 "1" and "2" alone are also what a citizen answers to "满意回复1，不满意回复2";
 the caller decides by who sent it which meaning applies.
@@ -45,6 +48,7 @@ __all__ = [
     "Command",
     "FreeText",
     "Help",
+    "Malformed",
     "OptOut",
     "QueryStatus",
     "Rate",
@@ -95,13 +99,25 @@ class TaskReply:
 
 
 @dataclass(frozen=True, slots=True)
+class Malformed:
+    """Starts like a command but does not parse (``CX 261203 000019``, ``PJ <number> 6``).
+
+    Only a keyword followed by nothing but digits and separators counts: such a text is a
+    command attempt, never a report, and is answered with the help text.
+    """
+
+    keyword: str
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
 class FreeText:
     """Anything that is not a command; ``text`` is exactly what was received."""
 
     text: str
 
 
-Command = QueryStatus | Rate | OptOut | Help | TaskReply | FreeText
+Command = QueryStatus | Rate | OptOut | Help | TaskReply | Malformed | FreeText
 
 _SEP: Final = r"[\s+:,、]"
 _NUMBER: Final = r"([0-9]{1,12})"
@@ -128,6 +144,9 @@ _ANSWER_ONLY_RE: Final = _full(_ANSWER)
 _ANSWER_CODE_RE: Final = _full(rf"{_ANSWER}{_SEP}*{_TASK}")
 _CODE_WORD_RE: Final = _full(rf"{_TASK}{_SEP}*{_ANSWER_WORD}")
 _CODE_DIGIT_RE: Final = _full(rf"{_TASK}{_SEP}+([12])")
+
+# A keyword (or a task code) followed only by digits, separators, dashes and a score suffix.
+_ATTEMPT_RE: Final = _full(rf"({_QUERY}|{_RATE}|{_OPT_OUT}|{_HELP}|T[0-9]+)(?:{_SEP}|[0-9#*-]|分|星)*")
 
 _TRAILING: Final = "。.!?"
 
@@ -171,4 +190,6 @@ def parse_command(text: str) -> Command:
         return TaskReply(_answer(match.group(1)), match.group(2))
     if match := _CODE_WORD_RE.fullmatch(norm) or _CODE_DIGIT_RE.fullmatch(norm):
         return TaskReply(_answer(match.group(2)), match.group(1))
+    if match := _ATTEMPT_RE.fullmatch(norm):
+        return Malformed(match.group(1), text)
     return FreeText(text)

@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
-import datetime as dt
+import re
 
 from aiohttp import web
 
 from callcenter.api.auth import authorize
-from callcenter.web.http import ApiError, json_response, read_json
+from callcenter.web.http import (
+    ApiError,
+    enum_param,
+    int_param,
+    json_response,
+    pattern_param,
+    query_value,
+    read_json,
+    time_param,
+)
 from callcenter.web.keys import services_key
 from callcenter.api.schemas import (
     CaseCreate,
@@ -17,26 +26,56 @@ from callcenter.api.schemas import (
     CaseReject,
     CaseSubmit,
     CaseUpdate,
+    INTAKE_NUMBER,
+    PHONE,
     PlatformEventIn,
+    catalogue_codes,
+    grid_codes,
 )
+from callcenter.cases.numbering import damm_valid
 from callcenter.cases.lifecycle import CaseStatus
 from callcenter.cases.model import CaseView, Channel
+from callcenter.privacy import may_see_number
 from callcenter.service.cases import CaseFilter, DraftInput, PlatformEvent
 from callcenter.service.tokens import Principal, Role
 
 READERS = (Role.STAFF, Role.PLATFORM)
 STAFF = (Role.STAFF,)
+NUMBER_ROLES = frozenset({Role.STAFF, Role.PLATFORM, Role.ADMIN})
+Q_MAX = 100
+OFFSET_MAX = 10_000_000
 
 
 def _out(view: CaseView, principal: Principal, *, with_log: bool = True) -> CaseOut:
-    """Staff see reporters' numbers; the platform sees them unless the reporter asked otherwise."""
-    show_phone = principal.role in (Role.STAFF, Role.ADMIN) or not (view.anonymous or view.confidential)
-    return CaseOut.from_view(view, show_phone=show_phone, with_log=with_log)
+    """Every API role may see numbers, except those of anonymous or confidential reporters
+    (docs/privacy.md): those stay masked for staff, the platform and admin alike."""
+    visible = may_see_number(principal.role in NUMBER_ROLES, view)
+    return CaseOut.from_view(view, show_phone=visible, with_log=with_log)
+
+
+def case_number(raw: str, field: str = "number") -> str:
+    """An intake number as the document declares it; a wrong check digit names no case (404)."""
+    if not re.fullmatch(INTAKE_NUMBER, raw):
+        raise ApiError(422, "invalid", f"{field}: an intake number is 8 to 12 digits", field=field)
+    if not damm_valid(raw):
+        raise ApiError(404, "not_found", f"no case with intake number {raw} (its check digit is wrong)",
+                       field=field)
+    return raw
+
+
+def check_references(request: web.Request, category: str | None = None, grid: str | None = None) -> None:
+    """Category and grid must be ones the document lists (the loaded catalogue and grids)."""
+    services = request.app[services_key]
+    if category is not None and category not in catalogue_codes(services.catalogue):
+        raise ApiError(422, "invalid", f"category: unknown category code {category!r}", field="category")
+    if grid is not None and grid not in grid_codes(services.grids):
+        raise ApiError(422, "invalid", f"grid: unknown grid code {grid!r}", field="grid")
 
 
 async def create_case(request: web.Request) -> web.Response:
     principal = await authorize(request, *STAFF)
     body = await read_json(request, CaseCreate)
+    check_references(request, body.category, body.grid)
     view = await request.app[services_key].cases.create_draft(
         DraftInput(
             channel=Channel.STAFF, description=body.description, reporter_phone=body.reporter_phone,
@@ -55,57 +94,31 @@ async def create_case(request: web.Request) -> web.Response:
 
 async def get_case(request: web.Request) -> web.Response:
     principal = await authorize(request, *READERS)
-    view = await request.app[services_key].cases.get(request.match_info["number"])
+    view = await request.app[services_key].cases.get(case_number(request.match_info["number"]))
     return json_response(_out(view, principal))
 
 
-def _int_param(request: web.Request, name: str, default: int, low: int, high: int) -> int:
-    raw = request.query.get(name)
-    if raw is None:
-        return default
-    try:
-        value = int(raw)
-    except ValueError as exc:
-        raise ApiError(400, "invalid", f"{name} must be a whole number", field=name) from exc
-    if not low <= value <= high:
-        raise ApiError(400, "invalid", f"{name} must be between {low} and {high}", field=name)
-    return value
-
-
-def _time_param(request: web.Request, name: str) -> dt.datetime | None:
-    raw = request.query.get(name)
-    if not raw:
-        return None
-    try:
-        value = dt.datetime.fromisoformat(raw)
-    except ValueError as exc:
-        raise ApiError(400, "invalid", f"{name} must be an ISO 8601 date or time", field=name) from exc
-    if value.tzinfo is None:  # a bare date or time is read in the service's time zone
-        from zoneinfo import ZoneInfo
-
-        value = value.replace(tzinfo=ZoneInfo(request.app[services_key].settings.cases.timezone))
-    return value
+STATUSES = frozenset(status.value for status in CaseStatus)
+CHANNELS = frozenset(channel.value for channel in Channel)
 
 
 async def list_cases(request: web.Request) -> web.Response:
     principal = await authorize(request, *READERS)
     services = request.app[services_key]
-    status = request.query.get("status")
-    if status and status not in CaseStatus.__members__.values():
-        raise ApiError(400, "invalid", f"unknown status {status!r}", field="status")
-    channel = request.query.get("channel")
-    if channel and channel not in Channel.__members__.values():
-        raise ApiError(400, "invalid", f"unknown channel {channel!r}", field="channel")
-    text = request.query.get("q")
-    if text is not None and len(text) > 100:
-        raise ApiError(400, "invalid", "q is at most 100 characters", field="q")
+    tz = services.settings.cases.timezone
+    text = query_value(request, "q")
+    if text is not None and len(text) > Q_MAX:
+        raise ApiError(400, "invalid", f"q is at most {Q_MAX} characters", field="q")
+    category = enum_param(request, "category", catalogue_codes(services.catalogue))
+    grid = enum_param(request, "grid", grid_codes(services.grids))
     filters = CaseFilter(
-        status=status, channel=channel, category=request.query.get("category"),
-        grid=request.query.get("grid"), reporter_phone=request.query.get("reporter_phone"),
-        created_from=_time_param(request, "from"), created_to=_time_param(request, "to"), text=text,
+        status=enum_param(request, "status", STATUSES), channel=enum_param(request, "channel", CHANNELS),
+        category=category, grid=grid,
+        reporter_phone=pattern_param(request, "reporter_phone", PHONE, "a phone number such as 13812345678"),
+        created_from=time_param(request, "from", tz), created_to=time_param(request, "to", tz), text=text,
     )
-    limit = _int_param(request, "limit", 50, 1, services.settings.http.page_size_max)
-    offset = _int_param(request, "offset", 0, 0, 10_000_000)
+    limit = int_param(request, "limit", 50, 1, services.settings.http.page_size_max)
+    offset = int_param(request, "offset", 0, 0, OFFSET_MAX)
     page = await services.cases.search(filters, offset=offset, limit=limit)
     return json_response(CasePage(
         items=[_out(item, principal, with_log=False) for item in page.items],
@@ -114,44 +127,48 @@ async def list_cases(request: web.Request) -> web.Response:
 
 async def update_case(request: web.Request) -> web.Response:
     principal = await authorize(request, *STAFF)
+    number = case_number(request.match_info["number"])
     body = await read_json(request, CaseUpdate)
+    check_references(request, body.category, body.grid)
     changes = body.model_dump(exclude_unset=True, exclude={"version"})
     view = await request.app[services_key].cases.update_transcription(
-        request.match_info["number"], changes, actor=principal.actor, expected_version=body.version)
+        number, changes, actor=principal.actor, expected_version=body.version)
     return json_response(_out(view, principal))
 
 
 async def submit_case(request: web.Request) -> web.Response:
     principal = await authorize(request, *STAFF)
+    number = case_number(request.match_info["number"])
     body = await read_json(request, CaseSubmit) if request.can_read_body else CaseSubmit()
-    view = await request.app[services_key].cases.submit(
-        request.match_info["number"], actor=principal.actor, expected_version=body.version)
+    view = await request.app[services_key].cases.submit(number, actor=principal.actor, expected_version=body.version)
     return json_response(_out(view, principal))
 
 
 async def reject_case(request: web.Request) -> web.Response:
     principal = await authorize(request, *STAFF)
+    number = case_number(request.match_info["number"])
     body = await read_json(request, CaseReject)
-    view = await request.app[services_key].cases.reject(
-        request.match_info["number"], body.reason, actor=principal.actor, note=body.note)
+    view = await request.app[services_key].cases.reject(number, body.reason, actor=principal.actor, note=body.note)
     return json_response(_out(view, principal))
 
 
 async def merge_case(request: web.Request) -> web.Response:
     principal = await authorize(request, *STAFF)
+    number = case_number(request.match_info["number"])
     body = await read_json(request, CaseMerge)
-    view = await request.app[services_key].cases.merge(
-        request.match_info["number"], body.into, actor=principal.actor, note=body.note)
+    into = case_number(body.into, "into")
+    if into == number:
+        raise ApiError(409, "conflict", "into: a case cannot be merged into itself", field="into")
+    view = await request.app[services_key].cases.merge(number, into, actor=principal.actor, note=body.note)
     return json_response(_out(view, principal))
 
 
 async def platform_event(request: web.Request) -> web.Response:
     principal = await authorize(request, Role.PLATFORM)
+    number = case_number(request.match_info["number"])
     body = await read_json(request, PlatformEventIn)
-    if body.status == "rejected" and body.reason is None:
-        raise ApiError(422, "invalid", "reason: a rejection needs a reason", field="reason")
     view = await request.app[services_key].cases.apply_platform_event(
-        request.match_info["number"],
+        number,
         PlatformEvent(event_id=body.event_id, status=CaseStatus(body.status),
                       platform_number=body.platform_number, reason=body.reason, note=body.note),
         actor=principal.actor)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import json
 from typing import Any
 
 from aiohttp import web
@@ -9,12 +11,18 @@ from pydantic import BaseModel
 
 from callcenter.api import schemas
 from callcenter.api import sms as sms_api
-from callcenter.web.http import json_response
+from callcenter.cases.lifecycle import CaseStatus
+from callcenter.cases.model import Channel
+from callcenter.settings import HttpSettings
+from callcenter.web.http import DATETIME_PATTERN
+from callcenter.web.keys import services_key
+
+PAGE_SIZE_MAX = HttpSettings.model_fields["page_size_max"].default
 
 _MODELS: list[type[BaseModel]] = [
     schemas.CaseCreate, schemas.CaseUpdate, schemas.CaseSubmit, schemas.CaseReject, schemas.CaseMerge,
     schemas.PlatformEventIn, schemas.CaseOut, schemas.CasePage, schemas.ErrorOut, schemas.HealthOut,
-    sms_api.SmsInboundIn, sms_api.SmsInboundOut, sms_api.TaskCreate, sms_api.TaskOut, sms_api.TaskList,
+    sms_api.SmsInboundIn, sms_api.JasminInboundForm, sms_api.SmsInboundOut, sms_api.TaskCreate, sms_api.TaskOut, sms_api.TaskList,
     sms_api.MetricsOut,
 ]
 
@@ -37,50 +45,90 @@ def _json(name: str, description: str) -> dict[str, Any]:
     return {"description": description, "content": {"application/json": {"schema": _ref(name)}}}
 
 
+_ERROR_TEXT = {
+    400: "a query parameter or the JSON itself is malformed (named in `field` where there is one)",
+    401: "no valid bearer token", 403: "the token's role may not do this",
+    404: "no such case (also: an intake number whose check digit is wrong)",
+    409: "the case's state refuses this: an illegal status change, a stale `version`, a merge into itself, "
+         "no category before submit, no supervisor for the grid",
+    413: "body larger than http.max_body_bytes", 415: "body is not application/json",
+    422: "a body field breaks the schema (named in `field`)",
+    503: "not stored; deliver again after Retry-After",
+}
+
+
 def _errors(*codes: int) -> dict[str, Any]:
-    text = {400: "bad request", 401: "no valid token", 403: "role may not do this", 404: "no such case",
-            409: "conflict or illegal status change", 413: "body too large", 415: "not JSON",
-            422: "a field is invalid (named in `field`)"}
-    return {str(code): _json("ErrorOut", text[code]) for code in codes}
+    return {str(code): _json("ErrorOut", _ERROR_TEXT[code]) for code in codes}
 
 
-def _body(name: str) -> dict[str, Any]:
-    return {"required": True, "content": {"application/json": {"schema": _ref(name)}}}
+def _body(name: str, *, required: bool = True) -> dict[str, Any]:
+    return {"required": required, "content": {"application/json": {"schema": _ref(name)}}}
 
 
-NUMBER = {"name": "number", "in": "path", "required": True, "schema": {"type": "string"},
+NUMBER = {"name": "number", "in": "path", "required": True,
+          "schema": {"type": "string", "pattern": schemas.INTAKE_NUMBER},
           "description": "受理编号 intake number"}
 AUTH = [{"bearer": []}]
 WRITE_ERRORS = (400, 401, 403, 404, 409, 413, 415, 422)
+LOCATION = {"Location": {"description": "where the new resource is read", "schema": {"type": "string"}}}
 
 
-def build_document() -> dict[str, Any]:
+def _query(name: str, schema: dict[str, Any], description: str, *, required: bool = False) -> dict[str, Any]:
+    return {"name": name, "in": "query", "required": required, "schema": schema, "description": description}
+
+
+def _with_enums(components: dict[str, Any], categories: list[str] | None, grids: list[str] | None) -> None:
+    """Replace the category and grid patterns by the loaded catalogue's and grid index's codes."""
+    for model in ("CaseCreate", "CaseUpdate", "TaskCreate"):
+        for name, codes in (("category", categories), ("grid", grids)):
+            prop = components.get(model, {}).get("properties", {}).get(name)
+            if prop is None or codes is None:
+                continue
+            for option in prop.get("anyOf", [prop]):
+                if option.get("type") == "string":
+                    option.pop("pattern", None)
+                    option.pop("maxLength", None)
+                    option["enum"] = codes
+
+
+def build_document(categories: list[str] | None = None, grids: list[str] | None = None,
+                   page_size_max: int = PAGE_SIZE_MAX) -> dict[str, Any]:
+    """The document; with the loaded category and grid codes, those fields list them as enums."""
     query = [
-        {"name": name, "in": "query", "required": False, "schema": {"type": kind}, "description": text}
-        for name, kind, text in [
-            ("status", "string", "case status"), ("channel", "string", "phone, sms, staff, open311"),
-            ("category", "string", "CJ/T 214 code"), ("grid", "string", "CJ/T 213 grid code"),
-            ("reporter_phone", "string", "reporter's number, any usual form"),
-            ("from", "string", "created at or after (ISO 8601)"), ("to", "string", "created before (ISO 8601)"),
-            ("q", "string", "text in description or address"), ("offset", "integer", "page offset"),
-            ("limit", "integer", "page size"),
-        ]
+        _query("status", {"type": "string", "enum": sorted(s.value for s in CaseStatus)}, "case status"),
+        _query("channel", {"type": "string", "enum": sorted(c.value for c in Channel)}, "intake channel"),
+        _query("category", {"type": "string", "enum": categories} if categories is not None
+               else {"type": "string", "pattern": schemas.CATEGORY}, "CJ/T 214 code"),
+        _query("grid", {"type": "string", "enum": grids} if grids is not None
+               else {"type": "string", "pattern": schemas.GRID}, "CJ/T 213 grid code"),
+        _query("reporter_phone", {"type": "string", "pattern": schemas.PHONE},
+               "the reporter's number; cases of anonymous or confidential reporters are never found by it"),
+        _query("from", {"type": "string", "pattern": DATETIME_PATTERN},
+               "created at or after: ISO 8601 date or time, 2000-2099; no offset = the service's time zone"),
+        _query("to", {"type": "string", "pattern": DATETIME_PATTERN}, "created before (as `from`)"),
+        _query("q", {"type": "string", "minLength": 1, "maxLength": 100, "pattern": schemas.NO_NUL},
+               "text in description or address; with five digits in a row it skips private reporters' cases"),
+        _query("offset", {"type": "integer", "minimum": 0, "maximum": 10_000_000}, "page offset"),
+        _query("limit", {"type": "integer", "minimum": 1, "maximum": page_size_max}, "page size"),
     ]
 
-    def action(summary: str, body: str | None, ok: int = 200) -> dict[str, Any]:
-        op: dict[str, Any] = {"summary": summary, "security": AUTH, "parameters": [NUMBER],
-                              "responses": {str(ok): _json("CaseOut", "the case"), **_errors(*WRITE_ERRORS)}}
-        if body:
-            op["requestBody"] = _body(body)
-        return op
+    def action(op_id: str, summary: str, body: str, ok: int = 200, *, body_required: bool = True) -> dict[str, Any]:
+        return {"operationId": op_id, "summary": summary, "security": AUTH, "parameters": [NUMBER],
+                "requestBody": _body(body, required=body_required),
+                "responses": {str(ok): _json("CaseOut", "the case"), **_errors(*WRITE_ERRORS)}}
 
+    components = _components()
+    _with_enums(components, categories, grids)
+    number_of_new = {"number": "$response.body#/number"}
+    links = {op: {"operationId": op, "parameters": number_of_new}
+             for op in ("getCase", "updateCase", "submitCase", "rejectCase", "mergeCase", "caseEvent")}
     return {
         "openapi": "3.1.0",
         "info": {"title": "callcenter intake API", "version": "1",
                  "description": "Draft cases (草稿案卷) from the hotline, SMS and staff, and the platform's "
-                                "status changes."},
+                                "status changes. Reporters' numbers are masked as docs/privacy.md says."},
         "components": {
-            "schemas": _components(),
+            "schemas": components,
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
         },
         "paths": {
@@ -88,23 +136,26 @@ def build_document() -> dict[str, Any]:
                                  "responses": {"200": _json("HealthOut", "healthy"),
                                                "503": _json("ErrorOut", "database unreachable")}}},
             "/api/v1/cases": {
-                "post": {"summary": "create a draft case (staff)", "security": AUTH,
+                "post": {"operationId": "createCase", "summary": "create a draft case (staff)", "security": AUTH,
                          "requestBody": _body("CaseCreate"),
-                         "responses": {"201": _json("CaseOut", "the new draft"),
+                         "responses": {"201": {**_json("CaseOut", "the new draft"), "headers": LOCATION,
+                                               "links": links},
                                        **_errors(400, 401, 403, 413, 415, 422)}},
-                "get": {"summary": "list and search cases", "security": AUTH, "parameters": query,
+                "get": {"operationId": "listCases", "summary": "list and search cases", "security": AUTH, "parameters": query,
                         "responses": {"200": _json("CasePage", "a page of cases"), **_errors(400, 401, 403)}},
             },
             "/api/v1/cases/{number}": {
-                "get": {"summary": "a case with its log", "security": AUTH, "parameters": [NUMBER],
-                        "responses": {"200": _json("CaseOut", "the case"), **_errors(401, 403, 404, 422)}},
-                "patch": action("transcription update (staff)", "CaseUpdate"),
+                "get": {"operationId": "getCase", "summary": "a case with its log", "security": AUTH, "parameters": [NUMBER],
+                        "responses": {"200": _json("CaseOut", "the case"), **_errors(400, 401, 403, 404, 422)}},
+                "patch": action("updateCase", "transcription update (staff)", "CaseUpdate"),
             },
-            "/api/v1/cases/{number}/submit": {"post": action("submit a draft for registration", "CaseSubmit")},
-            "/api/v1/cases/{number}/reject": {"post": action("reject (不予立案) with a reason", "CaseReject")},
-            "/api/v1/cases/{number}/merge": {"post": action("merge a duplicate into a master case", "CaseMerge")},
+            "/api/v1/cases/{number}/submit": {
+                "post": action("submitCase", "submit a draft for registration", "CaseSubmit", body_required=False)},
+            "/api/v1/cases/{number}/reject": {"post": action("rejectCase", "reject (不予立案) with a reason", "CaseReject")},
+            "/api/v1/cases/{number}/merge": {"post": action("mergeCase", "merge a duplicate into a master case", "CaseMerge")},
             "/api/v1/cases/{number}/events": {
-                "post": action("a status change from the platform (role platform)", "PlatformEventIn")},
+                "post": action("caseEvent", "a status change from the platform (role platform); a repeated event_id "
+                               "answers as the first time", "PlatformEventIn")},
             **_sms_paths(),
         },
     }
@@ -112,23 +163,28 @@ def build_document() -> dict[str, Any]:
 
 def _sms_paths() -> dict[str, Any]:
     """SMS gateway delivery, supervisor tasks and metrics (callcenter/api/sms.py)."""
-    unavailable = {"503": {**_json("ErrorOut", "not stored; deliver again (Retry-After)")}}
     return {
         "/api/v1/sms/inbound": {"post": {
             "summary": "an inbound SMS from an HTTP gateway (role gateway); Jasmin's form post is also accepted "
                        "and answered ACK/Jasmin",
-            "security": AUTH, "requestBody": _body("SmsInboundIn"),
-            "responses": {"200": _json("SmsInboundOut", "stored and handled"),
-                          **_errors(400, 401, 403, 413, 415, 422), **unavailable}}},
+            "security": AUTH,
+            "requestBody": {"required": True, "content": {
+                "application/json": {"schema": _ref("SmsInboundIn")},
+                "application/x-www-form-urlencoded": {"schema": _ref("JasminInboundForm")}}},
+            "responses": {"200": {"description": "stored and handled", "content": {
+                              "application/json": {"schema": _ref("SmsInboundOut")},
+                              "text/plain": {"schema": {"type": "string", "const": "ACK/Jasmin"}}}},
+                          **_errors(400, 401, 403, 413, 415, 422, 503)}}},
         "/api/v1/tasks": {
             "post": {"summary": "send a supervisor task (核实/核查) for a case (role platform)", "security": AUTH,
                      "requestBody": _body("TaskCreate"),
-                     "responses": {"201": _json("TaskOut", "the task; its notice is queued"),
-                                   **_errors(400, 401, 403, 404, 413, 415, 422)}},
+                     "responses": {"201": {**_json("TaskOut", "the task; its notice is queued"), "headers": LOCATION},
+                                   **_errors(400, 401, 403, 404, 409, 413, 415, 422, 503)}},
             "get": {"summary": "the supervisor tasks of a case", "security": AUTH,
-                    "parameters": [{"name": "case", "in": "query", "required": True, "schema": {"type": "string"},
-                                    "description": "受理编号 intake number"}],
-                    "responses": {"200": _json("TaskList", "tasks, oldest first"), **_errors(400, 401, 403)}},
+                    "parameters": [_query("case", {"type": "string", "pattern": schemas.INTAKE_NUMBER},
+                                          "受理编号 intake number", required=True)],
+                    "responses": {"200": _json("TaskList", "tasks, oldest first"),
+                                  **_errors(400, 401, 403, 404, 503)}},
         },
         "/api/v1/metrics": {"get": {
             "summary": "in-process metrics: SMS link, intake, outbox (roles staff, admin)", "security": AUTH,
@@ -140,11 +196,22 @@ _DOCUMENT: dict[str, Any] | None = None
 
 
 def document() -> dict[str, Any]:
+    """The document without the loaded code lists (the schemas every deployment shares)."""
     global _DOCUMENT
     if _DOCUMENT is None:
         _DOCUMENT = build_document()
     return _DOCUMENT
 
 
+@functools.cache
+def _served(catalogue: Any, grids: Any, page_size_max: int) -> str:
+    return json.dumps(build_document(sorted(schemas.catalogue_codes(catalogue)), sorted(schemas.grid_codes(grids)),
+                                     page_size_max), ensure_ascii=False)
+
+
 async def openapi_view(request: web.Request) -> web.Response:
-    return json_response(document())
+    """The document this service answers by: its category and grid codes listed."""
+    services = request.app[services_key]
+    text = _served(services.catalogue, services.grids, services.settings.http.page_size_max)
+    return web.Response(text=text, content_type="application/json",
+                        charset="utf-8")

@@ -3,59 +3,94 @@
 Inbound texts from HTTP gateways (Kannel, Jasmin) go through the same intake pipeline as
 SMPP deliveries, with the same parsing and de-duplication: a JSON body in our own shape,
 or Jasmin's form post (`id`, `from`, `to`, `coding`, `content`/`binary`), answered with
-`ACK/Jasmin` as Jasmin expects. A store failure answers 503 so the gateway retries.
+`ACK/Jasmin` as Jasmin expects. The intake answers stored / try again later / refused, and
+this route maps that itself: 200, 503 (the gateway retries), 422 (it must not).
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import re
 from typing import Any, Literal
 
 from aiohttp import web
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+    StrictStr,
+    ValidationError,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
 
+from callcenter.api import schemas
 from callcenter.api.auth import authorize
-from callcenter.web.http import ApiError, json_response, read_json
+from callcenter.api.cases import case_number, check_references
+from callcenter.web.http import ApiError, json_response, query_value, read_json, validation_error
 from callcenter.web.keys import services_key
 from callcenter.app import Services
-from callcenter.cases.numbering import CaseNumber, InvalidCaseNumber
+from callcenter.service.errors import InvalidInput
 from callcenter.service import sms_texts
 from callcenter.service.sms_channel import SmsServices
 from callcenter.service.sms_intake import IntakeResult
 from callcenter.service.tasks import TaskView, parse_kind
 from callcenter.service.tokens import Role
 from sms.concat import ESM_UDHI
-from sms.gateway import InboundMessage
-from sms.smpp.session import Status
+from sms.gateway import InboundMessage, MoVerdict
 
 _MAX_HEX = 2 * 65535
+
+
+NO_NUL = schemas.NO_NUL
+_SENDER = Field(alias="from", min_length=1, max_length=32, pattern=NO_NUL, description="the citizen's number")
 
 
 class SmsInboundIn(BaseModel):
     """One inbound text from an HTTP gateway: decoded `text`, or the raw `hex` with `coding`."""
 
-    model_config = ConfigDict(populate_by_name=True, extra="forbid")
+    model_config = ConfigDict(populate_by_name=True, extra="forbid", json_schema_extra={
+        "oneOf": [{"required": ["text"], "properties": {"text": {"type": "string"}}},
+                  {"required": ["hex"], "properties": {"hex": {"type": "string"}}}],
+        "description": "exactly one of `text` and `hex` is a string"})
 
-    sender: str = Field(alias="from", min_length=1, max_length=32, description="the citizen's number")
-    to: str = Field(default="", max_length=32, description="our service number it was sent to")
-    text: str | None = Field(default=None, max_length=70_000, description="decoded text")
-    hex: str | None = Field(default=None, max_length=_MAX_HEX, pattern="^([0-9a-fA-F]{2})*$",
-                            description="raw short_message, UDH included when udhi is true")
-    coding: int = Field(default=0, ge=0, le=255, description="SMPP data_coding of hex")
-    udhi: bool = Field(default=False, description="hex starts with a user data header")
-    sar_ref: int | None = Field(default=None, ge=0, le=65535)
-    sar_total: int | None = Field(default=None, ge=1, le=255)
-    sar_seq: int | None = Field(default=None, ge=1, le=255)
-    id: str | None = Field(default=None, min_length=1, max_length=128,
-                           description="the gateway's message id; makes de-duplication exact")
-    gateway: str = Field(default="http", min_length=1, max_length=24, pattern="^[a-z0-9_-]+$",
-                         description="names the id space of `id` (kannel, jasmin...)")
+    sender: StrictStr = _SENDER
+    to: StrictStr = Field(default="", max_length=32, pattern=NO_NUL, description="our service number it was sent to")
+    text: StrictStr | None = Field(default=None, max_length=70_000, pattern=NO_NUL, description="decoded text")
+    hex: StrictStr | None = Field(default=None, max_length=_MAX_HEX, pattern="^([0-9a-fA-F]{2})*$",
+                                  description="raw short_message, UDH included when udhi is true")
+    coding: StrictInt = Field(default=0, ge=0, le=255, description="SMPP data_coding of hex")
+    udhi: StrictBool = Field(default=False, description="hex starts with a user data header")
+    sar_ref: StrictInt | None = Field(default=None, ge=0, le=65535)
+    sar_total: StrictInt | None = Field(default=None, ge=1, le=255)
+    sar_seq: StrictInt | None = Field(default=None, ge=1, le=255)
+    id: StrictStr | None = Field(default=None, min_length=1, max_length=128, pattern=NO_NUL,
+                                 description="the gateway's message id; makes de-duplication exact")
+    gateway: StrictStr = Field(default="http", min_length=1, max_length=24, pattern="^[a-z0-9_-]+$",
+                               description="names the id space of `id` (kannel, jasmin...)")
 
     @model_validator(mode="after")
     def _one_body(self) -> SmsInboundIn:
         if (self.text is None) == (self.hex is None):
-            raise ValueError("give exactly one of text and hex")
+            raise PydanticCustomError("one_body", "give exactly one of text and hex",
+                                      {"field": "text" if self.text is None else "hex"})
         return self
+
+
+class JasminInboundForm(BaseModel):
+    """Jasmin's HTTP MO post (application/x-www-form-urlencoded): `binary` hex for binary parts."""
+
+    model_config = ConfigDict(populate_by_name=True, extra="ignore")
+
+    sender: StrictStr = _SENDER
+    to: StrictStr = Field(default="", max_length=32, pattern=NO_NUL)
+    coding: StrictStr = Field(default="0", pattern="^(?:[0-9]{1,2}|1[0-9]{2}|2[0-4][0-9]|25[0-5])$",
+                              description="SMPP data_coding, 0-255")
+    content: StrictStr = Field(default="", max_length=70_000, pattern=NO_NUL)
+    binary: StrictStr = Field(default="", max_length=_MAX_HEX, pattern="^([0-9a-fA-F]{2})*$")
+    id: StrictStr = Field(default="", max_length=128, pattern=NO_NUL)
 
 
 class SmsInboundOut(BaseModel):
@@ -69,12 +104,13 @@ class SmsInboundOut(BaseModel):
 class TaskCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    case: str = Field(min_length=1, max_length=20, description="受理编号 intake number")
+    case: StrictStr = Field(pattern=schemas.INTAKE_NUMBER, description="受理编号 intake number")
     kind: Literal["verify", "check"] = Field(description="verify 核实 a report, or check 核查 a closure")
-    grid: str | None = Field(default=None, max_length=20, description="CJ/T 213 grid; default: the case's grid")
-    note: str | None = Field(default=None, max_length=500)
-    request_id: str | None = Field(default=None, min_length=1, max_length=128,
-                                   description="idempotency key: a retry returns the first task")
+    grid: StrictStr | None = Field(default=None, pattern=schemas.GRID,
+                                   description="CJ/T 213 grid; default: the case's grid")
+    note: StrictStr | None = Field(default=None, max_length=500, pattern=NO_NUL)
+    request_id: StrictStr | None = Field(default=None, min_length=1, max_length=128, pattern=NO_NUL,
+                                         description="idempotency key: a retry returns the first task")
 
 
 class TaskOut(BaseModel):
@@ -140,33 +176,21 @@ def _inbound_from_json(body: SmsInboundIn) -> InboundMessage:
 
 async def _inbound_from_form(request: web.Request) -> InboundMessage:
     """Jasmin's HTTP MO post: id, from, to, coding, content and (for binary) hex `binary`."""
-    form = await request.post()
-
-    def field(name: str, limit: int) -> str:
-        value = form.get(name)
-        text = value if isinstance(value, str) else ""
-        if len(text) > limit:
-            raise ApiError(422, "invalid", f"{name} is too long", field=name)
-        return text
-
-    sender = field("from", 32)
-    if not sender:
-        raise ApiError(422, "invalid", "from is required", field="from")
     try:
-        coding = int(field("coding", 3) or "0")
-    except ValueError as exc:
-        raise ApiError(422, "invalid", "coding must be a number", field="coding") from exc
-    binary = field("binary", _MAX_HEX)
-    message_id = field("id", 128) or None
-    if binary:
-        try:
-            raw = bytes.fromhex(binary)
-        except ValueError as exc:
-            raise ApiError(422, "invalid", "binary must be hex", field="binary") from exc
-        return InboundMessage(sender=sender, destination=field("to", 32), short_message=raw, data_coding=coding,
-                              message_id=message_id, source="http:jasmin")
-    return InboundMessage(sender=sender, destination=field("to", 32), text=field("content", 70_000),
-                          message_id=message_id, source="http:jasmin")
+        form = await request.post()
+    except (UnicodeDecodeError, ValueError, LookupError) as exc:
+        raise ApiError(400, "bad_form", "the form could not be read; send UTF-8 form data") from exc
+    fields = {key: value for key, value in form.items() if isinstance(value, str)}
+    try:
+        body = JasminInboundForm.model_validate(fields)
+    except ValidationError as exc:
+        raise validation_error(exc) from exc
+    coding = int(body.coding)
+    if body.binary:
+        return InboundMessage(sender=body.sender, destination=body.to, short_message=bytes.fromhex(body.binary),
+                              data_coding=coding, message_id=body.id or None, source="http:jasmin")
+    return InboundMessage(sender=body.sender, destination=body.to, text=body.content,
+                          message_id=body.id or None, source="http:jasmin")
 
 
 async def sms_inbound(request: web.Request) -> web.StreamResponse:
@@ -178,9 +202,12 @@ async def sms_inbound(request: web.Request) -> web.StreamResponse:
     else:
         message = _inbound_from_json(await read_json(request, SmsInboundIn))
     result: IntakeResult = await sms.intake.receive(message)
-    if result.status != Status.ROK:
+    if result.verdict is MoVerdict.RETRY_LATER:
         raise ApiError(503, "unavailable", "the message could not be stored; deliver it again",
                        headers={"Retry-After": "5"})
+    if result.verdict is MoVerdict.REFUSED:
+        raise ApiError(422, "invalid", "the message cannot be stored (no sender address); do not deliver it again",
+                       field="from")
     if form:
         return web.Response(text="ACK/Jasmin", content_type="text/plain")
     return json_response(SmsInboundOut(status="accepted", outcome=result.outcome, case=result.case_number,
@@ -190,12 +217,16 @@ async def sms_inbound(request: web.Request) -> web.StreamResponse:
 async def create_task(request: web.Request) -> web.Response:
     principal = await authorize(request, Role.PLATFORM)
     body = await read_json(request, TaskCreate)
+    number = case_number(body.case, "case")
+    check_references(request, grid=body.grid)
     try:
-        number = CaseNumber.parse(body.case).value
-    except InvalidCaseNumber as exc:
-        raise ApiError(422, "invalid", str(exc), field="case") from exc
-    view = await _sms(request).tasks.create(case_number=number, kind=parse_kind(body.kind), actor=principal.actor,
-                                            grid=body.grid, note=body.note, request_id=body.request_id)
+        view = await _sms(request).tasks.create(case_number=number, kind=parse_kind(body.kind), actor=principal.actor,
+                                                grid=body.grid, note=body.note, request_id=body.request_id)
+    except InvalidInput as exc:
+        if exc.field != "grid":
+            raise
+        # A listed grid with nobody on the roster, or a case without a grid: the state refuses it.
+        raise ApiError(409, "conflict", f"grid: {exc.message}", field="grid") from exc
     response = json_response(TaskOut.from_view(view), status=201)
     response.headers["Location"] = f"/api/v1/tasks?case={view.case_number}"
     return response
@@ -203,14 +234,12 @@ async def create_task(request: web.Request) -> web.Response:
 
 async def list_tasks(request: web.Request) -> web.Response:
     await authorize(request, Role.STAFF, Role.PLATFORM)
-    raw = request.query.get("case")
-    if not raw:
+    raw = query_value(request, "case")
+    if raw is None:
         raise ApiError(400, "invalid", "give the case: ?case=<intake number>", field="case")
-    try:
-        number = CaseNumber.parse(raw).value
-    except InvalidCaseNumber as exc:
-        raise ApiError(400, "invalid", str(exc), field="case") from exc
-    views = await _sms(request).tasks.list_for_case(number)
+    if not re.fullmatch(schemas.INTAKE_NUMBER, raw):
+        raise ApiError(400, "invalid", "case: an intake number is 8 to 12 digits", field="case")
+    views = await _sms(request).tasks.list_for_case(case_number(raw, "case"))
     return json_response(TaskList(items=[TaskOut.from_view(v) for v in views]))
 
 

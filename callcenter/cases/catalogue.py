@@ -417,6 +417,15 @@ class Catalogue:
         self._full_pinyin: dict[CategoryCode, str] = {
             code: _pinyin(c.name, Style.NORMAL) for code, c in self._categories.items()
         }
+        # What a search query is matched against: the name, its plain form without the
+        # bracketed part, and each alias, each as text, pinyin initials and full pinyin.
+        self._forms: dict[CategoryCode, tuple[tuple[str, ...], tuple[str, ...]]] = {}
+        for code, c in self._categories.items():
+            names = list(dict.fromkeys([c.name, _strip_parenthetical(c.name), *c.aliases]))
+            texts = tuple(dict.fromkeys(_normalise(n) for n in names))
+            spellings = tuple(dict.fromkeys(
+                s for n in names for s in (_pinyin(n, Style.FIRST_LETTER), _pinyin(n, Style.NORMAL)) if s))
+            self._forms[code] = (texts, spellings)
         self._terms: dict[str, list[_Term]] = {}
         for category in self._categories.values():
             names = {category.name, _strip_parenthetical(category.name), *category.aliases}
@@ -493,11 +502,13 @@ class Catalogue:
     def search(self, query: str, limit: int = 20) -> list[Category]:
         """Staff-console lookup by code, Chinese name or alias, or pinyin.
 
-        Accepts a code or its prefix ("0101", "C0101", "c01", "部件01"), a substring of the
-        name or an alias, pinyin initials ("jg" finds every 井盖 row) or full pinyin
-        ("ludeng"), or a citizen keyword. Case- and width-insensitive. Best first: exact
-        code, code prefix, exact name/alias, name prefix, name/alias substring, pinyin
-        initials prefix, pinyin substring, keyword; then by code.
+        Accepts a code or its prefix ("0101", "C0101", "c01", "部件01"), a Chinese name or
+        alias or part of one, pinyin initials ("jg") or full pinyin ("ludeng"), or a citizen
+        keyword. Case- and width-insensitive. Best first, because Enter takes the first hit:
+        exact code, code prefix; then a name, alias or its pinyin (initials or full) that is
+        exactly the query ("ld" → 路灯, not 路灯井盖); that ends with it after a modifier of two
+        or more (the head noun: "jg" → 上水井盖 before 景观灯); that starts with it; that contains it; a keyword.
+        Ties go by code.
         """
         q = _normalise(query)
         if not q or limit <= 0:
@@ -529,21 +540,20 @@ class Catalogue:
             if code.code.startswith(digits):
                 return 1
             return None
-        name = _normalise(category.name)
-        aliases = [_normalise(a) for a in category.aliases]
-        if q == name or q in aliases:
+        texts, spellings = self._forms[code]
+        forms = spellings if is_letters else texts
+        if q in forms:
             return 2
-        if name.startswith(q):
+        # The head noun comes last in Chinese (上水|井盖); a modifier of one character is no
+        # word boundary to trust (景观灯 "jgd" does not end in a word "gd").
+        if any(form.endswith(q) and len(form) - len(q) >= 2 for form in forms):
             return 3
-        if q in name or any(q in a for a in aliases):
+        if any(form.startswith(q) for form in forms):
             return 4
-        if is_letters:
-            if category.pinyin_initials.startswith(q):
-                return 5
-            if q in category.pinyin_initials or q in self._full_pinyin[code]:
-                return 6
+        if any(q in form for form in forms):
+            return 5
         if any(q in _normalise(k) for k in category.keywords):
-            return 7
+            return 6
         return None
 
     # ------------------------------------------------------------------ suggest

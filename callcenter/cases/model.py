@@ -23,6 +23,8 @@ class CaseFlag(enum.StrEnum):
     RECORDING_EMPTY = "recording_empty"
     AFTER_HOURS = "after_hours"
     FLOOD_FOLDED = "flood_folded"                 # several texts from one number folded in
+    ENDANGERS_PEOPLE = "endangers_people"         # the reporter says it endangers people (Open311)
+    VOICEMAIL = "voicemail"                       # a voicemail, not a report through the IVR menu
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import structlog
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -136,6 +136,11 @@ class StaffStore:
         return dt.timedelta(minutes=self.settings.idle_timeout_minutes)
 
     # ---- accounts ---------------------------------------------------------------------
+
+    async def account_count(self) -> int:
+        """How many accounts exist (start-up tells a fresh install how to make the first)."""
+        async with self.sessions() as session:
+            return int(await session.scalar(select(func.count()).select_from(StaffAccountRow)) or 0)
 
     async def create_account(self, username: str, display_name: str, role: StaffRole | str,
                              password: str) -> StaffAccount:

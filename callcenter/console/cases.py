@@ -12,7 +12,7 @@ from aiohttp import web
 
 from callcenter.cases.catalogue import CategoryCode, InvalidCategoryCode
 from callcenter.cases.grids import InvalidGridCode
-from callcenter.cases.model import CaseView, Channel
+from callcenter.cases.model import CaseFlag, CaseView, Channel
 from callcenter.console.auth import ConsoleSession
 from callcenter.console.inputs import (
     CallbackIn,
@@ -24,21 +24,26 @@ from callcenter.console.inputs import (
     fail,
     read_input,
 )
+from callcenter.console.queries import CaseBrief
 from callcenter.console.serialise import (
     AUDIO_TYPES,
-    FLAG_LABELS,
     brief_json,
     case_json,
     category_json,
     channel_label,
+    flag_labels,
     local_iso,
     log_json,
     phone_out,
+    sees_numbers,
+    text_out,
     recordings_root,
     resolve_recording,
+    visible_flags,
 )
 from callcenter.console.signin import api
 from callcenter.console.state import ConsoleState, state_of
+from callcenter.privacy import restore_masked
 from callcenter.service.cases import DraftInput
 from callcenter.service.errors import Conflict
 from callcenter.web.http import json_response
@@ -53,23 +58,28 @@ async def queue(request: web.Request, session: ConsoleSession) -> web.StreamResp
     now = dt.datetime.now(dt.UTC)
     target = state.settings.queue_target_minutes * 60
     items = []
+    root = recordings_root(state)
     for row in rows:
         suggested = category_json(state, row.suggested_category)
+        arrived = CaseFlag.RECORDING_MISSING in row.flags and resolve_recording(root, row.recording_ref) is not None
         items.append({
             "number": row.number, "channel": row.channel,
-            "channel_label": channel_label(row.channel, row.flags, row.recording),
-            "flag_labels": [FLAG_LABELS.get(f, f) for f in row.flags],  # type: ignore[call-overload]
+            "channel_label": channel_label(row.channel, row.flags, row.recording, row.menu_choice),
+            "flag_labels": flag_labels(visible_flags(row.flags, arrived)),
             "created_at": local_iso(row.created_at),
             "waiting_seconds": max(0, int((now - row.created_at).total_seconds())), "target_seconds": target,
             "suggested_category": suggested, "category": category_json(state, row.category),
-            "excerpt": row.description[:80],
+            # Masked before it is cut short, so half a number cannot slip past the mask.
+            "excerpt": (text_out(row.description, session, state,
+                                 private=row.anonymous or row.confidential) or "")[:80],
             "reporter_phone": phone_out(row.reporter_phone, session, state,
                                          private=row.anonymous or row.confidential)})
     return json_response({"now": now.isoformat(), "total": total, "items": items})
 
 
 async def case_payload(state: ConsoleState, view: CaseView, session: ConsoleSession) -> dict[str, Any]:
-    return case_json(state, view, session, await state.queries.outbox_for(view.id))
+    inbound = await state.queries.inbound_for(view.number) if view.channel == Channel.SMS.value else []
+    return case_json(state, view, session, await state.queries.outbox_for(view.id), inbound)
 
 
 @api
@@ -81,26 +91,72 @@ async def get_case(request: web.Request, session: ConsoleSession) -> web.StreamR
 
 @api
 async def duplicates(request: web.Request, session: ConsoleSession) -> web.StreamResponse:
-    """Candidates for the draft being edited: the form's category and grid, not the saved ones."""
+    """Candidates for the draft being edited, weighed by the form's category and grid (not
+    the saved ones), by caller and by text, so that drafts nobody has transcribed yet (no
+    category or grid, only a suggestion and their words) are weighed too. Each item says why."""
     state = state_of(request)
     view = await state.services.cases.get(request.match_info["number"], with_log=False)
     category_raw = request.query.get("category") or view.category or view.suggested_category
     grid_raw = request.query.get("grid") or view.grid
-    if not category_raw or not grid_raw:
-        return json_response({"items": [], "needs": "category_and_grid"})
     try:
-        category = str(CategoryCode.parse(category_raw))
-        grid = state.services.grids.get(grid_raw)
+        category = str(CategoryCode.parse(category_raw)) if category_raw else None
+        grid = state.services.grids.get(grid_raw) if grid_raw else None
     except (InvalidCategoryCode, InvalidGridCode) as exc:
         raise fail(422, "invalid", "类别或网格代码无效") from exc
-    if grid is None:
-        return json_response({"items": [], "needs": "category_and_grid"})
-    grids = [grid.code.value, *(g.code.value for g in state.services.grids.neighbours(grid.code))]
+    grids = [grid.code.value, *(g.code.value for g in state.services.grids.neighbours(grid.code))] if grid else []
     since = dt.datetime.now(dt.UTC) - dt.timedelta(days=state.settings.duplicate_window_days)
-    found = await state.queries.duplicates(view.number, category, grids, since)
-    return json_response({"items": [brief_json(state, b, session) for b in found],
-                          "category": category_json(state, category), "grids": grids,
-                          "window_days": state.settings.duplicate_window_days})
+    candidates = await state.queries.duplicate_candidates(view.number, since, category, view.reporter_phone)
+    weighed = []
+    for brief, suggested in candidates:
+        score, why = _weigh(view, brief, suggested, category, grids)
+        if score:
+            weighed.append((score, brief, why))
+    weighed.sort(key=lambda item: (-item[0], -item[1].created_at.timestamp()))
+    items = [{**brief_json(state, brief, session), "why": why} for _, brief, why in weighed[:20]]
+    body: dict[str, Any] = {"items": items, "category": category_json(state, category), "grids": grids,
+                            "window_days": state.settings.duplicate_window_days}
+    if not items and not (category and grid):
+        body["needs"] = "category_and_grid"
+    return json_response(body)
+
+
+def _bigrams(text: str) -> set[str]:
+    chars = [ch for ch in text if ch.isalnum()]
+    return {a + b for a, b in zip(chars, chars[1:], strict=False)}
+
+
+def text_similarity(a: str, b: str) -> float:
+    """Share of character pairs two descriptions have in common (Jaccard); Chinese has no spaces."""
+    left, right = _bigrams(a), _bigrams(b)
+    return len(left & right) / len(left | right) if left and right else 0.0
+
+
+def _weigh(view: CaseView, brief: CaseBrief, suggested: str | None, category: str | None,
+           grids: list[str]) -> tuple[int, list[str]]:
+    """(score, reasons): the same caller, or the same category (a suggested one for a draft
+    not yet transcribed) in the same or a neighbouring grid, or with no grid yet and words
+    like these. (0, []) when it is not a likely duplicate."""
+    caller = bool(view.reporter_phone) and brief.reporter_phone == view.reporter_phone
+    same_category = category is not None and brief.category == category
+    suggested_only = category is not None and brief.category is None and suggested == category
+    same_grid = bool(grids) and brief.grid == grids[0]
+    near = brief.grid is not None and brief.grid in grids
+    similar = text_similarity(view.description, brief.description) >= 0.3
+    by_place = (same_category or suggested_only) and (near or (brief.grid is None and similar))
+    if not (caller or by_place):
+        return 0, []
+    score, why = 0, []
+    for hit, points, reason in (
+            (caller, 4, "同一来电号码"),
+            (by_place and same_category, 2, "同类别"),
+            (by_place and suggested_only, 1, "建议类别相同（未转写）"),
+            (by_place and same_grid, 2, "同一网格"),
+            (by_place and near and not same_grid, 1, "相邻网格"),
+            (similar, 1, "描述相近")):
+        if hit:
+            score += points
+            why.append(reason)
+    return score, why
 
 
 @api
@@ -126,7 +182,8 @@ def _changed(state: ConsoleState, view: CaseView) -> None:
 async def _conflict(state: ConsoleState, number: str, session: ConsoleSession, seen_log: int | None) -> web.Response:
     """409 with what the colleague changed; the browser keeps what this person typed."""
     current = await state.services.cases.get(number)
-    others = [log_json(e) for e in current.log[seen_log:]] if seen_log is not None else []
+    visible = sees_numbers(session, state, private=current.anonymous or current.confidential)
+    others = [log_json(e, visible) for e in current.log[seen_log:]] if seen_log is not None else []
     return json_response({"error": "conflict", "message": "该案件已被他人修改",
                           "current": await case_payload(state, current, session), "others": others}, status=409)
 
@@ -158,6 +215,13 @@ async def update_case(request: web.Request, session: ConsoleSession) -> web.Stre
     number = request.match_info["number"]
     body: TranscriptionIn = await read_input(request, TranscriptionIn)
     changes = body.model_dump(exclude_unset=True, exclude={"version", "seen_log"})
+    if {"description", "address"} & changes.keys():
+        # A reader who saw the text masked sends it back masked: keep the numbers it hid.
+        current = await state.services.cases.get(number, with_log=False)
+        if not sees_numbers(session, state, private=current.anonymous or current.confidential):
+            for key, stored in (("description", current.description), ("address", current.address)):
+                if isinstance(changes.get(key), str) and stored:
+                    changes[key] = restore_masked(stored, changes[key])
     try:
         view = await state.services.cases.update_transcription(
             number, changes, actor=session.account.actor, expected_version=body.version)

@@ -68,9 +68,12 @@ def _parse_day(raw: str | None, default: dt.date, name: str) -> dt.date:
     if not raw:
         return default
     try:
-        return dt.date.fromisoformat(raw)
+        day = dt.date.fromisoformat(raw)
     except ValueError as exc:
         raise fail(400, "invalid", f"{FIELD_LABELS[name]}格式应为 YYYY-MM-DD", name) from exc
+    if not 2000 <= day.year <= 2099:  # 0001-01-01 and 9999-12-31 overflowed the UTC arithmetic
+        raise fail(400, "invalid", f"{FIELD_LABELS[name]}应在 2000 至 2099 年之间", name)
+    return day
 
 
 @api

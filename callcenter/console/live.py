@@ -13,11 +13,11 @@ from callcenter.cases.phones import InvalidPhoneNumber, normalise_phone
 from callcenter.console.auth import ConsoleSession
 from callcenter.console.inputs import fail
 from callcenter.console.screen_pop import pop_case_number
-from callcenter.console.serialise import may_see_phone, phone_out
+from callcenter.console.serialise import may_see_phone, sees_numbers
 from callcenter.console.signin import SESSION_COOKIE
 from callcenter.console.state import ConsoleState, state_of
 from callcenter.events import HubEvent
-from sms.privacy import mask_number
+from callcenter.privacy import changes_for, mask_number
 
 HEARTBEAT_SECONDS = 15.0
 
@@ -54,10 +54,8 @@ def _for_subscriber(state: ConsoleState, event: HubEvent, session: ConsoleSessio
         return {"pop": state.remember_pop(phone), "phone": phone if visible else None,
                 "phone_display": phone if visible else mask_number(phone), "call_id": data.get("call_id"),
                 "case_number": case_number}
-    for key in ("phone", "reporter_phone", "recipient"):
-        if data.get(key):
-            data[key] = phone_out(str(data[key]), session, state)
-    return data
+    # Phone fields and numbers in any text, as this role may see them (docs/privacy.md).
+    return changes_for(data, sees_numbers(session, state))
 
 
 async def events(request: web.Request) -> web.StreamResponse:

@@ -56,6 +56,8 @@ class QueueRow:
     channel: str
     flags: tuple[str, ...]
     recording: bool
+    recording_ref: str | None
+    menu_choice: bool  # a phone report with the IVR menu's kind/major (not a voicemail)
     description: str
     suggested_category: str | None
     category: str | None
@@ -78,6 +80,14 @@ class CaseBrief:
     reporter_phone: str | None
     anonymous: bool
     confidential: bool
+
+
+@dataclass(frozen=True)
+class InboundText:
+    received_at: dt.datetime
+    sender: str
+    text: str
+    outcome: str  # draft (it made the case) | folded (flood control added it)
 
 
 @dataclass(frozen=True)
@@ -213,10 +223,20 @@ class ConsoleQueries:
                 select(CaseRow).where(CaseRow.status == CaseStatus.DRAFT.value)
                 .order_by(CaseRow.created_at, CaseRow.id).limit(limit))).all()
         return [QueueRow(number=r.number, channel=r.channel, flags=tuple(r.flags or ()),
-                         recording=bool(r.recording_ref), description=r.description,
+                         recording=bool(r.recording_ref), recording_ref=r.recording_ref,
+                         menu_choice=bool(r.kind or r.category_major), description=r.description,
                          suggested_category=r.suggested_category, category=r.category_code,
                          created_at=r.created_at, reporter_phone=r.reporter_phone, anonymous=r.anonymous,
                          confidential=r.confidential) for r in rows], total
+
+    async def inbound_for(self, number: str, limit: int = 500) -> list[InboundText]:
+        """The texts that made a case or were folded into it, oldest first."""
+        async with self.sessions() as session:
+            rows = (await session.execute(
+                select(SmsInboundRow.received_at, SmsInboundRow.sender, SmsInboundRow.text, SmsInboundRow.outcome)
+                .where(SmsInboundRow.case_number == number, SmsInboundRow.outcome.in_(("draft", "folded")))
+                .order_by(SmsInboundRow.received_at, SmsInboundRow.id).limit(limit))).all()
+        return [InboundText(received_at=r[0], sender=r[1], text=r[2], outcome=r[3]) for r in rows]
 
     async def outbox_for(self, case_id: int) -> list[OutboxMessage]:
         async with self.sessions() as session:
@@ -237,6 +257,27 @@ class ConsoleQueries:
                     CaseRow.master_id.is_(None))
                 .order_by(CaseRow.created_at.desc(), CaseRow.id.desc()).limit(limit))).all()
         return [_brief(r) for r in rows]
+
+    async def duplicate_candidates(self, number: str, since: dt.datetime, category: str | None,
+                                   phone: str | None, limit: int = 200) -> list[tuple[CaseBrief, str | None]]:
+        """Open cases since `since` (not `number`, not merged) of the category, counting a
+        draft's suggested category while it has none, or from the same caller; with each
+        one's suggested category. The console weighs them (grid, text) itself."""
+        wanted: list[ColumnElement[bool]] = []
+        if category:
+            wanted.append(func.coalesce(CaseRow.category_code, CaseRow.suggested_category) == category)
+        if phone:
+            wanted.append(CaseRow.reporter_phone == phone)
+        if not wanted:
+            return []
+        async with self.sessions() as session:
+            rows = (await session.scalars(
+                select(CaseRow).where(
+                    CaseRow.number != number, CaseRow.created_at >= since,
+                    CaseRow.status.in_(_MERGE_TARGET_STATES), CaseRow.master_id.is_(None),
+                    wanted[0] if len(wanted) == 1 else wanted[0] | wanted[1])
+                .order_by(CaseRow.created_at.desc(), CaseRow.id.desc()).limit(limit))).all()
+        return [(_brief(r), r.suggested_category) for r in rows]
 
     async def brief(self, number: str) -> CaseBrief | None:
         async with self.sessions() as session:

@@ -17,7 +17,7 @@ from callcenter.console.serialise import brief_json, may_see_phone
 from callcenter.console.signin import api
 from callcenter.console.state import ConsoleState, state_of
 from callcenter.web.http import json_response
-from sms.privacy import mask_number
+from callcenter.privacy import mask_number
 
 log = structlog.get_logger(__name__)
 

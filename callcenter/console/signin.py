@@ -110,11 +110,15 @@ def set_cookie(response: web.StreamResponse, state: ConsoleState, name: str, val
 
 
 def render_login(state: ConsoleState, message: str | None, next_url: str, status: int = 200,
-                 *, error: bool = False) -> web.Response:
-    """The sign-in form with a fresh pre-session CSRF token (double-submit cookie)."""
+                 *, error: bool = False, username: str = "") -> web.Response:
+    """The sign-in form with a fresh pre-session CSRF token (double-submit cookie). After a
+    wrong password the user name stays filled in and the password field has the focus."""
     token = secrets.token_urlsafe(32)
     text = state.static["login.html"].read_text(encoding="utf-8")
-    text = (text.replace("__CSRF__", html.escape(token, quote=True))
+    text = (text.replace("__USERNAME_FOCUS__", "" if username else "autofocus")
+            .replace("__PASSWORD_FOCUS__", "autofocus" if username else "")
+            .replace("__USERNAME__", html.escape(username, quote=True))
+            .replace("__CSRF__", html.escape(token, quote=True))
             .replace("__NEXT__", html.escape(next_url, quote=True))
             .replace("__MESSAGE_CLASS__", "message error" if error else ("message" if message else "message hidden"))
             .replace("__MESSAGE__", html.escape(message or "")))
@@ -138,7 +142,10 @@ async def login_page(request: web.Request) -> web.StreamResponse:
 
 async def login_submit(request: web.Request) -> web.StreamResponse:
     state = state_of(request)
-    form = await request.post()
+    try:
+        form = await request.post()
+    except (UnicodeDecodeError, ValueError, LookupError):  # LookupError: charset=bogus
+        return render_login(state, "请求格式错误", "", status=400, error=True)
     next_url = safe_next(str(form.get("next", "")))
     expected = request.cookies.get(LOGIN_COOKIE, "")
     if not expected or not csrf_ok(expected, str(form.get("csrf_token", ""))):
@@ -147,7 +154,11 @@ async def login_submit(request: web.Request) -> web.StreamResponse:
     username = str(form.get("username", ""))[:64]
     password = str(form.get("password", ""))
     if not username.strip() or not password:
-        return render_login(state, "请输入用户名和密码", next_url, status=400, error=True)
+        return render_login(state, "请输入用户名和密码", next_url, status=400, error=True,
+                            username=username.strip())
+    if "\x00" in username or "\x00" in password:  # no account has one; PostgreSQL cannot compare it
+        return render_login(state, SIGN_IN_MESSAGES["bad"], next_url, status=400, error=True,
+                            username=username.strip().replace("\x00", ""))
     try:
         account = await state.staff.authenticate(username, password)
     except SignInRefused as refused:
@@ -155,9 +166,10 @@ async def login_submit(request: web.Request) -> web.StreamResponse:
             until = refused.locked_until.astimezone(state.tz).strftime("%H:%M")
             log.warning("console.sign_in_locked", username=username.strip()[:64])
             return render_login(state, f"密码错误次数过多，账户已锁定，请于 {until} 后再试", next_url,
-                               status=423, error=True)
+                                status=423, error=True, username=username.strip())
         log.info("console.sign_in_refused", username=username.strip()[:64])
-        return render_login(state, SIGN_IN_MESSAGES["bad"], next_url, status=401, error=True)
+        return render_login(state, SIGN_IN_MESSAGES["bad"], next_url, status=401, error=True,
+                            username=username.strip())
     token, _session_info = await state.staff.open_session(account)
     log.info("console.signed_in", actor=account.actor, role=account.role.value)
     response = see_other(next_url)

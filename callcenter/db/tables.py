@@ -103,6 +103,10 @@ class OutboxRow(Base):
     delivered_at: Mapped[dt.datetime | None]
     delivery_state: Mapped[str | None] = mapped_column(String(16))
     last_error: Mapped[str | None] = mapped_column(Text)
+    # The sender's claim (status 'sending'): which node holds it and until when. Only an
+    # expired lease is taken back, so several nodes can share the outbox.
+    lease_owner: Mapped[str | None] = mapped_column(String(64), comment="[node] id of the claiming sender")
+    lease_expires_at: Mapped[dt.datetime | None]
 
 
 class IntakeCounterRow(Base):

@@ -7,7 +7,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from sqlalchemy import JSON, Boolean, ForeignKey, Index, Integer, String, Text
+from sqlalchemy import JSON, BigInteger, Boolean, ForeignKey, Index, Integer, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from callcenter.db.base import Base
@@ -54,6 +54,10 @@ class SmsInboundRow(Base):
     folded_into: Mapped[str | None] = mapped_column(String(12))
     reply_key: Mapped[str | None] = mapped_column(String(128), comment="idempotency key of the reply in outbox")
     detail: Mapped[str | None] = mapped_column(String(256))
+    # How it came, to tell the SMSC redelivering it from the citizen sending the same again.
+    link_connection: Mapped[str | None] = mapped_column(String(64), comment="SMPP connection, e.g. trx#2@1a2b3c4d")
+    link_sequence: Mapped[int | None] = mapped_column(BigInteger, comment="deliver_sm sequence_number")
+    link_tlv_digest: Mapped[str | None] = mapped_column(String(32), comment="sha256 of the TLVs as sent")
 
     __table_args__ = (Index("ix_sms_inbound_sender_received", "sender", "received_at"),)
 
@@ -130,6 +134,7 @@ class SmsSubmitRow(Base):
     receipt_error: Mapped[str | None] = mapped_column(String(16))
     receipt_at: Mapped[dt.datetime | None]
     receipt_count: Mapped[int] = mapped_column(Integer, default=0)
+    smsc_link: Mapped[str | None] = mapped_column(String(96), comment="system_id@host:port that accepted it")
 
     __table_args__ = (Index("uq_sms_submits_outbox_seq", "outbox_id", "seq", unique=True),)
 
@@ -149,6 +154,24 @@ class SmsReceiptUnmatchedRow(Base):
     received_at: Mapped[dt.datetime] = mapped_column(index=True)
     matched_submit_id: Mapped[int | None] = mapped_column(ForeignKey("sms_submits.id"))
     matched_at: Mapped[dt.datetime | None]
+    smsc_link: Mapped[str | None] = mapped_column(String(96), comment="the link whose id space it uses")
+    reason: Mapped[str | None] = mapped_column(
+        String(64), comment="why it settled nothing: no_part | other_handset | ambiguous: N parts")
+
+
+class SmsIdBasesRow(Base):
+    """Per SMSC link: unambiguous (submit_sm_resp id, receipt id) pairs seen, by relation.
+
+    `sms.dlr.decide_bases` turns the counts into the link's id relation (sms.dlr.IdBases).
+    """
+
+    __tablename__ = "sms_id_bases"
+
+    link: Mapped[str] = mapped_column(String(96), primary_key=True, comment="system_id@host:port")
+    same_pairs: Mapped[int] = mapped_column(Integer, default=0)
+    hex_dec_pairs: Mapped[int] = mapped_column(Integer, default=0, comment="submit hex, receipt decimal")
+    dec_hex_pairs: Mapped[int] = mapped_column(Integer, default=0, comment="submit decimal, receipt hex")
+    updated_at: Mapped[dt.datetime]
 
 
 class SupervisorTaskRow(Base):

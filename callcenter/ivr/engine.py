@@ -10,8 +10,9 @@ order and answers the last one with one event:
   `CollectDigits` it is the first key of the number (collect the rest without a prompt).
 - `WaitDigit` / `CollectDigits` -> `Digits(...)` (`""` when only `#` was pressed; partial
   input before a timeout is sent as Digits) or `Timeout()` when nothing was pressed.
-- `Record` -> `RecordingDone(path, duration_ms, ended_by)`; a caller who hangs up while
-  recording is `ended_by="hangup"`, not a separate `Hangup()`.
+- `Record` -> `RecordingDone(path, duration_ms, ended_by, speech_ms)`; a caller who hangs up
+  while recording is `ended_by="hangup"`, not a separate `Hangup()`. Less speech than the
+  state's min_seconds (or, without speech_ms, a shorter take) is a silent try.
 - `Invoke` -> `ActionResult(name, outcome, values)` (also after the caller hung up: the
   service call does not need the channel).
 - `Transfer` / `HangUp` end the flow (`finished`).
@@ -175,6 +176,9 @@ class RecordingDone:
     path: str
     duration_ms: int
     ended_by: str = "dtmf"  # dtmf (the # key), silence, max_length or hangup
+    # Speech found in the audio (energy over its frames); None: judge by duration alone.
+    # A real Asterisk leaves ~1 s of pure silence in a silent take, so length says little.
+    speech_ms: int | None = None
 
 
 @dataclass(frozen=True)
@@ -245,10 +249,12 @@ class _Batch:
         self.items.append((action, False))
 
     def finish(self) -> list[Action]:
-        """Escape digits go to the trailing run of interruptible prompts before an input
-        action: a key pressed there is the caller's answer, and nothing they must hear
-        (e.g. their intake number) is skipped by it."""
-        takes_input = bool(self.items) and isinstance(self.items[-1][0], (WaitDigit, CollectDigits))
+        """Escape digits go to the trailing run of interruptible prompts before what ends
+        the step: for a menu or a number the key is the caller's answer; before a recording
+        it skips to the beep; before a transfer or goodbye it skips the rest. Nothing a
+        caller must hear (e.g. their intake number) is skipped: barge-in stops there."""
+        takes_input = bool(self.items) and isinstance(
+            self.items[-1][0], (WaitDigit, CollectDigits, Record, Transfer, HangUp))
         barge_in = takes_input
         resolved: list[Action] = []
         for action, interruptible in reversed(self.items):
@@ -386,7 +392,8 @@ class FlowRunner:
     def _recording(self, state: RecordState, event: RecordingDone) -> list[Action]:
         self._vars[state.store] = event.path
         self._vars[f"{state.store}_ms"] = str(max(0, int(event.duration_ms)))
-        long_enough = event.duration_ms >= state.min_ms
+        heard_ms = event.speech_ms if event.speech_ms is not None else event.duration_ms
+        long_enough = heard_ms >= state.min_ms
         if event.ended_by == "hangup":
             self._hung_up = True
             if long_enough:  # they spoke, then hung up: what they said is filed
@@ -481,14 +488,14 @@ class FlowRunner:
                 batch.add(self._invoke(state))
                 return batch.finish()
             case TransferState():
-                batch.play(state.prompts, False)
+                batch.play(state.prompts, True)
                 variables = {key: self._vars[key] for key in state.variables if self._vars.get(key)}
                 ending: Transfer | HangUp = Transfer(state.to, MappingProxyType(variables))
                 return self._end(batch, ending)
             case HangupState():
                 if not self._settled:  # the loader proves this cannot happen for loaded flows
                     raise RunnerError(f"hangup state {name!r} reached before any settled state")
-                batch.play(state.prompts, False)
+                batch.play(state.prompts, True)
                 return self._end(batch, HangUp())
         raise RunnerError(f"state {name!r} has an unknown type")  # pragma: no cover
 

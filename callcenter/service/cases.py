@@ -6,15 +6,16 @@ outbox message for the reporter commit together or not at all.
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
-import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 from zoneinfo import ZoneInfo
 
 import structlog
-from sqlalchemy import Select, func, or_, select
+from sqlalchemy import Connection, Integer, Select, Table, bindparam, func, or_, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
@@ -34,14 +35,22 @@ from callcenter.cases.messages import MessageTemplates
 from callcenter.cases.model import CaseView, Channel, LogEntry
 from callcenter.cases.numbering import CaseNumber, InvalidCaseNumber
 from callcenter.cases.phones import InvalidPhoneNumber, is_mobile, normalise_phone
-from callcenter.db.tables import CaseLogRow, CaseRow, IntakeCounterRow, OutboxRow
+from callcenter.db.tables import CaseLogRow, CaseRow, IntakeCounterRow
+from callcenter.db.unit import run_in_transaction
 from callcenter.service.errors import CaseNotFound, Conflict, InvalidInput, TransitionRefused
-from sms.privacy import mask_number
+from callcenter.privacy import is_number_search, log_changes, mask_number
+from callcenter.service.outbox import OutgoingSms, enqueue, enqueue_sync, outbox_key
 
 log = structlog.get_logger(__name__)
 
 MAX_DESCRIPTION = 4000
 MAX_ADDRESS = 256
+# Concurrent create_draft calls committed in one transaction at most.
+DRAFT_GROUP_MAX = 64
+CASES: Table = CaseRow.__table__  # type: ignore[assignment]
+# The serial-block UPSERT, built once per dialect (building it per call was a tenth of a draft's CPU).
+_SERIALS_UPSERT: dict[str, Any] = {}
+CASE_LOG: Table = CaseLogRow.__table__  # type: ignore[assignment]
 
 
 def utcnow() -> dt.datetime:
@@ -69,6 +78,15 @@ class DraftInput:
     notify_reporter: bool = True
 
 
+@dataclass(frozen=True, slots=True)
+class PreparedDraft:
+    """A checked draft: the case row's values (no number yet), who files it, whether to send the receipt."""
+
+    values: dict[str, Any]
+    actor: str
+    notify: bool
+
+
 @dataclass(frozen=True)
 class CaseFilter:
     status: str | None = None
@@ -82,6 +100,8 @@ class CaseFilter:
     # Set-valued forms, OR-ed with the single ones (Open311 asks for "open" = several statuses).
     statuses: tuple[str, ...] = ()
     categories: tuple[str, ...] = ()
+    # Only cases with a category (Open311: a public request always has a service_code).
+    categorised: bool = False
 
 
 # Counting every match of a broad search scans the table; past this many the total is
@@ -124,6 +144,8 @@ class CaseService:
     # live queue and screen-pop listen here. Must not raise or block.
     on_draft_created: Callable[[CaseView], None] | None = None
     _tz: ZoneInfo = field(init=False)
+    _draft_queue: list[tuple[PreparedDraft, asyncio.Future[CaseView | str]]] = field(init=False, default_factory=list)
+    _draft_writer: asyncio.Task[None] | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
         self._tz = ZoneInfo(self.timezone)
@@ -204,25 +226,26 @@ class CaseService:
 
     # ---- numbering -----------------------------------------------------------------
 
-    async def _allocate_number(self) -> CaseNumber:
-        """Take the next daily serial in its own short transaction.
+    def _take_serials(self, conn: Connection, day: dt.date, count: int) -> list[CaseNumber]:
+        """Take `count` consecutive daily serials inside the caller's transaction.
 
-        Kept apart from the case insert so concurrent writers hold the counter row only for
-        an instant; a failed insert afterwards leaves a gap, never a duplicate.
+        One `UPSERT ... RETURNING` for the whole block. The counter row stays locked until
+        the caller commits, so concurrent writers queue behind it; a rolled-back transaction
+        gives its serials back, so the numbers have neither duplicates nor gaps.
         """
-        day = self.now().astimezone(self._tz).date()
-        key = f"{day:%y%m%d}"
-        table = IntakeCounterRow.__table__
-        insert = pg_insert if self.engine.dialect.name == "postgresql" else sqlite_insert
-        stmt = (
-            insert(table)
-            .values(day=key, last=1)
-            .on_conflict_do_update(index_elements=["day"], set_={"last": table.c.last + 1})
-            .returning(table.c.last)
-        )
-        async with self.engine.begin() as conn:
-            serial = (await conn.execute(stmt)).scalar_one()
-        return CaseNumber.build(day, serial, self.serial_digits)
+        stmt = _SERIALS_UPSERT.get(conn.dialect.name)
+        if stmt is None:
+            table = IntakeCounterRow.__table__
+            insert = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
+            stmt = _SERIALS_UPSERT[conn.dialect.name] = (
+                insert(table)
+                .values(day=bindparam("day"), last=bindparam("count"))
+                .on_conflict_do_update(index_elements=["day"],
+                                       set_={"last": table.c.last + bindparam("count", type_=Integer)})
+                .returning(table.c.last)
+            )
+        last = conn.execute(stmt, {"day": f"{day:%y%m%d}", "count": count}).scalar_one()
+        return [CaseNumber.build(day, serial, self.serial_digits) for serial in range(last - count + 1, last + 1)]
 
     # ---- reads -----------------------------------------------------------------------
 
@@ -250,6 +273,8 @@ class CaseService:
         if raw_categories:
             codes = {parsed[0] for raw in raw_categories if (parsed := self._category(raw))}
             query = query.where(CaseRow.category_code.in_(sorted(codes)))
+        if filters.categorised:
+            query = query.where(CaseRow.category_code.is_not(None))
         if filters.grid:
             try:
                 grid = GridCode.parse(filters.grid).value
@@ -262,6 +287,10 @@ class CaseService:
             query = query.where(CaseRow.created_at >= filters.created_from)
         if filters.created_to:
             query = query.where(CaseRow.created_at < filters.created_to)
+        if filters.reporter_phone or is_number_search(filters.text):
+            # No reader may see an anonymous or confidential reporter's number, so no search by
+            # a number may find their cases either (docs/privacy.md).
+            query = query.where(CaseRow.anonymous.is_(False), CaseRow.confidential.is_(False))
         if filters.text:
             pattern = "%" + filters.text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
             query = query.where(
@@ -282,16 +311,8 @@ class CaseService:
 
     # ---- writes ------------------------------------------------------------------------
 
-    async def create_draft(self, draft: DraftInput, *, actor: str) -> CaseView:
-        """Open a draft case and commit it, with its log entry and the reporter's receipt SMS.
-
-        With a `source_ref` the call is idempotent per channel: a redelivered SMS or a retried
-        Open311 POST returns the case made the first time.
-        """
-        if draft.source_ref:
-            existing = await self.find_by_source(draft.channel, draft.source_ref)
-            if existing is not None:
-                return existing
+    def prepare_draft(self, draft: DraftInput, *, actor: str) -> PreparedDraft:
+        """Check a draft and work out its stored values (no I/O): the part every path shares."""
         description = self._text(draft.description, "description", MAX_DESCRIPTION) or ""
         address = self._text(draft.address, "address", MAX_ADDRESS)
         recording_ref = self._text(draft.recording_ref, "recording_ref", 512)
@@ -310,47 +331,181 @@ class CaseService:
                           if c.code.kind.value == major[0] and c.major_code == major[1]]
             if ranked:
                 suggestion = (str(ranked[0][0].code), round(ranked[0][1], 3))
+        values: dict[str, Any] = {
+            "status": CaseStatus.DRAFT.value, "channel": draft.channel.value,
+            "source_ref": draft.source_ref, "reporter_phone": phone, "anonymous": draft.anonymous,
+            "confidential": draft.confidential, "description": description, "recording_ref": recording_ref,
+            "kind": category[1] if category else (major[0] if major else None),
+            "category_code": category[0] if category else None,
+            "category_edition": category[2] if category else None,
+            "category_major": category[0][1:3] if category else (major[1] if major else None),
+            "suggested_category": suggestion[0] if suggestion else None,
+            "suggested_confidence": suggestion[1] if suggestion else None,
+            "grid_code": grid, "address": address, "lon": draft.lon, "lat": draft.lat,
+            "flags": sorted(set(draft.flags)), "version": 1, "master_id": None, "platform_number": None,
+            "rating": None,
+        }
+        return PreparedDraft(values=values, actor=actor[:128], notify=bool(draft.notify_reporter and phone))
 
-        number = await self._allocate_number()
-        now = self.now()
-        row = CaseRow(
-            number=number.value, status=CaseStatus.DRAFT.value, channel=draft.channel.value,
-            source_ref=draft.source_ref, reporter_phone=phone, anonymous=draft.anonymous,
-            confidential=draft.confidential, description=description,
-            recording_ref=recording_ref,
-            kind=category[1] if category else (major[0] if major else None),
-            category_code=category[0] if category else None,
-            category_edition=category[2] if category else None,
-            category_major=category[0][1:3] if category else (major[1] if major else None),
-            suggested_category=suggestion[0] if suggestion else None,
-            suggested_confidence=suggestion[1] if suggestion else None,
-            grid_code=grid, address=address, lon=draft.lon, lat=draft.lat,
-            flags=sorted(set(draft.flags)), version=1, created_at=now, updated_at=now,
-        )
-        async with self.sessions() as session:
+    def insert_drafts(self, conn: Connection, drafts: Sequence[PreparedDraft], now: dt.datetime) -> list[CaseView]:
+        """Write prepared drafts inside the caller's (sync) transaction: Core statements only.
+
+        One serial block, one multi-row INSERT of the cases (ids returned in order), one of
+        their log entries, one of the receipts through the outbox owner. The views are built
+        from what was written; nothing is read back.
+        """
+        if not drafts:
+            return []
+        day = now.astimezone(self._tz).date()
+        numbers = self._take_serials(conn, day, len(drafts))
+        rows = [{**d.values, "number": n.value, "created_at": now, "updated_at": now}
+                for d, n in zip(drafts, numbers, strict=True)]
+        if len(rows) == 1:
+            ids = [conn.execute(CASES.insert().returning(CASES.c.id), rows[0]).scalar_one()]
+        else:
+            ids = list(conn.execute(CASES.insert().returning(CASES.c.id, sort_by_parameter_order=True),
+                                    rows).scalars())
+        logs = [{"case_id": case_id, "at": now, "actor": d.actor, "action": "created", "from_status": None,
+                 "to_status": CaseStatus.DRAFT.value, "changes": {"channel": d.values["channel"]}, "reason": None,
+                 "event_id": None} for case_id, d in zip(ids, drafts, strict=True)]
+        conn.execute(CASE_LOG.insert(), logs)
+        receipts = [self._receipt_sms(row["number"], row["reporter_phone"], case_id, now)
+                    for case_id, row, d in zip(ids, rows, drafts, strict=True) if d.notify]
+        enqueue_sync(conn, receipts, now)
+        views = []
+        for case_id, row, entry in zip(ids, rows, logs, strict=True):
+            views.append(CaseView(
+                id=case_id, number=row["number"], status=row["status"], channel=row["channel"],
+                reporter_phone=row["reporter_phone"], anonymous=row["anonymous"], confidential=row["confidential"],
+                description=row["description"], recording_ref=row["recording_ref"], kind=row["kind"],
+                category=row["category_code"], category_edition=row["category_edition"],
+                suggested_category=row["suggested_category"], suggested_confidence=row["suggested_confidence"],
+                grid=row["grid_code"], address=row["address"], lon=row["lon"], lat=row["lat"],
+                platform_number=None, rating=None, master_number=None, flags=tuple(row["flags"]), version=1,
+                created_at=now, updated_at=now, source_ref=row["source_ref"],
+                category_major=row["category_major"],
+                log=(LogEntry(at=now, actor=entry["actor"], action="created", from_status=None,
+                              to_status=CaseStatus.DRAFT.value, changes=entry["changes"], reason=None,
+                              event_id=None),)))
+        return views
+
+    def _receipt_sms(self, number: str, phone: str, case_id: int, now: dt.datetime) -> OutgoingSms:
+        body = self.templates.render("received", number=number, platform_number="",
+                                     status=CaseStatus.DRAFT.label_zh)
+        return OutgoingSms(key=outbox_key("receipt", number), recipient=phone, template="received", body=body,
+                           case_id=case_id)
+
+    def drafts_created(self, views: Sequence[CaseView]) -> None:
+        """After the commit: log each new draft and tell the listeners (console queue)."""
+        for view in views:
+            log.info("case.created", case_number=view.number, channel=view.channel,
+                     reporter=mask_number(view.reporter_phone))
+            if self.on_draft_created is not None:
+                try:
+                    self.on_draft_created(view)
+                except Exception:  # a listener's fault must not undo a committed report
+                    log.exception("case.created.listener_failed", case_number=view.number)
+
+    async def create_draft(self, draft: DraftInput, *, actor: str) -> CaseView:
+        """Open a draft case and commit it, with its log entry and the reporter's receipt SMS.
+
+        With a `source_ref` the call is idempotent per channel: a redelivered SMS or a retried
+        Open311 POST returns the case made the first time. Concurrent callers are committed
+        together in groups (one transaction, one serial block); each waits for its own commit.
+        """
+        return await self.create_prepared(self.prepare_draft(draft, actor=actor))
+
+    async def create_prepared(self, prepared: PreparedDraft) -> CaseView:
+        """`create_draft` for a draft already checked by `prepare_draft`."""
+        future: asyncio.Future[CaseView | str] = asyncio.get_running_loop().create_future()
+        self._draft_queue.append((prepared, future))
+        if self._draft_writer is None or self._draft_writer.done():
+            self._draft_writer = asyncio.get_running_loop().create_task(self._write_drafts())
+        result = await future
+        if isinstance(result, str):  # the source was filed before: that case
+            found = await self.find_by_source(Channel(prepared.values["channel"]), result)
+            if found is None:  # pragma: no cover - rows are never deleted
+                raise Conflict("the earlier case of this source vanished", field="source_ref")
+            return found
+        return result
+
+    async def _write_drafts(self) -> None:
+        """Drain the queue of prepared drafts, a group per transaction."""
+        while self._draft_queue:
+            group = self._draft_queue[:DRAFT_GROUP_MAX]
+            del self._draft_queue[:DRAFT_GROUP_MAX]
             try:
-                async with session.begin():
-                    session.add(row)
-                    await session.flush()
-                    entry = self._log(session, row, actor, "created", None, CaseStatus.DRAFT,
-                                      {"channel": draft.channel.value})
-                    if draft.notify_reporter and phone:
-                        self._notify(session, row, "received", recipients=[phone])
-            except IntegrityError:
-                if draft.source_ref:  # lost a race with the same redelivery
-                    found = await self.find_by_source(draft.channel, draft.source_ref)
-                    if found is not None:
-                        return found
-                raise
-        view = self._to_view(row, None, (_entry(entry),))
-        log.info("case.created", case_number=number.value, channel=draft.channel.value,
-                 reporter=mask_number(phone))
-        if self.on_draft_created is not None:
-            try:
-                self.on_draft_created(view)
-            except Exception:  # a listener's fault must not undo a committed report
-                log.exception("case.created.listener_failed", case_number=number.value)
-        return view
+                outcomes = await run_in_transaction(self.engine, partial(self._write_group, [p for p, _ in group]))
+            except Exception as exc:  # noqa: BLE001 - every caller gets the failure, or its own retry
+                if len(group) == 1:
+                    self._fail(group[0], exc)
+                    continue
+                # One bad draft must not fail the others: each alone, in order.
+                for item in group:
+                    try:
+                        alone = await run_in_transaction(self.engine, partial(self._write_group, [item[0]]))
+                    except Exception as single:  # noqa: BLE001
+                        self._fail(item, single)
+                        continue
+                    self._settle([item], alone)
+                continue
+            self._settle(group, outcomes)
+
+    @staticmethod
+    def _fail(item: tuple[PreparedDraft, asyncio.Future[CaseView | str]], exc: Exception) -> None:
+        prepared, future = item
+        if future.done():
+            return
+        source = prepared.values["source_ref"]
+        if isinstance(exc, IntegrityError) and source:  # lost a race with the same source elsewhere
+            future.set_result(source)
+        else:
+            future.set_exception(exc)
+
+    def _settle(self, group: Sequence[tuple[PreparedDraft, asyncio.Future[CaseView | str]]],
+                outcomes: Sequence[CaseView | str]) -> None:
+        self.drafts_created([o for o in outcomes if isinstance(o, CaseView)])
+        for (_, future), outcome in zip(group, outcomes, strict=True):
+            if not future.done():
+                future.set_result(outcome)
+
+    def _write_group(self, drafts: Sequence[PreparedDraft], conn: Connection) -> list[CaseView | str]:
+        """In one transaction: drafts whose source is already filed are answered by that source."""
+        sources = {(d.values["channel"], d.values["source_ref"]) for d in drafts if d.values["source_ref"]}
+        filed: set[tuple[str, str]] = set()
+        if sources:
+            refs = sorted({ref for _, ref in sources})
+            filed = {(c, r) for c, r in conn.execute(
+                select(CASES.c.channel, CASES.c.source_ref).where(CASES.c.source_ref.in_(refs))).all()}
+        fresh: list[PreparedDraft] = []
+        outcome: list[CaseView | str | None] = []
+        for d in drafts:
+            key = (d.values["channel"], d.values["source_ref"])
+            if d.values["source_ref"] and key in filed:
+                outcome.append(d.values["source_ref"])
+            else:
+                if d.values["source_ref"]:
+                    filed.add(key)
+                fresh.append(d)
+                outcome.append(None)
+        views = iter(self.insert_drafts(conn, fresh, self.now()))
+        return [o if o is not None else next(views) for o in outcome]
+
+    async def send_receipt(self, number: str, recipient: str) -> bool:
+        """Queue the intake number for `recipient` (a phone report's "send me the number").
+
+        The case is read and the receipt queued in one transaction through the outbox owner;
+        it is keyed by the case, so a second attempt (a retried call) queues nothing.
+        """
+        parsed = self.parse_number(number)
+        async with self.sessions() as session, session.begin():
+            row = await self._load(session, parsed.value)
+            body = self.templates.render("received", number=row.number, platform_number=row.platform_number or "",
+                                         status=CaseStatus(row.status).label_zh)
+            queued = await enqueue(session, [OutgoingSms(key=outbox_key("receipt", row.number), recipient=recipient,
+                                                         template="received", body=body, case_id=row.id)],
+                                   self.now())
+        return queued > 0
 
     async def update_transcription(
         self, number: str, changes: dict[str, Any], *, actor: str, expected_version: int | None = None
@@ -397,7 +552,7 @@ class CaseService:
                 for key, value in values.items():
                     old = getattr(row, key)
                     if old != value:
-                        diff[key] = {"from": _jsonable(old), "to": _jsonable(value)}
+                        diff[key] = log_changes(key, _jsonable(old), _jsonable(value))
                         setattr(row, key, value)
                 if diff:
                     row.version += 1
@@ -453,19 +608,14 @@ class CaseService:
                 # The duplicate's reporters (and those of cases merged into it before) learn the
                 # master's number; from now on they hear every change of the master.
                 recipients = [p for p in [child.reporter_phone, *(g.reporter_phone for g in grandchildren)] if p]
-                self._notify(session, child, "merged", fields={"master": master.number},
+                await self._notify(session, child, "merged", fields={"master": master.number},
                              recipients=list(dict.fromkeys(recipients)))
             return await self._view(session, child, with_log=True)
 
     async def apply_platform_event(self, number: str, event: PlatformEvent, *, actor: str = "platform") -> CaseView:
-        """A status change from the platform. Idempotent on `event_id`."""
-        parsed = self.parse_number(number)
-        async with self.sessions() as session:
-            row = await self._load(session, parsed.value)
-            seen = await session.scalar(
-                select(CaseLogRow.id).where(CaseLogRow.case_id == row.id, CaseLogRow.event_id == event.event_id))
-            if seen is not None:
-                return await self._view(session, row, with_log=True)
+        """A status change from the platform. Idempotent on `event_id`: `_transition` looks for
+        the event under the case's row lock, so concurrent copies all get the same answer."""
+        self.parse_number(number)
         if event.status == CaseStatus.REJECTED:
             return await self.reject(number, event.reason or RejectionReason.INVALID, actor=actor,
                                      note=event.note, event_id=event.event_id)
@@ -512,6 +662,9 @@ class CaseService:
             try:
                 async with session.begin():
                     row = await self._load(session, parsed.value, for_update=True)
+                    if event_id is not None and await session.scalar(select(CaseLogRow.id).where(
+                            CaseLogRow.case_id == row.id, CaseLogRow.event_id == event_id)) is not None:
+                        raise _AlreadyApplied  # a copy of an applied event: answer as the first time
                     if expected_version is not None and row.version != expected_version:
                         raise Conflict(f"case {row.number} was changed by someone else; reload it",
                                        field="version")
@@ -521,7 +674,8 @@ class CaseService:
                     except IllegalTransition as exc:
                         raise TransitionRefused(str(exc)) from exc
                     if require_category and not row.category_code:
-                        raise InvalidInput("choose a category before submitting", field="category")
+                        # The case's state, not the request, is wrong: 409 like any refused step.
+                        raise TransitionRefused("choose a category before submitting", field="category")
                     for key, value in (set_values or {}).items():
                         setattr(row, key, value)
                     row.status = target.value
@@ -531,17 +685,14 @@ class CaseService:
                               reason=reason, event_id=event_id)
                     if notify:
                         recipients = await self._recipients(session, row)
-                        self._notify(session, row, notify, fields=fields or {}, recipients=recipients)
+                        await self._notify(session, row, notify, fields=fields or {}, recipients=recipients)
                     if ensure_receipt and row.reporter_phone and is_mobile(row.reporter_phone):
-                        sent = await session.scalar(select(OutboxRow.id).where(
-                            OutboxRow.case_id == row.id, OutboxRow.template == "received",
-                            OutboxRow.recipient == row.reporter_phone).limit(1))
-                        if sent is None:
-                            self._notify(session, row, "received", recipients=[row.reporter_phone])
-            except IntegrityError:
+                        # Keyed by the case: queued only if no receipt ever was.
+                        await self._notify(session, row, "received", recipients=[row.reporter_phone])
+            except (IntegrityError, _AlreadyApplied):
                 if event_id is None:
                     raise
-                # The same platform event raced in twice; the first one won.
+                # The same platform event came twice (or raced in twice); the first one won.
                 session.expunge_all()
                 row = await self._load(session, parsed.value, with_log=True)
                 return await self._view(session, row, with_log=True)
@@ -581,20 +732,21 @@ class CaseService:
         session.add(entry)
         return entry
 
-    def _notify(self, session: AsyncSession, row: CaseRow, template: str, *, recipients: Sequence[str],
-                fields: dict[str, str] | None = None) -> None:
+    async def _notify(self, session: AsyncSession, row: CaseRow, template: str, *, recipients: Sequence[str],
+                      fields: dict[str, str] | None = None) -> None:
+        """Queue the reporter notices of a change through the outbox owner, in this transaction."""
         if not recipients:
             return
         body = self.templates.render(
             template, number=row.number, platform_number=row.platform_number or "",
             status=CaseStatus(row.status).label_zh, **(fields or {}))
-        now = self.now()
-        for phone in recipients:
-            # One message per (case, change, recipient): a retried transaction cannot queue it twice.
-            key = hashlib.sha256(f"{row.number}|{template}|{row.version}|{phone}".encode()).hexdigest()
-            session.add(OutboxRow(
-                idempotency_key=key, case_id=row.id, recipient=phone, template=template, body=body,
-                status="pending", attempts=0, not_before=now, created_at=now))
+        # One message per (case, change, recipient): a retried transaction cannot queue it twice;
+        # the intake number (received) once per case, whatever asks for it again.
+        messages = [OutgoingSms(key=outbox_key("receipt", row.number) if template == "received"
+                                else outbox_key("case", row.number, template, row.version, phone),
+                                recipient=phone, template=template, body=body, case_id=row.id)
+                    for phone in recipients]
+        await enqueue(session, messages, self.now())
 
     async def _master_numbers(self, session: AsyncSession, rows: Sequence[CaseRow]) -> dict[int, str]:
         ids = {row.master_id for row in rows if row.master_id is not None}
@@ -625,6 +777,10 @@ class CaseService:
             flags=tuple(row.flags or ()), version=row.version, created_at=row.created_at,
             updated_at=row.updated_at, source_ref=row.source_ref, category_major=row.category_major,
             log=entries)
+
+
+class _AlreadyApplied(Exception):
+    """A platform event already in the case log: roll back and answer with the case as it is."""
 
 
 def _entry(row: CaseLogRow) -> LogEntry:

@@ -1,27 +1,33 @@
 """Outbox sender: what the case core and the SMS channel put in `outbox` goes out once.
 
-Exactly once as the citizen sees it:
+Exactly once as the citizen sees it, with several nodes sharing one store:
 
-* A message is split into parts (UCS-2, at most 67 characters a part, never cutting a
-  surrogate pair, concatenation references from `ReferenceAllocator`) and the parts are
-  stored (`sms_submits`) before the first is sent; a retry resends the same bytes with the
+* **Claims.** A pass claims a batch of due messages in one statement (`UPDATE … WHERE id IN
+  (SELECT … FOR UPDATE SKIP LOCKED) RETURNING`; on SQLite the single UPDATE … RETURNING is
+  atomic by itself): status `sending`, `lease_owner` = this node (`[node] id`),
+  `lease_expires_at`. The lease is renewed while the batch is in flight. Only an expired
+  lease is taken back (its parts caught mid-submit become `in_doubt`), never a live node's
+  work; at start-up a node also takes back its own leases, which a previous life left.
+* **Parts.** A message is split into parts (UCS-2, at most 67 characters a part, never
+  cutting a surrogate pair) and the parts are stored (`sms_submits`) as `submitting` in the
+  claim's transaction, before any goes on the wire; a retry resends the same bytes with the
   same reference, and only the parts not yet accepted.
-* Each part is marked `submitting` before it goes on the wire. If no submit_sm_resp comes
-  (link dropped, response timeout, our process killed), the part is `in_doubt`: it is not
-  resent at once. The sender waits up to `sms.in_doubt_wait` for a receipt that proves the
-  SMSC had it (a receipt whose id matches nothing else, from that recipient, after the part
-  was sent; or one carrying the part's user_message_reference). Only without such proof is
-  it resent, with the same concatenation reference, so a handset that does get both copies
-  of a part keeps one. A duplicate is then possible only if the SMSC accepted the part and
-  never sent its receipt within the wait; that is accepted as the lesser harm than losing
-  the intake number.
-* submit_sm_resp errors follow the retry table (`sms.retry`, Jasmin's as a start);
-  every other error is final.
+* **In doubt.** A part that got no submit_sm_resp (link dropped, timeout, process killed) is
+  not resent at once: the sender waits up to `sms.in_doubt_wait` for a receipt that proves
+  the SMSC had it (one naming that handset, after the part was sent, that settled no other
+  part; or one carrying the part's user_message_reference). Only without proof is it resent.
+* **Group commit.** submit_sm_resp outcomes and receipts are written by one writer in
+  groups: whatever arrived while the previous group was being committed goes in the next
+  transaction, as Core executemany statements. A receipt's deliver_sm_resp leaves after
+  its group is committed.
+* **Receipts settle exactly one part** (`sms.dlr.match_receipt`): the id must match under the
+  link's id relation (configured, or learned per link from unambiguous pairs and kept in
+  `sms_id_bases`), and the handset must match whenever the receipt names it. A receipt that
+  settles nothing is stored in `sms_receipts_unmatched` with its reason; one that came
+  before its submit_sm_resp is matched when the id arrives.
+* submit_sm_resp errors follow the retry table (`sms.retry`); every other error is final.
 * Order within one case: a message waits while an earlier one of the same case (or, with
   no case, to the same recipient) is pending, being sent or in doubt.
-* Receipts are read from the TLVs and the text (`sms.dlr`), ids normalised; a receipt that
-  arrives before its submit_sm_resp is stored in `sms_receipts_unmatched` and matched when
-  the id appears. Each part keeps its delivery state; the message gets the aggregate.
 * 退订: a number that sent TD gets no notices about cases it reported before, but still gets
   direct replies, and everything about reports it makes afterwards.
 """
@@ -31,53 +37,117 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import structlog
-from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy import Table, and_, bindparam, exists, func, or_, select, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
-from sqlalchemy.orm import aliased
 
 from callcenter.db.tables import CaseRow, OutboxRow
-from callcenter.db.tables_sms import SmsOptOutRow, SmsReceiptUnmatchedRow, SmsSubmitRow
+from callcenter.db.tables_sms import (
+    SmsIdBasesRow,
+    SmsOptOutRow,
+    SmsReceiptUnmatchedRow,
+    SmsSubmitRow,
+)
 from callcenter.metrics import MetricsRegistry
 from callcenter.service.sms_roster import normalise_sender
 from callcenter.settings import RetryRule, SmppSettings, SmsSettings
 from sms.codec import EncodeError
-from sms.dlr import DeliveryState, IdBases, message_id_keys, message_ids_match, normalise_message_id
-from sms.gateway import InboundReceipt, OutboundPart, SmsGateway
+from sms.dlr import (
+    CONCRETE_BASES,
+    DeliveryState,
+    IdBases,
+    PartRef,
+    decide_bases,
+    match_receipt,
+    normalise_message_id,
+    receipt_id_for,
+    submit_id_for,
+)
+from sms.gateway import InboundReceipt, OutboundPart, SmsGateway, SubmitOutcome
 from sms.parts import MessageTooLong, ReferenceAllocator, segment_count, split_text
 from sms.privacy import mask_number
 from sms.smpp.session import Status
 
 log = structlog.get_logger(__name__)
 
+OUTBOX: Table = OutboxRow.__table__  # type: ignore[assignment]
+SUBMITS: Table = SmsSubmitRow.__table__  # type: ignore[assignment]
+UNMATCHED: Table = SmsReceiptUnmatchedRow.__table__  # type: ignore[assignment]
+ID_BASES: Table = SmsIdBasesRow.__table__  # type: ignore[assignment]
+
 # Outbox statuses that hold back later messages of the same case.
 BLOCKING = ("pending", "sending", "in_doubt")
 # Templates that answer something the recipient just sent, or that go to staff: never suppressed.
 DIRECT_TEMPLATES = frozenset({"sms_reply", "task_notice", "task_escalation"})
+# Seconds between housekeeping steps (expiry, taken-back leases, in-doubt, receipt sweep) in `run`.
+HOUSEKEEPING_EVERY = 1.0
 # Seconds between sweeps of stored receipts for parts whose id has become known.
 SWEEP_EVERY = 10.0
+_PAIR_COLUMNS = {IdBases.SAME: "same_pairs", IdBases.SUBMIT_HEX_RECEIPT_DEC: "hex_dec_pairs",
+                 IdBases.SUBMIT_DEC_RECEIPT_HEX: "dec_hex_pairs"}
+_PART_COLUMNS = (SUBMITS.c.id, SUBMITS.c.outbox_id, SUBMITS.c.recipient, SUBMITS.c.seq, SUBMITS.c.total,
+                 SUBMITS.c.concat_ref, SUBMITS.c.data_coding, SUBMITS.c.esm_class, SUBMITS.c.payload_hex,
+                 SUBMITS.c.status, SUBMITS.c.attempts, SUBMITS.c.smsc_message_id, SUBMITS.c.submitted_at,
+                 SUBMITS.c.accepted_at, SUBMITS.c.receipt_state, SUBMITS.c.receipt_count)
 
 
 def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
-def receipt_ids_for(submit_id: str, bases: IdBases) -> list[str]:
-    """Canonical receipt ids that may stand for this submit_sm_resp id (inverse of message_id_keys)."""
-    canonical = normalise_message_id(submit_id)
-    if not canonical:
-        return []
-    candidates = [canonical]
-    with contextlib.suppress(ValueError):
-        candidates.append(str(int(canonical, 16)))
-    if canonical.isdigit():
-        candidates.append(format(int(canonical), "X"))
-    unique = list(dict.fromkeys(c for c in candidates if c))
-    return [c for c in unique if message_ids_match(canonical, c, bases=bases)]
+def link_key(smpp: SmppSettings) -> str:
+    """The SMSC link whose message-id space a part's id belongs to: system_id@host:port."""
+    return f"{smpp.system_id}@{smpp.host}:{smpp.port}"[:96] if smpp.host else "console"
+
+
+# ---- in-memory shapes of one pass -------------------------------------------------------------
+
+
+@dataclass
+class _Part:
+    id: int
+    seq: int
+    total: int
+    concat_ref: int | None
+    data_coding: int
+    esm_class: int
+    payload: bytes
+    status: str
+    attempts: int
+
+
+@dataclass
+class _Message:
+    id: int
+    case_id: int | None
+    recipient: str
+    parts: list[_Part]
+    outcomes: list[tuple[_Part, SubmitOutcome]] = field(default_factory=list)
+    unsent: list[_Part] = field(default_factory=list)
+    lost: bool = False  # the lease was taken back mid-flight: the row is another node's now
+
+
+@dataclass
+class _Receipt:
+    """A receipt to match: fresh from the SMSC, or an earlier one stored unmatched (`stored_id`)."""
+
+    message_id: str
+    raw_message_id: str
+    state: DeliveryState
+    stat: str | None
+    error: str | None
+    handset: str | None
+    at: dt.datetime
+    umr: int | None = None
+    stored_id: int | None = None
+
+
+_Item = _Message | _Receipt
 
 
 @dataclass
@@ -89,18 +159,26 @@ class OutboxSender:
     region: str = "CN"
     gateway: SmsGateway | None = None
     now: Callable[[], dt.datetime] = utcnow
+    node: str = "node"
     _wake: asyncio.Event = field(init=False, default_factory=asyncio.Event)
-    # Receipt lookup-or-store and resp store-and-claim must not interleave: two overlapping
-    # transactions would each miss the other's row (read committed) and strand the receipt.
+    # The writer's transaction and the in-doubt/sweep passes must not interleave in one
+    # process: two overlapping transactions would each miss the other's row.
     _match_lock: asyncio.Lock = field(init=False, default_factory=asyncio.Lock)
     _last_sweep: dt.datetime | None = field(init=False, default=None)
+    _last_housekeeping: dt.datetime | None = field(init=False, default=None)
     _allocator: ReferenceAllocator = field(init=False, default_factory=lambda: ReferenceAllocator(bits=8))
     _rules: dict[int, RetryRule] = field(init=False)
-    _bases: IdBases = field(init=False)
+    _configured: IdBases = field(init=False)
+    _pairs: dict[IdBases, int] = field(init=False)
+    _queue: list[tuple[_Item, asyncio.Future[Any]]] = field(init=False, default_factory=list)
+    _writer: asyncio.Task[None] | None = field(init=False, default=None)
+    _lost: set[int] = field(init=False, default_factory=set)
 
     def __post_init__(self) -> None:
         self._rules = self.settings.retry_rules()
-        self._bases = IdBases(self.smpp.id_bases)
+        self._configured = IdBases(self.smpp.id_bases)
+        self._pairs = dict.fromkeys(CONCRETE_BASES, 0)
+        self.link = link_key(self.smpp)
         m = self.metrics
         self._m_parts = m.counter("sms_mt_parts_submitted_total", "MT parts accepted by the SMSC")
         self._m_submitted = m.counter("sms_mt_submitted_total", "MT messages whose parts were all accepted")
@@ -110,12 +188,28 @@ class OutboxSender:
         self._m_in_doubt = m.counter("sms_mt_in_doubt_total", "MT parts without a submit_sm_resp")
         self._m_suppressed = m.counter("sms_mt_suppressed_total", "MT notices not sent after 退订")
         self._m_receipts = m.counter("sms_receipts_total", "delivery receipts, by how they matched")
+        self._m_taken_back = m.counter("sms_outbox_leases_taken_back_total", "expired outbox leases taken back")
         self._m_latency = m.summary("sms_receipt_latency_seconds", "submit accepted -> final receipt")
         self._g_depth = m.gauge("sms_outbox_depth", "outbox messages pending, being sent or in doubt")
         self._g_age = m.gauge("sms_outbox_oldest_age_seconds", "age of the oldest such message")
         self._g_in_doubt = m.gauge("sms_outbox_in_doubt", "outbox messages in doubt")
         self._g_bind = m.gauge("sms_bind_state", "SMSC link state per role (5 bound, 1 disconnected, 0 stopped)")
         m.on_refresh(self.refresh_metrics)
+
+    @property
+    def bases(self) -> IdBases | None:
+        """The link's id relation: configured, or learned; None while `auto` has learned nothing."""
+        if self._configured is not IdBases.AUTO:
+            return self._configured
+        return decide_bases(self._pairs, self.smpp.id_bases_learn_pairs)
+
+    def _relations(self) -> tuple[IdBases, ...]:
+        bases = self.bases
+        return CONCRETE_BASES if bases is None else (bases,)
+
+    def _link_clause(self, column: Any) -> Any:
+        # Rows from before 0007 carry no link: they belong to the one link there was.
+        return or_(column == self.link, column.is_(None))
 
     # ---- loop -----------------------------------------------------------------------------
 
@@ -130,10 +224,13 @@ class OutboxSender:
             self._wake.clear()
             sent = 0
             try:
-                sent = await self.run_once()
+                now = self.now()
+                due = (self._last_housekeeping is None
+                       or now - self._last_housekeeping >= dt.timedelta(seconds=HOUSEKEEPING_EVERY))
+                sent = await self._pass(housekeeping=due)
             except (SQLAlchemyError, OSError, TimeoutError) as exc:
                 log.error("sms.outbox.store_failed", error=str(exc).splitlines()[0][:300])
-            except Exception:  # noqa: BLE001 - the loop must survive a bug in one message
+            except Exception:
                 log.exception("sms.outbox.loop_failed")
             if sent >= self.settings.outbox_batch:
                 await asyncio.sleep(0)  # a full batch means a backlog: next pass at once
@@ -148,427 +245,752 @@ class OutboxSender:
                             waiter.cancel()
 
     async def run_once(self) -> int:
-        """One pass: expire, settle in-doubt parts, send what is due. Returns messages sent to."""
+        """One pass with housekeeping: expire, take back, settle in doubt, send. Messages claimed."""
+        return await self._pass(housekeeping=True)
+
+    async def _pass(self, *, housekeeping: bool) -> int:
         now = self.now()
-        await self._expire(now)
-        if self._last_sweep is None or now - self._last_sweep >= dt.timedelta(seconds=SWEEP_EVERY):
-            self._last_sweep = now
-            await self.sweep_unmatched()
-        await self.resolve_in_doubt()
+        if housekeeping:
+            self._last_housekeeping = now
+            await self._expire(now)
+            await self.take_back_expired()
+            if self._last_sweep is None or now - self._last_sweep >= dt.timedelta(seconds=SWEEP_EVERY):
+                self._last_sweep = now
+                await self._load_bases()
+                await self.sweep_unmatched()
+            await self.resolve_in_doubt()
         gateway = self.gateway
         if gateway is None or not gateway.ready:
             return 0
-        due = await self._due(now)
-        if not due:
+        batch = await self._claim(now)
+        if not batch:
             return 0
-        limit = asyncio.Semaphore(max(1, self.smpp.window))
-
-        async def one(outbox_id: int) -> None:
-            async with limit:
-                await self._send(gateway, outbox_id)
-
-        results = await asyncio.gather(*(one(outbox_id) for outbox_id in due), return_exceptions=True)
-        for outbox_id, result in zip(due, results, strict=True):
-            if isinstance(result, BaseException):
-                log.error("sms.outbox.send_failed", outbox_id=outbox_id, error=repr(result)[:300])
-        return len(due)
+        await self._send_batch(gateway, batch)
+        return len(batch)
 
     async def recover(self) -> None:
-        """After a restart: parts caught mid-submit are in doubt; half-sent messages resume."""
-        now = self.now()
-        async with self.sessions() as session, session.begin():
-            caught = (await session.execute(
-                update(SmsSubmitRow).where(SmsSubmitRow.status == "submitting")
-                .values(status="in_doubt", in_doubt_since=now))).rowcount
-            sending = (await session.scalars(select(OutboxRow).where(OutboxRow.status == "sending"))).all()
-            for row in sending:
-                doubtful = await session.scalar(
-                    select(func.count()).select_from(SmsSubmitRow).where(
-                        SmsSubmitRow.outbox_id == row.id, SmsSubmitRow.status == "in_doubt"))
-                row.status = "in_doubt" if doubtful else "pending"
-                row.not_before = now
+        """At start-up: take back this node's own leases (a previous life's) and expired ones."""
+        await self._ensure_bases_row()
+        await self._load_bases()
+        taken = await self.take_back_expired(own=True)
+        async with self.sessions() as session:
             last_ref = await session.scalar(
-                select(SmsSubmitRow.concat_ref).where(SmsSubmitRow.concat_ref.is_not(None))
-                .order_by(SmsSubmitRow.id.desc()).limit(1))
+                select(SUBMITS.c.concat_ref).where(SUBMITS.c.concat_ref.is_not(None))
+                .order_by(SUBMITS.c.id.desc()).limit(1))
         if last_ref is not None:
             self._allocator = ReferenceAllocator(bits=8, state=last_ref + 1)
-        if caught or sending:
-            log.warning("sms.outbox.recovered", parts_in_doubt=caught, messages=len(sending))
+        log.info("sms.outbox.recovered", node=self.node, taken_back=taken, bases=getattr(self.bases, "value", None))
 
-    # ---- choosing ---------------------------------------------------------------------------
+    async def take_back_expired(self, *, own: bool = False) -> int:
+        """Claims whose lease ran out (or, with `own`, this node's) become in doubt; returns how many."""
+        now = self.now()
+        expired = or_(OUTBOX.c.lease_expires_at.is_(None), OUTBOX.c.lease_expires_at < now)
+        if own:
+            expired = or_(expired, OUTBOX.c.lease_owner == self.node)
+        async with self.sessions() as session, session.begin():
+            rows = (await session.execute(
+                update(OUTBOX).where(OUTBOX.c.status == "sending", expired)
+                .values(status="in_doubt", not_before=now, lease_owner=None, lease_expires_at=None)
+                .returning(OUTBOX.c.id, OUTBOX.c.lease_owner))).all()
+            if not rows:
+                return 0
+            ids = [r.id for r in rows]
+            await session.execute(
+                update(SUBMITS).where(SUBMITS.c.outbox_id.in_(ids), SUBMITS.c.status == "submitting")
+                .values(status="in_doubt", in_doubt_since=now, last_error="lease expired mid-submit"))
+        self._m_taken_back.inc(len(rows))
+        log.warning("sms.outbox.leases_taken_back", node=self.node, messages=len(rows),
+                    owners=sorted({r.lease_owner or "?" for r in rows}))
+        return len(rows)
 
-    async def _due(self, now: dt.datetime) -> list[int]:
-        earlier = aliased(OutboxRow)
+    # ---- claiming ---------------------------------------------------------------------------
+
+    async def _claim(self, now: dt.datetime) -> list[_Message]:
+        """Claim due messages, drop opted-out notices, plan and mark the parts to send; one transaction."""
+        earlier = OUTBOX.alias("earlier")
         same_thread = or_(
-            and_(OutboxRow.case_id.is_not(None), earlier.case_id == OutboxRow.case_id),
-            and_(OutboxRow.case_id.is_(None), earlier.case_id.is_(None), earlier.recipient == OutboxRow.recipient))
-        blocked = (select(earlier.id).where(earlier.id < OutboxRow.id, earlier.status.in_(BLOCKING), same_thread)
-                   .exists())
+            and_(OUTBOX.c.case_id.is_not(None), earlier.c.case_id == OUTBOX.c.case_id),
+            and_(OUTBOX.c.case_id.is_(None), earlier.c.case_id.is_(None), earlier.c.recipient == OUTBOX.c.recipient))
+        blocked = exists().where(earlier.c.id < OUTBOX.c.id, earlier.c.status.in_(BLOCKING), same_thread)
+        pick = (select(OUTBOX.c.id).where(OUTBOX.c.status == "pending", OUTBOX.c.not_before <= now, ~blocked)
+                .order_by(OUTBOX.c.id).limit(self.settings.outbox_batch)
+                .with_for_update(skip_locked=True, of=OUTBOX))
+        lease = now + dt.timedelta(seconds=self.settings.outbox_lease)
+        async with self.sessions() as session, session.begin():
+            claimed = (await session.execute(
+                update(OUTBOX).where(OUTBOX.c.id.in_(pick), OUTBOX.c.status == "pending")
+                .values(status="sending", lease_owner=self.node, lease_expires_at=lease,
+                        attempts=OUTBOX.c.attempts + 1)
+                .returning(OUTBOX.c.id, OUTBOX.c.case_id, OUTBOX.c.recipient, OUTBOX.c.template,
+                           OUTBOX.c.body))).all()
+            if not claimed:
+                return []
+            claimed.sort(key=lambda r: r.id)
+            suppressed = await self._suppressed(session, claimed)
+            failed: list[dict[str, Any]] = []
+            existing: dict[int, list[_Part]] = {}
+            for r in (await session.execute(
+                    select(*_PART_COLUMNS).where(SUBMITS.c.outbox_id.in_([c.id for c in claimed]))
+                    .order_by(SUBMITS.c.outbox_id, SUBMITS.c.seq))).all():
+                existing.setdefault(r.outbox_id, []).append(_Part(
+                    r.id, r.seq, r.total, r.concat_ref, r.data_coding, r.esm_class, bytes.fromhex(r.payload_hex),
+                    r.status, r.attempts))
+            messages: list[_Message] = []
+            new_rows: list[dict[str, Any]] = []
+            new_owner: list[_Message] = []
+            for row in claimed:
+                if row.id in suppressed:
+                    continue
+                if row.id in existing:
+                    messages.append(_Message(row.id, row.case_id, row.recipient, existing[row.id]))
+                    continue
+                try:
+                    planned = self._plan(row.id, row.recipient, row.body, now)
+                except (MessageTooLong, EncodeError) as exc:
+                    failed.append({"b_id": row.id, "b_error": str(exc)[:500]})
+                    self._m_failed.inc(stage="encode")
+                    log.error("sms.outbox.unsendable", outbox_id=row.id, error=str(exc))
+                    continue
+                message = _Message(row.id, row.case_id, row.recipient, [])
+                messages.append(message)
+                new_rows.extend(planned)
+                new_owner.extend([message] * len(planned))
+            if new_rows:
+                ids = (await session.execute(
+                    SUBMITS.insert().returning(SUBMITS.c.id, sort_by_parameter_order=True), new_rows)).scalars().all()
+                for part_id, values, message in zip(ids, new_rows, new_owner, strict=True):
+                    message.parts.append(_Part(part_id, values["seq"], values["total"], values["concat_ref"],
+                                               values["data_coding"], values["esm_class"],
+                                               bytes.fromhex(values["payload_hex"]), "submitting", 1))
+            again = [p.id for m in messages for p in m.parts if p.status == "queued"]
+            if again:
+                await session.execute(
+                    update(SUBMITS).where(SUBMITS.c.id.in_(again), SUBMITS.c.status == "queued")
+                    .values(status="submitting", submitted_at=now, attempts=SUBMITS.c.attempts + 1))
+                for m in messages:
+                    for p in m.parts:
+                        if p.status == "queued":
+                            p.status, p.attempts = "submitting", p.attempts + 1
+            if failed:
+                await session.execute(
+                    update(OUTBOX).where(OUTBOX.c.id == bindparam("b_id"))
+                    .values(status="failed", last_error=bindparam("b_error"), lease_owner=None,
+                            lease_expires_at=None), failed)
+        return messages
+
+    async def _suppressed(self, session: AsyncSession, claimed: Sequence[Any]) -> set[int]:
+        """Notices to numbers that sent TD about cases reported before it: marked suppressed here."""
+        notices = [r for r in claimed if r.template not in DIRECT_TEMPLATES]
+        if not notices:
+            return set()
+        opted = dict((await session.execute(
+            select(SmsOptOutRow.phone, SmsOptOutRow.opted_out_at)
+            .where(SmsOptOutRow.phone.in_({r.recipient for r in notices})))).all())
+        if not opted:
+            return set()
+        hits = [r for r in notices if r.recipient in opted]
+        created = dict((await session.execute(
+            select(CaseRow.id, CaseRow.created_at)
+            .where(CaseRow.id.in_({r.case_id for r in hits if r.case_id is not None})))).all())
+        out = {r.id for r in hits
+               if r.case_id is None or created.get(r.case_id) is None or created[r.case_id] <= opted[r.recipient]}
+        if out:
+            await session.execute(
+                update(OUTBOX).where(OUTBOX.c.id.in_(out))
+                .values(status="suppressed", last_error="recipient opted out (TD)", lease_owner=None,
+                        lease_expires_at=None))
+            for r in hits:
+                if r.id in out:
+                    self._m_suppressed.inc()
+                    log.info("sms.outbox.suppressed", outbox_id=r.id, case_id=r.case_id, to=mask_number(r.recipient))
+        return out
+
+    def _plan(self, outbox_id: int, recipient: str, body: str, now: dt.datetime) -> list[dict[str, Any]]:
+        """Split into UCS-2 parts; multi-part messages get a reference free for this recipient."""
+        reference = self._allocator.allocate(recipient) if segment_count(body, allow_gsm7=False) > 1 else None
+        parts = split_text(body, reference=reference, ref_bits=8, allow_gsm7=False)
+        return [{"outbox_id": outbox_id, "recipient": recipient, "seq": p.seq, "total": p.total,
+                 "concat_ref": p.ref, "data_coding": p.data_coding, "esm_class": p.esm_class,
+                 "payload_hex": p.payload.hex(), "status": "submitting", "attempts": 1, "receipt_count": 0,
+                 "submitted_at": now} for p in parts]
+
+    # ---- sending ----------------------------------------------------------------------------------
+
+    async def _send_batch(self, gateway: SmsGateway, batch: list[_Message]) -> None:
+        """Submit through the window; each message's outcome goes to the group writer when known."""
+        limit = asyncio.Semaphore(max(1, self.smpp.window))
+        in_flight = {m.id for m in batch}
+        renewer = asyncio.create_task(self._renew(in_flight), name="sms-outbox-lease")
+
+        async def one(message: _Message) -> None:
+            try:
+                async with limit:
+                    await self._send_message(gateway, message)
+                await self._commit(message)
+            finally:
+                in_flight.discard(message.id)
+
+        try:
+            results = await asyncio.gather(*(one(m) for m in batch), return_exceptions=True)
+        finally:
+            renewer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await renewer
+        for message, result in zip(batch, results, strict=True):
+            if isinstance(result, BaseException):
+                log.error("sms.outbox.send_failed", outbox_id=message.id, error=repr(result)[:300])
+
+    async def _send_message(self, gateway: SmsGateway, message: _Message) -> None:
+        todo = [p for p in message.parts if p.status == "submitting"]
+        for index, part in enumerate(todo):
+            if message.id in self._lost:
+                message.unsent.extend(todo[index:])  # taken back: another node owns it now
+                message.lost = True
+                self._lost.discard(message.id)
+                return
+            outcome = await gateway.submit(OutboundPart(
+                destination=message.recipient, short_message=part.payload, data_coding=part.data_coding,
+                esm_class=part.esm_class, registered_delivery=self.smpp.registered_delivery,
+                validity=dt.timedelta(seconds=self.smpp.validity_period), reference=part.id))
+            message.outcomes.append((part, outcome))
+            if not outcome.ok:
+                message.unsent.extend(todo[index + 1:])
+                return
+
+    async def _renew(self, in_flight: set[int]) -> None:
+        """Extend this batch's lease while it is in flight; note messages someone took back."""
+        every = self.settings.outbox_lease / 3
+        while True:
+            await asyncio.sleep(every)
+            ids = list(in_flight)
+            if not ids:
+                continue
+            until = self.now() + dt.timedelta(seconds=self.settings.outbox_lease)
+            try:
+                async with self.sessions() as session, session.begin():
+                    kept = set((await session.execute(
+                        update(OUTBOX).where(OUTBOX.c.id.in_(ids), OUTBOX.c.lease_owner == self.node,
+                                             OUTBOX.c.status == "sending")
+                        .values(lease_expires_at=until).returning(OUTBOX.c.id))).scalars())
+            except (SQLAlchemyError, OSError) as exc:
+                log.error("sms.outbox.lease_renewal_failed", error=str(exc).splitlines()[0][:300])
+                continue
+            lost = {i for i in ids if i not in kept and i in in_flight}
+            if lost:
+                self._lost |= lost
+                log.error("sms.outbox.lease_lost", node=self.node, messages=len(lost))
+
+    # ---- the group writer -------------------------------------------------------------------------
+
+    async def _commit(self, item: _Item) -> Any:
+        """Queue an outcome or a receipt for the next group transaction and wait for it."""
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._queue.append((item, future))
+        if self._writer is None:
+            self._writer = asyncio.create_task(self._write_loop(), name="sms-outbox-writer")
+        return await future
+
+    async def _write_loop(self) -> None:
+        """Commit what queued up while the previous group was being written (group commit)."""
+        group: list[tuple[_Item, asyncio.Future[Any]]] = []
+        try:
+            while self._queue:
+                group, self._queue = self._queue, []
+                try:
+                    answers = await self._write_group([item for item, _ in group])
+                except Exception as exc:  # noqa: BLE001 - every waiter learns of the failure
+                    for _, future in group:
+                        if not future.done():
+                            future.set_exception(exc)
+                    group = []
+                    continue
+                for (_, future), answer in zip(group, answers, strict=True):
+                    if not future.done():
+                        future.set_result(answer)
+                group = []
+        finally:
+            self._writer = None
+            leftover, self._queue = group + self._queue, []
+            for _, future in leftover:
+                if not future.done():
+                    future.cancel()
+
+    async def _write_group(self, items: list[_Item]) -> list[Any]:
+        now = self.now()
+        messages = [i for i in items if isinstance(i, _Message)]
+        receipts = [i for i in items if isinstance(i, _Receipt)]
+        async with self._match_lock, self.sessions() as session, session.begin():
+            accepted = await self._store_outcomes(session, messages, now) if messages else []
+            touched: set[int] = set()
+            answers: dict[int, int] = {}
+            if receipts:
+                matched = await self._match(session, receipts, now, touched)
+                answers = {id(r): Status.ROK for r in receipts}
+                for receipt, how in matched:
+                    self._m_receipts.inc(match=how)
+            if accepted:
+                await self._claim_early(session, accepted, now, touched)
+            if touched:
+                await self._settle(session, touched, now)
+        return [answers.get(id(i), None) for i in items]
+
+    async def _store_outcomes(self, session: AsyncSession, messages: list[_Message],
+                              now: dt.datetime) -> list[str]:
+        """Parts and messages after their submit_sm_resps; returns the newly known SMSC ids."""
+        ok_parts: list[dict[str, Any]] = []
+        doubt_parts: list[dict[str, Any]] = []
+        error_parts: list[dict[str, Any]] = []
+        back_parts: list[dict[str, Any]] = []
+        rows: dict[str, list[dict[str, Any]]] = {"sent": [], "in_doubt": [], "pending": [], "failed": []}
+        new_ids: list[str] = []
+        for message in messages:
+            context = {"outbox_id": message.id, "case_id": message.case_id, "to": mask_number(message.recipient)}
+            state = "sent"
+            error: str | None = None
+            not_before = now
+            for part, outcome in message.outcomes:
+                part_ctx = {**context, "part": f"{part.seq}/{part.total}"}
+                if outcome.ok:
+                    message_id = normalise_message_id(outcome.message_id or "") or None
+                    part.status = "accepted"
+                    ok_parts.append({"b_id": part.id, "b_mid": message_id,
+                                     "b_raw": (outcome.message_id or "")[:72] or None, "b_at": now})
+                    if message_id:
+                        new_ids.append(message_id)
+                    self._m_parts.inc()
+                    log.debug("sms.outbox.part_accepted", message_id=message_id, **part_ctx)
+                elif outcome.in_doubt:
+                    part.status = "in_doubt"
+                    doubt_parts.append({"b_id": part.id, "b_error": (outcome.error or "")[:256], "b_at": now})
+                    state, error = "in_doubt", f"in doubt: {outcome.error}"[:500]
+                    self._m_in_doubt.inc()
+                    log.warning("sms.outbox.in_doubt", error=outcome.error, **part_ctx)
+                else:
+                    rule = self._rules.get(outcome.status)
+                    error = f"{outcome.status_name} (part {part.seq}/{part.total}, attempt {part.attempts})"
+                    if rule is not None and part.attempts <= rule.attempts:
+                        part.status, state = "queued", "pending"
+                        not_before = now + dt.timedelta(seconds=rule.delay)
+                        self._m_retries.inc(status=outcome.status_name)
+                        log.warning("sms.outbox.retry_scheduled", status=outcome.status_name, delay=rule.delay,
+                                    **part_ctx)
+                    else:
+                        part.status, state = "failed", "failed"
+                        self._m_failed.inc(stage="submit")
+                        self._release(message.recipient, part.concat_ref)
+                        log.error("sms.outbox.failed", status=outcome.status_name, **part_ctx)
+                    error_parts.append({"b_id": part.id, "b_status": part.status, "b_code": outcome.status,
+                                        "b_error": outcome.status_name[:256]})
+            for part in message.unsent:
+                part.status = "queued"
+                back_parts.append({"b_id": part.id})
+                if state == "sent":
+                    state = "pending"
+            if state == "sent" and any(p.status != "accepted" for p in message.parts):
+                state = "in_doubt"  # an earlier attempt's part is still waiting for proof
+            if message.lost:
+                continue  # its parts' outcomes are stored; the row belongs to whoever took it back
+            rows[state].append({"b_id": message.id, "b_error": error, "b_at": now, "b_nb": not_before})
+            if state == "sent":
+                self._m_submitted.inc()
+                log.info("sms.outbox.sent", parts=len(message.parts), **context)
+        if ok_parts:
+            await session.execute(
+                update(SUBMITS).where(SUBMITS.c.id == bindparam("b_id"))
+                .values(status="accepted", smsc_message_id=bindparam("b_mid"), raw_message_id=bindparam("b_raw"),
+                        accepted_at=func.coalesce(SUBMITS.c.accepted_at, bindparam("b_at")),
+                        last_status=Status.ROK, smsc_link=self.link), ok_parts)
+        if doubt_parts:
+            await session.execute(
+                update(SUBMITS).where(SUBMITS.c.id == bindparam("b_id"), SUBMITS.c.status == "submitting")
+                .values(status="in_doubt", in_doubt_since=bindparam("b_at"), last_error=bindparam("b_error"),
+                        smsc_link=self.link), doubt_parts)
+        if error_parts:
+            await session.execute(
+                update(SUBMITS).where(SUBMITS.c.id == bindparam("b_id"))
+                .values(status=bindparam("b_status"), last_status=bindparam("b_code"),
+                        last_error=bindparam("b_error")), error_parts)
+        if back_parts:
+            await session.execute(
+                update(SUBMITS).where(SUBMITS.c.id == bindparam("b_id"), SUBMITS.c.status == "submitting")
+                .values(status="queued"), back_parts)
+        # Spelled out: an IN list would be an expanding parameter, which executemany refuses.
+        open_ = or_(OUTBOX.c.status == "sending", OUTBOX.c.status == "in_doubt", OUTBOX.c.status == "pending")
+        released = {"lease_owner": None, "lease_expires_at": None}
+        if rows["sent"]:
+            await session.execute(
+                update(OUTBOX).where(OUTBOX.c.id == bindparam("b_id"), open_)
+                .values(status="sent", sent_at=func.coalesce(OUTBOX.c.sent_at, bindparam("b_at")),
+                        last_error=None, **released), rows["sent"])
+        if rows["in_doubt"]:
+            await session.execute(
+                update(OUTBOX).where(OUTBOX.c.id == bindparam("b_id"), open_)
+                .values(status="in_doubt", last_error=bindparam("b_error"), **released), rows["in_doubt"])
+        if rows["pending"]:
+            await session.execute(
+                update(OUTBOX).where(OUTBOX.c.id == bindparam("b_id"), open_)
+                .values(status="pending", not_before=bindparam("b_nb"), last_error=bindparam("b_error"),
+                        **released), rows["pending"])
+        if rows["failed"]:
+            await session.execute(
+                update(OUTBOX).where(OUTBOX.c.id == bindparam("b_id"))
+                .values(status="failed", last_error=bindparam("b_error"), **released), rows["failed"])
+        return new_ids
+
+    def _release(self, recipient: str, concat_ref: int | None) -> None:
+        if concat_ref is not None:
+            self._allocator.release(recipient, concat_ref)
+
+    # ---- receipts ----------------------------------------------------------------------------------
+
+    async def handle_receipt(self, inbound: InboundReceipt) -> int:
+        """Settle a receipt's part (or store it unmatched) in the next group; the deliver_sm_resp status."""
+        receipt = inbound.receipt
+        handset = normalise_sender(inbound.source_addr, self.region) if inbound.source_addr else None
+        item = _Receipt(receipt.message_id, receipt.raw_message_id, receipt.state, receipt.stat, receipt.error,
+                        handset, self.now(), inbound.user_message_reference)
+        try:
+            status: int = await self._commit(item)
+        except (SQLAlchemyError, OSError, TimeoutError) as exc:
+            log.error("sms.receipt.store_failed", message_id=receipt.message_id,
+                      error=str(exc).splitlines()[0][:300])
+            return Status.RX_T_APPN
+        return status
+
+    async def _candidates(self, session: AsyncSession, receipts: Iterable[_Receipt]) -> list[Any]:
+        """Parts of this link whose id any of the receipts may stand for, under the possible relations."""
+        relations = self._relations()
+        keys = {k for r in receipts for rel in relations if (k := submit_id_for(r.message_id, rel)) is not None}
+        if not keys:
+            return []
+        return list((await session.execute(
+            select(*_PART_COLUMNS, SUBMITS.c.receipt_stat, SUBMITS.c.receipt_error, SUBMITS.c.receipt_at)
+            .where(SUBMITS.c.smsc_message_id.in_(keys), self._link_clause(SUBMITS.c.smsc_link)))).all())
+
+    async def _match(self, session: AsyncSession, receipts: list[_Receipt], now: dt.datetime,
+                     touched: set[int]) -> list[tuple[_Receipt, str]]:
+        """Match receipts to parts, write the parts' receipt state; unmatched fresh ones are stored."""
+        rows = await self._candidates(session, receipts)
+        parts = {r.id: dict(r._mapping) for r in rows}
+        refs = [PartRef(r.id, r.smsc_message_id, r.recipient) for r in rows]
+        bases = self.bases
+        pairs: dict[IdBases, int] = {}
+        changed: dict[int, dict[str, Any]] = {}
+        matched_stored: list[dict[str, Any]] = []
+        unmatched: list[dict[str, Any]] = []
+        out: list[tuple[_Receipt, str]] = []
+        for receipt in receipts:
+            result = match_receipt(receipt.message_id, receipt.handset, refs, bases)
+            part_id = result.part_id
+            if part_id is None and receipt.umr is not None and receipt.handset and receipt.stored_id is None:
+                part_id = await self._by_reference(session, receipt, parts)
+            if part_id is None:
+                if receipt.stored_id is None:
+                    unmatched.append({
+                        "message_id": receipt.message_id[:72], "raw_message_id": receipt.raw_message_id[:72],
+                        "state": receipt.state.value, "stat": (receipt.stat or "")[:16] or None,
+                        "error": (receipt.error or "")[:16] or None, "recipient": receipt.handset,
+                        "received_at": receipt.at, "smsc_link": self.link, "reason": result.reason})
+                    out.append((receipt, "unmatched"))
+                    log.info("sms.receipt.unmatched", message_id=receipt.message_id, state=receipt.state.value,
+                             reason=result.reason, to=mask_number(receipt.handset))
+                continue
+            part = parts[part_id]
+            fresh = self._apply(part, receipt.state, receipt.stat, receipt.error, receipt.at)
+            if fresh and result.pair is not None and self._configured is IdBases.AUTO:
+                pairs[result.pair] = pairs.get(result.pair, 0) + 1
+            changed[part_id] = part
+            touched.add(part["outbox_id"])
+            if receipt.stored_id is not None:
+                matched_stored.append({"b_id": receipt.stored_id, "b_part": part_id, "b_at": now})
+                out.append((receipt, "early"))
+                log.info("sms.receipt.matched_late", message_id=receipt.message_id, outbox_id=part["outbox_id"])
+            else:
+                out.append((receipt, "matched" if fresh else "duplicate"))
+                log.debug("sms.receipt", message_id=receipt.message_id, state=receipt.state.value,
+                          outbox_id=part["outbox_id"], duplicate=not fresh)
+        if changed:
+            await session.execute(
+                update(SUBMITS).where(SUBMITS.c.id == bindparam("b_id"))
+                .values(status=bindparam("b_status"), accepted_at=bindparam("b_accepted"),
+                        receipt_state=bindparam("b_state"), receipt_stat=bindparam("b_stat"),
+                        receipt_error=bindparam("b_error"), receipt_at=bindparam("b_at"),
+                        receipt_count=bindparam("b_count"), smsc_message_id=bindparam("b_mid")),
+                [{"b_id": p["id"], "b_status": p["status"], "b_accepted": p["accepted_at"],
+                  "b_state": p["receipt_state"], "b_stat": p["receipt_stat"], "b_error": p["receipt_error"],
+                  "b_at": p["receipt_at"], "b_count": p["receipt_count"], "b_mid": p["smsc_message_id"]}
+                 for p in changed.values()])
+        if unmatched:
+            await session.execute(UNMATCHED.insert(), unmatched)
+        if matched_stored:
+            await session.execute(
+                update(UNMATCHED).where(UNMATCHED.c.id == bindparam("b_id"))
+                .values(matched_submit_id=bindparam("b_part"), matched_at=bindparam("b_at"), reason=None),
+                matched_stored)
+        if pairs:
+            await self._learn(session, pairs, now)
+        return out
+
+    async def _by_reference(self, session: AsyncSession, receipt: _Receipt, parts: dict[int, dict[str, Any]]) -> int | None:
+        """A receipt echoing user_message_reference (our part id) for a part without an SMSC id."""
+        rows = (await session.execute(
+            select(*_PART_COLUMNS, SUBMITS.c.receipt_stat, SUBMITS.c.receipt_error, SUBMITS.c.receipt_at)
+            .where(SUBMITS.c.recipient == receipt.handset,
+                   SUBMITS.c.status.in_(("in_doubt", "submitting", "queued"))))).all()
+        hits = [r for r in rows if r.id & 0xFFFF == receipt.umr]
+        if len(hits) != 1:
+            return None
+        part = dict(hits[0]._mapping)
+        part["smsc_message_id"] = part["smsc_message_id"] or self._submit_form(receipt.message_id)
+        parts.setdefault(part["id"], part)
+        return int(part["id"])
+
+    def _submit_form(self, receipt_id: str) -> str:
+        """A receipt id as the submit_sm_resp would have given it, when the relation is known."""
+        bases = self.bases
+        return (submit_id_for(receipt_id, bases) if bases is not None else None) or receipt_id
+
+    async def _claim_early(self, session: AsyncSession, new_ids: list[str], now: dt.datetime,
+                           touched: set[int]) -> None:
+        """Receipts stored before their part's submit_sm_resp: match them now the id is known."""
+        relations = self._relations()
+        forms = {f for i in new_ids for rel in relations if (f := receipt_id_for(i, rel)) is not None}
+        if not forms:
+            return
+        stored = (await session.execute(
+            select(UNMATCHED).where(UNMATCHED.c.message_id.in_(forms), UNMATCHED.c.matched_submit_id.is_(None),
+                                    self._link_clause(UNMATCHED.c.smsc_link))
+            .order_by(UNMATCHED.c.id))).all()
+        if stored:
+            await self._match_stored(session, stored, now, touched)
+
+    async def _match_stored(self, session: AsyncSession, stored: Sequence[Any], now: dt.datetime,
+                            touched: set[int], label: str = "early") -> int:
+        receipts = [_Receipt(r.message_id, r.raw_message_id, DeliveryState(r.state), r.stat, r.error, r.recipient,
+                             r.received_at, None, r.id) for r in stored]
+        matched = [how for _, how in await self._match(session, receipts, now, touched) if how == "early"]
+        if matched:
+            self._m_receipts.inc(len(matched), match=label)
+        return len(matched)
+
+    async def sweep_unmatched(self) -> int:
+        """Match stored receipts whose part id is known by now (receipts that met on two nodes)."""
+        since = self.now() - dt.timedelta(seconds=max(3600.0, 2 * self.settings.in_doubt_wait))
+        touched: set[int] = set()
+        async with self._match_lock, self.sessions() as session, session.begin():
+            stored = (await session.execute(
+                select(UNMATCHED).where(UNMATCHED.c.matched_submit_id.is_(None), UNMATCHED.c.received_at >= since,
+                                        self._link_clause(UNMATCHED.c.smsc_link))
+                .order_by(UNMATCHED.c.id).limit(500))).all()
+            if not stored:
+                return 0
+            matched = await self._match_stored(session, stored, self.now(), touched, "swept")
+            if touched:
+                await self._settle(session, touched, self.now())
+        if matched:
+            log.info("sms.receipt.swept", matched=matched)
+        return matched
+
+    def _apply(self, part: dict[str, Any], state: DeliveryState, stat: str | None, error: str | None,
+               at: dt.datetime) -> bool:
+        """Put a receipt on a part; False for a repeat. A receipt also proves the SMSC had the part."""
+        part["receipt_count"] = (part.get("receipt_count") or 0) + 1
+        current = DeliveryState(part["receipt_state"]) if part.get("receipt_state") else None
+        if current is not None and (current == state or current.is_final):
+            return False  # a repeat, or a late intermediate one: the first final receipt stands
+        if part["status"] in ("in_doubt", "submitting", "queued"):
+            part["status"] = "accepted"
+            part["accepted_at"] = part.get("accepted_at") or part.get("submitted_at") or at
+        part["receipt_state"] = state.value
+        part["receipt_stat"] = (stat or "")[:16] or None
+        part["receipt_error"] = (error or "")[:16] or None
+        part["receipt_at"] = at
+        if state.is_final:
+            start = part.get("accepted_at") or part.get("submitted_at")
+            if start is not None:
+                self._m_latency.observe(max(0.0, (at - start).total_seconds()))
+        return True
+
+    async def _settle(self, session: AsyncSession, outbox_ids: set[int], now: dt.datetime) -> None:
+        """Messages whose parts changed: all accepted -> sent; every final receipt -> delivery state."""
+        rows = (await session.execute(
+            select(OUTBOX.c.id, OUTBOX.c.status, OUTBOX.c.delivery_state, OUTBOX.c.case_id, OUTBOX.c.recipient)
+            .where(OUTBOX.c.id.in_(outbox_ids)))).all()
+        parts: dict[int, list[Any]] = {}
+        for p in (await session.execute(
+                select(SUBMITS.c.outbox_id, SUBMITS.c.status, SUBMITS.c.receipt_state, SUBMITS.c.receipt_at,
+                       SUBMITS.c.concat_ref, SUBMITS.c.recipient)
+                .where(SUBMITS.c.outbox_id.in_(outbox_ids)))).all():
+            parts.setdefault(p.outbox_id, []).append(p)
+        updates: list[dict[str, Any]] = []
+        for row in rows:
+            mine = parts.get(row.id, [])
+            if not mine:
+                continue
+            status, delivery, delivered_at = row.status, row.delivery_state, None
+            if status in ("sending", "in_doubt", "pending") and all(p.status == "accepted" for p in mine):
+                if status != "sending":  # a claim in flight settles itself when its resps are stored
+                    status = "sent"
+                    self._m_submitted.inc()
+                    log.info("sms.outbox.sent", outbox_id=row.id, case_id=row.case_id, parts=len(mine),
+                             to=mask_number(row.recipient), by="receipt")
+            states = [p.receipt_state for p in mine]
+            if all(s is not None and DeliveryState(s).is_final for s in states):
+                final = [DeliveryState(s) for s in states if s is not None]
+                failed = [s for s in final if s is not DeliveryState.DELIVERED]
+                aggregate = (failed[0] if failed else DeliveryState.DELIVERED).value
+                if delivery != aggregate:
+                    delivery = aggregate
+                    if not failed:
+                        delivered_at = max(p.receipt_at for p in mine if p.receipt_at is not None)
+                        self._m_delivered.inc()
+                    else:
+                        self._m_failed.inc(stage="delivery")
+                    for p in mine:
+                        self._release(p.recipient, p.concat_ref)
+                    log.info("sms.outbox.delivery", outbox_id=row.id, case_id=row.case_id, state=aggregate,
+                             to=mask_number(row.recipient))
+            elif any(s is not None for s in states) and delivery is None:
+                delivery = DeliveryState.ENROUTE.value
+            if status != row.status or delivery != row.delivery_state or delivered_at is not None:
+                updates.append({"b_id": row.id, "b_status": status, "b_delivery": delivery,
+                                "b_delivered": delivered_at, "b_sent": now if status == "sent" else None})
+        if updates:
+            await session.execute(
+                update(OUTBOX).where(OUTBOX.c.id == bindparam("b_id"))
+                .values(status=bindparam("b_status"), delivery_state=bindparam("b_delivery"),
+                        delivered_at=func.coalesce(bindparam("b_delivered"), OUTBOX.c.delivered_at),
+                        sent_at=func.coalesce(OUTBOX.c.sent_at, bindparam("b_sent"))), updates)
+
+    # ---- id bases ----------------------------------------------------------------------------------
+
+    async def _ensure_bases_row(self) -> None:
+        with contextlib.suppress(SQLAlchemyError):
+            async with self.sessions() as session, session.begin():
+                present = await session.scalar(select(ID_BASES.c.link).where(ID_BASES.c.link == self.link))
+                if present is None:
+                    await session.execute(ID_BASES.insert().values(
+                        link=self.link, same_pairs=0, hex_dec_pairs=0, dec_hex_pairs=0, updated_at=self.now()))
+
+    async def _load_bases(self) -> None:
         async with self.sessions() as session:
-            ids = await session.scalars(
-                select(OutboxRow.id).where(OutboxRow.status == "pending", OutboxRow.not_before <= now, ~blocked)
-                .order_by(OutboxRow.id).limit(self.settings.outbox_batch))
-            return list(ids)
+            row = (await session.execute(select(ID_BASES).where(ID_BASES.c.link == self.link))).first()
+        if row is not None:
+            self._pairs = {rel: int(getattr(row, col)) for rel, col in _PAIR_COLUMNS.items()}
+
+    async def _learn(self, session: AsyncSession, pairs: dict[IdBases, int], now: dt.datetime) -> None:
+        before = self.bases
+        values: dict[str, Any] = {col: ID_BASES.c[col] + pairs.get(rel, 0) for rel, col in _PAIR_COLUMNS.items()}
+        row = (await session.execute(
+            update(ID_BASES).where(ID_BASES.c.link == self.link).values(updated_at=now, **values)
+            .returning(*(ID_BASES.c[col] for col in _PAIR_COLUMNS.values())))).first()
+        if row is None:
+            for rel, count in pairs.items():
+                self._pairs[rel] += count
+        else:
+            self._pairs = {rel: int(row[i]) for i, rel in enumerate(_PAIR_COLUMNS)}
+        after = self.bases
+        if after != before:
+            log.info("sms.id_bases.learned", link=self.link, bases=getattr(after, "value", None),
+                     pairs={rel.value: n for rel, n in self._pairs.items()})
+        elif before is None and sum(1 for n in self._pairs.values() if n) > 1:
+            log.warning("sms.id_bases.conflicting", link=self.link,
+                        pairs={rel.value: n for rel, n in self._pairs.items()})
+
+    # ---- expiry and in doubt ----------------------------------------------------------------------
 
     async def _expire(self, now: dt.datetime) -> None:
         cutoff = now - dt.timedelta(seconds=self.smpp.validity_period)
         async with self.sessions() as session, session.begin():
-            rows = (await session.scalars(
-                select(OutboxRow).where(OutboxRow.status == "pending", OutboxRow.created_at < cutoff))).all()
-            for row in rows:
-                row.status = "failed"
-                row.last_error = "expired: not sent within smpp.validity_period"
-                self._m_failed.inc(stage="expired")
-                log.error("sms.outbox.expired", outbox_id=row.id, case_id=row.case_id, to=mask_number(row.recipient))
-
-    async def _suppressed(self, session: AsyncSession, row: OutboxRow) -> bool:
-        if row.template in DIRECT_TEMPLATES:
-            return False
-        opt_out = await session.get(SmsOptOutRow, row.recipient)
-        if opt_out is None:
-            return False
-        if row.case_id is None:
-            return True
-        created = await session.scalar(select(CaseRow.created_at).where(CaseRow.id == row.case_id))
-        return created is None or created <= opt_out.opted_out_at
-
-    # ---- sending ----------------------------------------------------------------------------------
-
-    def _plan(self, row: OutboxRow) -> list[SmsSubmitRow]:
-        """Split into UCS-2 parts; multi-part messages get a reference free for this recipient."""
-        reference = self._allocator.allocate(row.recipient) if segment_count(row.body, allow_gsm7=False) > 1 else None
-        parts = split_text(row.body, reference=reference, ref_bits=8, allow_gsm7=False)
-        return [SmsSubmitRow(outbox_id=row.id, recipient=row.recipient, seq=p.seq, total=p.total, concat_ref=p.ref,
-                             data_coding=p.data_coding, esm_class=p.esm_class, payload_hex=p.payload.hex(),
-                             status="queued", attempts=0, receipt_count=0) for p in parts]
-
-    async def _send(self, gateway: SmsGateway, outbox_id: int) -> None:
-        now = self.now()
-        async with self.sessions() as session, session.begin():
-            row = await session.get(OutboxRow, outbox_id)
-            if row is None or row.status != "pending":
-                return
-            case_id, recipient = row.case_id, row.recipient
-            if await self._suppressed(session, row):
-                row.status = "suppressed"
-                row.last_error = "recipient opted out (TD)"
-                self._m_suppressed.inc()
-                log.info("sms.outbox.suppressed", outbox_id=outbox_id, case_id=case_id, to=mask_number(recipient))
-                return
-            parts = (await session.scalars(
-                select(SmsSubmitRow).where(SmsSubmitRow.outbox_id == outbox_id).order_by(SmsSubmitRow.seq))).all()
-            if not parts:
-                try:
-                    planned = self._plan(row)
-                except (MessageTooLong, EncodeError) as exc:
-                    row.status = "failed"
-                    row.last_error = str(exc)[:500]
-                    self._m_failed.inc(stage="encode")
-                    log.error("sms.outbox.unsendable", outbox_id=outbox_id, error=str(exc))
-                    return
-                session.add_all(planned)
-            row.status = "sending"
-            row.attempts += 1
-        async with self.sessions() as session:
-            todo = (await session.scalars(
-                select(SmsSubmitRow).where(SmsSubmitRow.outbox_id == outbox_id, SmsSubmitRow.status == "queued")
-                .order_by(SmsSubmitRow.seq))).all()
-        for part in todo:
-            if not await self._send_part(gateway, outbox_id, case_id, part):
-                return
-        await self._settle(outbox_id)
-
-    async def _send_part(self, gateway: SmsGateway, outbox_id: int, case_id: int | None,
-                         part: SmsSubmitRow) -> bool:
-        """Send one part; False when the message must stop here (retry later, in doubt, failed)."""
-        now = self.now()
-        async with self.sessions() as session, session.begin():
-            await session.execute(update(SmsSubmitRow).where(SmsSubmitRow.id == part.id).values(
-                status="submitting", submitted_at=now, attempts=SmsSubmitRow.attempts + 1))
-        outcome = await gateway.submit(OutboundPart(
-            destination=part.recipient, short_message=bytes.fromhex(part.payload_hex), data_coding=part.data_coding,
-            esm_class=part.esm_class, registered_delivery=self.smpp.registered_delivery,
-            validity=dt.timedelta(seconds=self.smpp.validity_period), reference=part.id))
-        now = self.now()
-        context = {"outbox_id": outbox_id, "case_id": case_id, "part": f"{part.seq}/{part.total}",
-                   "to": mask_number(part.recipient)}
-        if outcome.ok:
-            message_id = normalise_message_id(outcome.message_id or "") or None
-            async with self._match_lock, self.sessions() as session, session.begin():
-                stored = await session.get(SmsSubmitRow, part.id)
-                assert stored is not None
-                if stored.status != "accepted":  # a receipt may have proved it already
-                    stored.status = "accepted"
-                stored.accepted_at = stored.accepted_at or now
-                stored.smsc_message_id = message_id
-                stored.raw_message_id = (outcome.message_id or "")[:72] or None
-                stored.last_status = Status.ROK
-                if message_id:
-                    await self._claim_unmatched(session, stored, now)
-            self._m_parts.inc()
-            log.info("sms.outbox.part_accepted", message_id=message_id, **context)
-            return True
-        if outcome.in_doubt:
-            async with self.sessions() as session, session.begin():
-                await session.execute(update(SmsSubmitRow).where(
-                    SmsSubmitRow.id == part.id, SmsSubmitRow.status == "submitting").values(
-                    status="in_doubt", in_doubt_since=now, last_error=(outcome.error or "")[:256]))
-                await session.execute(update(OutboxRow).where(OutboxRow.id == outbox_id, OutboxRow.status == "sending")
-                                      .values(status="in_doubt", last_error=f"in doubt: {outcome.error}"[:500]))
-            self._m_in_doubt.inc()
-            log.warning("sms.outbox.in_doubt", error=outcome.error, **context)
-            return False
-        rule = self._rules.get(outcome.status)
-        async with self.sessions() as session, session.begin():
-            stored = await session.get(SmsSubmitRow, part.id)
-            row = await session.get(OutboxRow, outbox_id)
-            assert stored is not None and row is not None
-            stored.last_status = outcome.status
-            stored.last_error = outcome.status_name
-            error = f"{outcome.status_name} (part {part.seq}/{part.total}, attempt {stored.attempts})"
-            row.last_error = error
-            if rule is not None and stored.attempts <= rule.attempts:
-                stored.status = "queued"
-                row.status = "pending"
-                row.not_before = now + dt.timedelta(seconds=rule.delay)
-                retry = True
-            else:
-                stored.status = "failed"
-                row.status = "failed"
-                retry = False
-        if retry:
-            assert rule is not None
-            self._m_retries.inc(status=outcome.status_name)
-            log.warning("sms.outbox.retry_scheduled", status=outcome.status_name, delay=rule.delay, **context)
-        else:
-            self._m_failed.inc(stage="submit")
-            self._release(part)
-            log.error("sms.outbox.failed", status=outcome.status_name, **context)
-        return False
-
-    def _release(self, part: SmsSubmitRow) -> None:
-        if part.concat_ref is not None:
-            self._allocator.release(part.recipient, part.concat_ref)
-
-    async def _settle(self, outbox_id: int) -> None:
-        """All parts accepted -> sent; every part's final receipt -> the message's delivery state."""
-        async with self.sessions() as session, session.begin():
-            row = await session.get(OutboxRow, outbox_id)
-            if row is None:
-                return
-            parts = (await session.scalars(
-                select(SmsSubmitRow).where(SmsSubmitRow.outbox_id == outbox_id).order_by(SmsSubmitRow.seq))).all()
-            self._settle_row(row, parts)
-
-    def _settle_row(self, row: OutboxRow, parts: Sequence[SmsSubmitRow]) -> None:
-        now = self.now()
-        if not parts:
-            return
-        if row.status in ("sending", "in_doubt", "pending") and all(p.status == "accepted" for p in parts):
-            row.status = "sent"
-            row.sent_at = row.sent_at or now
-            row.last_error = None
-            self._m_submitted.inc()
-            log.info("sms.outbox.sent", outbox_id=row.id, case_id=row.case_id, parts=len(parts),
-                     message_ids=[p.smsc_message_id for p in parts], to=mask_number(row.recipient))
-        states = [p.receipt_state for p in parts]
-        if all(s is not None and DeliveryState(s).is_final for s in states):
-            final = [DeliveryState(s) for s in states if s is not None]
-            failed = [s for s in final if s is not DeliveryState.DELIVERED]
-            aggregate = (failed[0] if failed else DeliveryState.DELIVERED).value
-            if row.delivery_state != aggregate:
-                row.delivery_state = aggregate
-                if not failed:
-                    row.delivered_at = max(p.receipt_at for p in parts if p.receipt_at is not None)
-                    self._m_delivered.inc()
-                else:
-                    self._m_failed.inc(stage="delivery")
-                for part in parts:
-                    self._release(part)
-                log.info("sms.outbox.delivery", outbox_id=row.id, case_id=row.case_id, state=aggregate,
-                         to=mask_number(row.recipient))
-        elif any(s is not None for s in states) and row.delivery_state is None:
-            row.delivery_state = DeliveryState.ENROUTE.value
-
-    # ---- in doubt ---------------------------------------------------------------------------------
+            rows = (await session.execute(
+                update(OUTBOX).where(OUTBOX.c.status == "pending", OUTBOX.c.created_at < cutoff)
+                .values(status="failed", last_error="expired: not sent within smpp.validity_period")
+                .returning(OUTBOX.c.id, OUTBOX.c.case_id, OUTBOX.c.recipient))).all()
+        for row in rows:
+            self._m_failed.inc(stage="expired")
+            log.error("sms.outbox.expired", outbox_id=row.id, case_id=row.case_id, to=mask_number(row.recipient))
 
     async def resolve_in_doubt(self) -> int:
-        """Settle in-doubt parts by their receipts, or queue them again once the wait is over."""
+        """Settle in-doubt messages by receipts that prove their parts, or queue them again after the wait."""
         now = self.now()
         wait = dt.timedelta(seconds=self.settings.in_doubt_wait)
         settled = 0
         async with self.sessions() as session:
             ids = list(await session.scalars(
-                select(OutboxRow.id).where(OutboxRow.status == "in_doubt").order_by(OutboxRow.id)))
+                select(OUTBOX.c.id).where(OUTBOX.c.status == "in_doubt").order_by(OUTBOX.c.id).limit(500)))
         for outbox_id in ids:
             async with self._match_lock, self.sessions() as session, session.begin():
-                row = await session.get(OutboxRow, outbox_id)
-                if row is None or row.status != "in_doubt":
+                row = (await session.execute(
+                    select(OUTBOX.c.id, OUTBOX.c.status, OUTBOX.c.recipient, OUTBOX.c.case_id)
+                    .where(OUTBOX.c.id == outbox_id, OUTBOX.c.status == "in_doubt")
+                    .with_for_update(skip_locked=True))).first()
+                if row is None:
                     continue
-                parts = (await session.scalars(
-                    select(SmsSubmitRow).where(SmsSubmitRow.outbox_id == outbox_id)
-                    .order_by(SmsSubmitRow.seq))).all()
+                parts = (await session.execute(
+                    select(SUBMITS).where(SUBMITS.c.outbox_id == outbox_id).order_by(SUBMITS.c.seq))).all()
                 doubtful = [p for p in parts if p.status in ("in_doubt", "submitting")]
                 if not doubtful:
                     if any(p.status == "queued" for p in parts):
-                        row.status, row.not_before = "pending", now
-                    self._settle_row(row, parts)
+                        await self._requeue(session, outbox_id, [], now, None)
+                    else:
+                        await self._settle(session, {outbox_id}, now)
                     continue
                 since = min(p.submitted_at or now for p in doubtful)
-                evidence = (await session.scalars(
-                    select(SmsReceiptUnmatchedRow).where(
-                        SmsReceiptUnmatchedRow.recipient == row.recipient,
-                        SmsReceiptUnmatchedRow.matched_submit_id.is_(None),
-                        SmsReceiptUnmatchedRow.received_at >= since)
-                    .order_by(SmsReceiptUnmatchedRow.received_at, SmsReceiptUnmatchedRow.id)
-                    .limit(len(doubtful)))).all()
+                if await self._others_awaiting(session, row.recipient, outbox_id):
+                    evidence = []  # a receipt now could be theirs: wait until their resps are in
+                else:
+                    evidence = (await session.execute(
+                        select(UNMATCHED).where(
+                            UNMATCHED.c.recipient == row.recipient, UNMATCHED.c.matched_submit_id.is_(None),
+                            UNMATCHED.c.received_at >= since, self._link_clause(UNMATCHED.c.smsc_link),
+                            or_(UNMATCHED.c.reason.is_(None), ~UNMATCHED.c.reason.like("ambiguous%")))
+                        .order_by(UNMATCHED.c.received_at, UNMATCHED.c.id).limit(len(doubtful))
+                        .with_for_update(skip_locked=True))).all()
                 if len(evidence) >= len(doubtful):
                     for part, receipt in zip(doubtful, evidence, strict=False):
-                        part.smsc_message_id = part.smsc_message_id or receipt.message_id
-                        part.raw_message_id = part.raw_message_id or receipt.raw_message_id
-                        self._apply(part, DeliveryState(receipt.state), receipt.stat, receipt.error, now)
-                        receipt.matched_submit_id = part.id
-                        receipt.matched_at = now
+                        values = dict(part._mapping)
+                        self._apply(values, DeliveryState(receipt.state), receipt.stat, receipt.error, now)
+                        await session.execute(update(SUBMITS).where(SUBMITS.c.id == part.id).values(
+                            status=values["status"], accepted_at=values["accepted_at"],
+                            receipt_state=values["receipt_state"], receipt_stat=values["receipt_stat"],
+                            receipt_error=values["receipt_error"], receipt_at=values["receipt_at"],
+                            receipt_count=values["receipt_count"],
+                            smsc_message_id=part.smsc_message_id or self._submit_form(receipt.message_id),
+                            raw_message_id=part.raw_message_id or receipt.raw_message_id))
+                        await session.execute(update(UNMATCHED).where(UNMATCHED.c.id == receipt.id).values(
+                            matched_submit_id=part.id, matched_at=now))
                     if any(p.status == "queued" for p in parts):
-                        row.status, row.not_before = "pending", now
-                    self._settle_row(row, parts)
+                        await self._requeue(session, outbox_id, [], now, None)
+                    else:
+                        await self._settle(session, {outbox_id}, now)  # in_doubt -> sent
                     settled += 1
+                    self._m_receipts.inc(len(doubtful), match="in_doubt_proof")
                     log.info("sms.outbox.in_doubt_resolved", outbox_id=outbox_id, case_id=row.case_id,
                              by="receipt", parts=len(doubtful), to=mask_number(row.recipient))
                 elif all(p.in_doubt_since is not None and p.in_doubt_since + wait <= now for p in doubtful):
-                    for part in doubtful:
-                        part.status = "queued"
-                    row.status = "pending"
-                    row.not_before = now
-                    row.last_error = "resent: no receipt for the in-doubt part(s)"
+                    await self._requeue(session, outbox_id, [p.id for p in doubtful], now,
+                                        "resent: no receipt for the in-doubt part(s)")
                     settled += 1
                     self._m_retries.inc(status="in_doubt")
                     log.warning("sms.outbox.in_doubt_resend", outbox_id=outbox_id, case_id=row.case_id,
                                 parts=len(doubtful), to=mask_number(row.recipient))
         return settled
 
-    # ---- receipts ----------------------------------------------------------------------------------
+    async def _others_awaiting(self, session: AsyncSession, recipient: str, outbox_id: int) -> bool:
+        """Whether another message to this handset has a part on the wire without its resp yet."""
+        found = await session.scalar(
+            select(SUBMITS.c.id).where(SUBMITS.c.recipient == recipient, SUBMITS.c.outbox_id != outbox_id,
+                                       SUBMITS.c.status == "submitting").limit(1))
+        return found is not None
 
-    async def handle_receipt(self, inbound: InboundReceipt) -> int:
-        """Store a receipt against its part (or as unmatched); the deliver_sm_resp status."""
-        try:
-            return await self._handle_receipt(inbound)
-        except (SQLAlchemyError, OSError, TimeoutError) as exc:
-            log.error("sms.receipt.store_failed", message_id=inbound.receipt.message_id,
-                      error=str(exc).splitlines()[0][:300])
-            return Status.RX_T_APPN
-
-    async def _handle_receipt(self, inbound: InboundReceipt) -> int:
-        receipt = inbound.receipt
-        now = self.now()
-        keys = list(message_id_keys(receipt.message_id, self._bases))
-        recipient = normalise_sender(inbound.source_addr, self.region) if inbound.source_addr else None
-        async with self._match_lock, self.sessions() as session, session.begin():
-            parts: list[SmsSubmitRow] = []
-            if keys:
-                parts = list((await session.scalars(
-                    select(SmsSubmitRow).where(SmsSubmitRow.smsc_message_id.in_(keys)).order_by(SmsSubmitRow.id))).all())
-            if not parts and inbound.user_message_reference is not None and recipient:
-                candidates = (await session.scalars(
-                    select(SmsSubmitRow).where(SmsSubmitRow.recipient == recipient,
-                                               SmsSubmitRow.status.in_(("in_doubt", "submitting", "queued")))))
-                parts = [p for p in candidates if p.id & 0xFFFF == inbound.user_message_reference]
-                for part in parts:
-                    part.smsc_message_id = part.smsc_message_id or receipt.message_id
-            if not parts:
-                session.add(SmsReceiptUnmatchedRow(
-                    message_id=receipt.message_id[:72], raw_message_id=receipt.raw_message_id[:72],
-                    state=receipt.state.value, stat=(receipt.stat or "")[:16] or None,
-                    error=(receipt.error or "")[:16] or None, recipient=recipient, received_at=now))
-                self._m_receipts.inc(match="unmatched")
-                log.info("sms.receipt.unmatched", message_id=receipt.message_id, state=receipt.state.value,
-                         to=mask_number(recipient))
-                return Status.ROK
-            changed = False
-            for part in parts:
-                changed |= self._apply(part, receipt.state, receipt.stat, receipt.error, now)
-            for outbox_id in {p.outbox_id for p in parts}:
-                row = await session.get(OutboxRow, outbox_id)
-                siblings = (await session.scalars(
-                    select(SmsSubmitRow).where(SmsSubmitRow.outbox_id == outbox_id)
-                    .order_by(SmsSubmitRow.seq))).all()
-                if row is not None:
-                    self._settle_row(row, siblings)
-        self._m_receipts.inc(match="matched" if changed else "duplicate")
-        log.info("sms.receipt", message_id=receipt.message_id, state=receipt.state.value,
-                 outbox_id=parts[0].outbox_id, duplicate=not changed)
-        return Status.ROK
-
-    async def sweep_unmatched(self) -> int:
-        """Match stored receipts whose part id is known by now (a safety net for any race)."""
-        since = self.now() - dt.timedelta(seconds=max(3600.0, 2 * self.settings.in_doubt_wait))
-        matched = 0
-        async with self._match_lock, self.sessions() as session, session.begin():
-            waiting = (await session.scalars(
-                select(SmsReceiptUnmatchedRow).where(SmsReceiptUnmatchedRow.matched_submit_id.is_(None),
-                                                     SmsReceiptUnmatchedRow.received_at >= since)
-                .order_by(SmsReceiptUnmatchedRow.id).limit(200))).all()
-            touched: set[int] = set()
-            for receipt in waiting:
-                keys = list(message_id_keys(receipt.message_id, self._bases))
-                if not keys:
-                    continue
-                part = await session.scalar(
-                    select(SmsSubmitRow).where(SmsSubmitRow.smsc_message_id.in_(keys)).order_by(SmsSubmitRow.id)
-                    .limit(1))
-                if part is None:
-                    continue
-                self._apply(part, DeliveryState(receipt.state), receipt.stat, receipt.error, receipt.received_at)
-                receipt.matched_submit_id = part.id
-                receipt.matched_at = self.now()
-                touched.add(part.outbox_id)
-                matched += 1
-            for outbox_id in touched:
-                row = await session.get(OutboxRow, outbox_id)
-                parts = (await session.scalars(
-                    select(SmsSubmitRow).where(SmsSubmitRow.outbox_id == outbox_id).order_by(SmsSubmitRow.seq))).all()
-                if row is not None:
-                    self._settle_row(row, parts)
-        if matched:
-            self._m_receipts.inc(matched, match="swept")
-            log.info("sms.receipt.swept", matched=matched)
-        return matched
-
-    async def _claim_unmatched(self, session: AsyncSession, part: SmsSubmitRow, now: dt.datetime) -> None:
-        """Receipts that came before this part's submit_sm_resp."""
-        ids = receipt_ids_for(part.smsc_message_id or "", self._bases)
-        if not ids:
-            return
-        early = (await session.scalars(
-            select(SmsReceiptUnmatchedRow).where(SmsReceiptUnmatchedRow.message_id.in_(ids),
-                                                 SmsReceiptUnmatchedRow.matched_submit_id.is_(None))
-            .order_by(SmsReceiptUnmatchedRow.id))).all()
-        for receipt in early:
-            self._apply(part, DeliveryState(receipt.state), receipt.stat, receipt.error, receipt.received_at)
-            receipt.matched_submit_id = part.id
-            receipt.matched_at = now
-            self._m_receipts.inc(match="early")
-            log.info("sms.receipt.matched_late", message_id=part.smsc_message_id, outbox_id=part.outbox_id)
-
-    def _apply(self, part: SmsSubmitRow, state: DeliveryState, stat: str | None, error: str | None,
-               at: dt.datetime) -> bool:
-        """Put a receipt on a part; False for a repeat. A receipt also proves the SMSC had the part."""
-        part.receipt_count = (part.receipt_count or 0) + 1
-        current = DeliveryState(part.receipt_state) if part.receipt_state else None
-        if current is not None and (current == state or current.is_final):
-            return False  # a repeat, or a late intermediate one: the first final receipt stands
-        if part.status in ("in_doubt", "submitting", "queued"):
-            part.status = "accepted"
-            part.accepted_at = part.accepted_at or part.submitted_at or at
-        part.receipt_state = state.value
-        part.receipt_stat = (stat or "")[:16] or None
-        part.receipt_error = (error or "")[:16] or None
-        part.receipt_at = at
-        if state.is_final:
-            start = part.accepted_at or part.submitted_at
-            if start is not None:
-                self._m_latency.observe(max(0.0, (at - start).total_seconds()))
-        return True
+    async def _requeue(self, session: AsyncSession, outbox_id: int, part_ids: list[int], now: dt.datetime,
+                       error: str | None) -> None:
+        if part_ids:
+            await session.execute(update(SUBMITS).where(SUBMITS.c.id.in_(part_ids)).values(status="queued"))
+        values: dict[str, Any] = {"status": "pending", "not_before": now}
+        if error:
+            values["last_error"] = error
+        await session.execute(update(OUTBOX).where(OUTBOX.c.id == outbox_id).values(**values))
 
     # ---- metrics ----------------------------------------------------------------------------------
 
@@ -576,10 +998,12 @@ class OutboxSender:
         now = self.now()
         async with self.sessions() as session:
             depth, oldest = (await session.execute(
-                select(func.count(), func.min(OutboxRow.created_at)).where(OutboxRow.status.in_(BLOCKING)))).one()
+                select(func.count(), func.min(OUTBOX.c.created_at)).where(OUTBOX.c.status.in_(BLOCKING)))).one()
             in_doubt = await session.scalar(
-                select(func.count()).select_from(OutboxRow).where(OutboxRow.status == "in_doubt"))
+                select(func.count()).select_from(OUTBOX).where(OUTBOX.c.status == "in_doubt"))
         self._g_depth.set(depth or 0)
+        if oldest is not None and oldest.tzinfo is None:
+            oldest = oldest.replace(tzinfo=dt.UTC)
         self._g_age.set(max(0.0, (now - oldest).total_seconds()) if oldest is not None else 0.0)
         self._g_in_doubt.set(in_doubt or 0)
         if self.gateway is not None:
@@ -587,4 +1011,4 @@ class OutboxSender:
                 self._g_bind.set(state, link=role)
 
 
-__all__ = ["BLOCKING", "DIRECT_TEMPLATES", "OutboxSender", "receipt_ids_for"]
+__all__ = ["BLOCKING", "DIRECT_TEMPLATES", "OutboxSender", "link_key"]

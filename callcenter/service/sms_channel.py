@@ -53,7 +53,7 @@ def build_sms_services(settings: Settings, *, sessions: async_sessionmaker[Async
         except InvalidPhoneNumber as exc:
             raise RosterError(f"sms.shift_leader_phone: {exc}") from exc
     outbox = OutboxSender(sessions=sessions, smpp=settings.smpp, settings=settings.sms, metrics=metrics,
-                          region=region)
+                          region=region, node=settings.node_id())
     tasks = TaskService(sessions=sessions, grids=grids, roster=roster,
                         escalation_minutes=settings.sms.task_escalation_minutes, shift_leader_phone=leader,
                         metrics=metrics, on_outbox=outbox.wake)
@@ -97,7 +97,7 @@ class SmsRuntime:
         self.sms.outbox.gateway = gateway
         await self.sms.outbox.recover()
         await self.sms.intake.load()
-        await gateway.start(self.sms.intake.receive_status, self.sms.outbox.handle_receipt)
+        await gateway.start(self.sms.intake.receive_verdict, self.sms.outbox.handle_receipt)
         self._loops = [
             asyncio.create_task(self.sms.outbox.run(self._stop), name="sms-outbox"),
             asyncio.create_task(self._housekeeping(), name="sms-housekeeping"),

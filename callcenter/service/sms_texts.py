@@ -31,6 +31,7 @@ TASK_ALREADY = "受理编号{number}：任务{code}已回复“{answer}”，无
 TASK_NOTICE = "受理编号{number}【{kind}任务{code}】{excerpt}。属实回复1 {code}，不属实回复2 {code}"
 TASK_ESCALATION = "受理编号{number}：{kind}任务{code}已{minutes}分钟无人回复（监督员{name}），请安排。"
 STORM_PREFIX = "【同一号码短时多条短信，已合并】"
+BINARY_DRAFT = "【二进制短信，无可读文字：{size}字节，编码{coding}，原始内容见短信记录，请人工核查】"
 TRUNCATED = "【原文共{length}字，以下已截断，全文见短信记录】"
 
 TASK_KINDS_ZH = {"verify": "核实", "check": "核查"}

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import datetime as dt
 import enum
-import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -26,11 +25,12 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from callcenter.cases.grids import GridCode, GridIndex, InvalidGridCode
-from callcenter.db.tables import CaseLogRow, CaseRow, OutboxRow
+from callcenter.db.tables import CaseLogRow, CaseRow
 from callcenter.db.tables_sms import SupervisorTaskRow
 from callcenter.metrics import MetricsRegistry
 from callcenter.service import sms_texts as texts
 from callcenter.service.errors import CaseNotFound, InvalidInput
+from callcenter.service.outbox import OutgoingSms, enqueue, outbox_key
 from callcenter.service.sms_roster import Roster
 from sms.keywords import TaskReply
 from sms.privacy import mask_number
@@ -90,10 +90,6 @@ def _view(row: SupervisorTaskRow) -> TaskView:
         answered_at=row.answered_at, escalated_at=row.escalated_at, created_by=row.created_by)
 
 
-def outbox_key(*parts: str) -> str:
-    return hashlib.sha256("|".join(parts).encode()).hexdigest()
-
-
 @dataclass
 class TaskService:
     sessions: async_sessionmaker[AsyncSession]
@@ -143,10 +139,9 @@ class TaskService:
                 excerpt = f"{place}{case.description}" if place else case.description
                 body = texts.fit(texts.TASK_NOTICE, excerpt or "（无描述）", number=case.number,
                                  kind=kind.label_zh, code=row.code)
-                session.add(OutboxRow(
-                    idempotency_key=outbox_key("task-notice", row.code), case_id=case.id,
-                    recipient=supervisor.phone, template="task_notice", body=body, status="pending",
-                    attempts=0, not_before=now, created_at=now))
+                await enqueue(session, [OutgoingSms(
+                    key=outbox_key("task-notice", row.code), case_id=case.id, recipient=supervisor.phone,
+                    template="task_notice", body=body)], now)
                 session.add(CaseLogRow(
                     case_id=case.id, at=now, actor=actor[:128], action="task_sent",
                     changes={"task": row.code, "kind": kind.value, "grid": grid_code,
@@ -269,10 +264,9 @@ class TaskService:
                     body = texts.TASK_ESCALATION.format(
                         number=task.case_number, kind=texts.TASK_KINDS_ZH.get(task.kind, task.kind),
                         code=task.code, minutes=f"{self.escalation_minutes:g}", name=task.supervisor_name)
-                    session.add(OutboxRow(
-                        idempotency_key=outbox_key("task-escalation", task.code or str(task.id)),
-                        case_id=task.case_id, recipient=leader, template="task_escalation", body=body,
-                        status="pending", attempts=0, not_before=now, created_at=now))
+                    await enqueue(session, [OutgoingSms(
+                        key=outbox_key("task-escalation", task.code or str(task.id)), case_id=task.case_id,
+                        recipient=leader, template="task_escalation", body=body)], now)
                 session.add(CaseLogRow(case_id=task.case_id, at=now, actor="system:sms", action="task_escalated",
                                        changes=changes, reason=None))
                 count += 1

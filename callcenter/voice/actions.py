@@ -30,14 +30,11 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import hashlib
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 
 import phonenumbers
 import structlog
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
@@ -46,10 +43,10 @@ from callcenter.cases.lifecycle import CaseStatus
 from callcenter.cases.messages import MessageTemplates
 from callcenter.cases.model import CaseFlag, CaseView, Channel
 from callcenter.cases.phones import InvalidPhoneNumber, normalise_phone
-from callcenter.db.tables import OutboxRow
 from callcenter.ivr import ActionResult, BusinessHours, Invoke
 from callcenter.service.cases import CaseService, DraftInput
 from callcenter.service.errors import CaseNotFound, InvalidInput, ServiceError, TransitionRefused
+from callcenter.service.outbox import outbox_key
 from callcenter.voice.callbacks import CallbackRefused, CallbackService
 from callcenter.voice.metrics import VoiceMetrics
 from callcenter.voice.recordings import RecordingCheck, RecordingStore
@@ -139,8 +136,8 @@ def is_mobile(phone: str) -> bool:
 
 
 def receipt_key(case_number: str) -> str:
-    """Outbox idempotency key of a phone draft's number SMS: one per draft, whoever gets it."""
-    return hashlib.sha256(f"voice|received|{case_number}".encode()).hexdigest()
+    """Outbox idempotency key of a draft's number SMS: one per case, whoever gets it."""
+    return outbox_key("receipt", case_number)
 
 
 class VoiceActions:
@@ -295,7 +292,7 @@ class VoiceActions:
         check = self._recording(ref, "voicemail", call)
         related = args.get("case_number") or None
         caller = self._phone(args.get("caller")) or call.caller
-        flags = [CaseFlag.NEEDS_TRANSCRIPTION.value, *check.flags]
+        flags = [CaseFlag.NEEDS_TRANSCRIPTION.value, CaseFlag.VOICEMAIL.value, *check.flags]
         if self._after_hours():
             flags.append(CaseFlag.AFTER_HOURS.value)
         view = await self._file_draft(DraftInput(
@@ -326,21 +323,10 @@ class VoiceActions:
             log.info("voice.sms_no_mobile", call_id=call.call_id, case_number=number,
                      recipient=mask_number(recipient))
             return "no_number", {}
-        view = await self.cases.get(number, with_log=False)
-        body = self.templates.render("received", number=view.number, platform_number=view.platform_number or "",
-                                     status=CaseStatus(view.status).label_zh)
-        now = self.cases.now()
-        values = {"idempotency_key": receipt_key(view.number), "case_id": view.id, "recipient": recipient,
-                  "template": "received", "body": body, "status": "pending", "attempts": 0,
-                  "not_before": now, "created_at": now}
-        insert = pg_insert if self.engine.dialect.name == "postgresql" else sqlite_insert
-        statement = insert(OutboxRow.__table__).values(**values).on_conflict_do_nothing(
-            index_elements=["idempotency_key"])
-        async with self.sessions() as session, session.begin():
-            result = await session.execute(statement)
-        queued = bool(result.rowcount)
+        # The outbox owner queues it inside the transaction that reads the draft, keyed by the case.
+        queued = await self.cases.send_receipt(number, recipient)
         log.info("voice.sms_queued" if queued else "voice.sms_already_queued", call_id=call.call_id,
-                 case_number=view.number, recipient=mask_number(recipient))
+                 case_number=number, recipient=mask_number(recipient))
         return "ok", {}
 
     async def _lookup_status(self, args: Mapping[str, str | None], call: CallInfo) -> Outcome:

@@ -13,9 +13,13 @@ flag on the draft for staff, not a crash that loses the caller's report.
 
 from __future__ import annotations
 
+import array
 import datetime as dt
 import enum
+import math
+import operator
 import re
+import sys
 import secrets
 import wave
 from dataclasses import dataclass
@@ -29,6 +33,9 @@ from callcenter.settings import RecordingSettings, Settings
 log = structlog.get_logger(__name__)
 
 FORMAT = "wav"
+# Speech detection: 20 ms frames whose RMS level is above the threshold count as speech.
+FRAME_MS = 20
+DEFAULT_SPEECH_DBFS = -40.0
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
 _HINT = re.compile(r"[a-z][a-z0-9_]{0,31}")
 _MAX_ID_CHARS = 40
@@ -69,17 +76,71 @@ class RecordingTarget:
     ref: str
 
 
+@dataclass(frozen=True)
+class Speech:
+    """What a WAV holds: its length and how much of it is louder than the speech threshold."""
+
+    duration_ms: int
+    speech_ms: int
+
+
+def measure_speech(path: Path | str, threshold_dbfs: float = DEFAULT_SPEECH_DBFS) -> Speech:
+    """Energy detector over the frames of a 16-bit PCM WAV (what Asterisk's `wav` writes).
+
+    Why not the length: with silence detection RECORD FILE trims only (silence - 1 s) from
+    the end, so a caller who said nothing leaves a take of about 1 s of digital silence or
+    line noise. Raises wave.Error / OSError / ValueError for a file it cannot judge.
+    """
+    with wave.open(str(path), "rb") as wav:
+        if wav.getsampwidth() != 2:
+            raise ValueError(f"{wav.getsampwidth() * 8}-bit audio: only 16-bit PCM is measured")
+        rate = wav.getframerate() or 8000
+        channels = wav.getnchannels() or 1
+        raw = wav.readframes(wav.getnframes())
+    samples = array.array("h")
+    samples.frombytes(raw[: len(raw) - len(raw) % 2])
+    if sys.byteorder == "big":
+        samples.byteswap()
+    step = max(1, rate * FRAME_MS // 1000) * channels
+    threshold = 32768.0 * 10 ** (threshold_dbfs / 20)
+    limit = threshold * threshold * step  # compare sums of squares: no sqrt per frame
+    voiced = 0
+    for start in range(0, len(samples) - step + 1, step):
+        frame = samples[start:start + step]
+        if math.fsum(map(operator.mul, frame, frame)) >= limit:
+            voiced += 1
+    total_frames = len(samples) // channels
+    return Speech(duration_ms=total_frames * 1000 // rate, speech_ms=voiced * FRAME_MS)
+
+
 class RecordingStore:
     """Names recordings, and checks what Asterisk wrote."""
 
-    def __init__(self, asterisk_dir: str, service_dir: Path) -> None:
+    def __init__(self, asterisk_dir: str, service_dir: Path,
+                 speech_dbfs: float = DEFAULT_SPEECH_DBFS) -> None:
         self.asterisk_dir = asterisk_dir.rstrip("/") or "/"
         self.service_dir = service_dir
+        self.speech_dbfs = speech_dbfs
 
     @classmethod
     def from_settings(cls, settings: Settings) -> RecordingStore:
         section: RecordingSettings = settings.recordings
-        return cls(section.asterisk_dir, settings.path(section.service_dir))
+        return cls(section.asterisk_dir, settings.path(section.service_dir),
+                   settings.voice.speech_threshold_dbfs)
+
+    def speech(self, ref: str) -> Speech | None:
+        """Speech in the recording behind `ref`; None when there is no readable file (the
+        caller then is judged by the take's length, and the draft flags the file)."""
+        path = self.service_path(ref)
+        if path is None:
+            return None
+        try:
+            return measure_speech(path, self.speech_dbfs)
+        except FileNotFoundError:
+            return None
+        except (wave.Error, EOFError, OSError, ValueError) as exc:
+            log.info("voice.speech_unmeasured", recording=ref[:80], error=str(exc)[:200])
+            return None
 
     def new_target(self, hint: str, call_id: str, now: dt.datetime | None = None) -> RecordingTarget:
         """A fresh, flat file name: `report-20261124T0930-<call id>-<random>.wav`.

@@ -21,11 +21,23 @@ async def healthz(request: web.Request) -> web.Response:
     return json_response({"status": "ok", "database": "ok"})
 
 
+async def root(request: web.Request) -> web.Response:
+    """People open the address the start-up log gives; the console is what they want."""
+    raise web.HTTPFound("/console/")
+
+
+async def favicon(request: web.Request) -> web.Response:
+    """Browsers ask for /favicon.ico on their own; the icon is the console's."""
+    raise web.HTTPMovedPermanently("/console/static/favicon.svg")
+
+
 def make_app(services: Services) -> web.Application:
     app = web.Application(
         middlewares=[error_middleware], client_max_size=services.settings.http.max_body_bytes
     )
     app[services_key] = services
+    app.router.add_get("/", root)
+    app.router.add_get("/favicon.ico", favicon)
     app.router.add_get("/healthz", healthz)
     api.add_routes(app)
     console.add_routes(app)

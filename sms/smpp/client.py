@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import enum
 import random
+import secrets
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -64,6 +66,13 @@ from sms.smpp.session import (
 log = structlog.get_logger("sms.smpp")
 
 DeliverHandler = Callable[[DeliverSm], Awaitable[int]]
+
+#: While `on_deliver` runs: which connection the deliver_sm came on ("trx#3": role and the
+#: link's connection count) and its sequence number. The SMSC resends on the same connection
+#: only what it got no ESME_ROK for; intake tells a redelivery from a citizen's repetition
+#: by it (callcenter.service.sms_intake).
+DELIVER_ORIGIN: contextvars.ContextVar[tuple[str, int] | None] = contextvars.ContextVar(
+    "smpp_deliver_origin", default=None)
 BindModeSetting = Literal["trx", "tx+rx"]
 
 
@@ -351,6 +360,7 @@ class _Link:
         self.backoff = Backoff(client.reconnect_min, client.reconnect_max, client._rng)
         self.task: asyncio.Task[None] | None = None
         self.next_sequence = client.first_sequence
+        self.connections = 0  # connections made so far: names a connection in DELIVER_ORIGIN
         self._attempt: SmppProtocol | None = None  # the connection the waiters belong to
         self._bind_waiter: asyncio.Future[Event | None] | None = None
         self._lost_waiter: asyncio.Future[None] | None = None
@@ -386,6 +396,9 @@ class _Link:
                 await client._pause(self.backoff.next())
                 continue
             client.stats.connects += 1
+            self.connections += 1
+            # Unique across restarts too: a connection of the process before a crash is another one.
+            protocol.connection_name = f"{self.role}#{self.connections}@{client.instance}"  # type: ignore[attr-defined]
             self.protocol = protocol
             self._set_state(BindState.BINDING)
             try:
@@ -611,6 +624,8 @@ class SmppClient:
         self._last_bind_error: int | None = None
         self._waiters: asyncio.Future[None] | None = None
         self._deliver_tasks: set[asyncio.Task[None]] = set()
+        self.instance = secrets.token_hex(4)
+        self._submit_turn = asyncio.Lock()
         self._stop_event: asyncio.Event | None = None
         if bind_mode == "trx":
             self._links = [_Link(self, "trx", BindMode.TRANSCEIVER)]
@@ -702,20 +717,23 @@ class SmppClient:
         """
         loop = asyncio.get_running_loop()
         link = self._tx_link
-        while True:
-            if self._stopping:
-                raise ClientStopped("client stopped")
-            if link.can_submit():
-                wait = self._bucket.take(self._clock())
-                if wait <= 0:
-                    break
-                await self._pause(wait)
-                continue
-            await self._changed()
-        assert link.protocol is not None
-        future: asyncio.Future[SubmitResult] = loop.create_future()
-        seq = link.protocol.submit(request)
-        link.pending[seq] = future
+        # One caller at a time waits for a window slot (asyncio.Lock is FIFO): with every
+        # caller waiting on the shared change future, each freed slot woke all of them.
+        async with self._submit_turn:
+            while True:
+                if self._stopping:
+                    raise ClientStopped("client stopped")
+                if link.can_submit():
+                    wait = self._bucket.take(self._clock())
+                    if wait <= 0:
+                        break
+                    await self._pause(wait)
+                    continue
+                await self._changed()
+            assert link.protocol is not None
+            future: asyncio.Future[SubmitResult] = loop.create_future()
+            seq = link.protocol.submit(request)
+            link.pending[seq] = future
         self.stats.submits += 1
         log.debug(
             "smpp.submit",
@@ -743,6 +761,7 @@ class SmppClient:
         if handler is None:
             link._log.warning("smpp.deliver_without_handler", seq=event.sequence)
         else:
+            DELIVER_ORIGIN.set((getattr(protocol, "connection_name", link.role), event.sequence))
             try:
                 status = int(await handler(event))
             except asyncio.CancelledError:

@@ -6,7 +6,8 @@ by simulating a channel (a caller who presses `dtmf` keys, channel variables, a 
 after N commands, a dead channel that answers 511). It is written on plain asyncio
 streams, independent of the server under test, and returns a `CallTranscript` of what
 the server sent. Response formats follow the captured Asterisk 22 transcripts in
-`../shared/reference/asterisk-agi/`; `load_reference_sessions()` reads those.
+`../shared/reference/asterisk-agi/`; their byte lines live in `tests/agi/reference/
+agi-sessions.txt`, which `load_reference_sessions()` reads, so a plain clone runs them.
 
     peer = ScriptedAsterisk(script="hotline", dtmf="12#5", hangup_after=6)
     transcript = await peer.run("127.0.0.1", port)
@@ -16,7 +17,9 @@ Whole-call tests use `AgiServerHarness` (the `agi_server` fixture): `start(route
 on 127.0.0.1 port 0 and `await call(peer)` plays one call and waits for its handler.
 
 DTMF model: `dtmf` is the sequence of keys the caller presses, in order; a `,` is a
-pause long enough for any timeout. GET DATA takes keys up to `#`, a pause or its max;
+pause long enough for any timeout; a `.` is the caller waiting for the beep (prompts
+before a recording take barge-in, so without it the `#` meant to end the recording would
+skip the instructions instead). GET DATA takes keys up to `#`, a pause or its max;
 WAIT FOR DIGIT takes one; STREAM FILE, SAY and RECORD FILE take the next key only if it
 is one of their escape digits (otherwise the caller is waiting for the prompt to end).
 """
@@ -439,7 +442,7 @@ class ScriptedAsterisk:
 
     def _interrupt(self, escape_digits: str) -> str | None:
         key = self._next_key()
-        if key is not None and key != "," and key in escape_digits:
+        if key is not None and key not in ",." and key in escape_digits:
             return self._take_key()
         return None
 
@@ -460,6 +463,8 @@ class ScriptedAsterisk:
             return f"200 result={ord(key) if key and key != ',' else 0}"
         if name == "record file":
             transcript.recordings.append(argv[2])
+            if self._next_key() == ".":  # the caller waited for the beep
+                self._take_key()
             key = self._interrupt(argv[4])
             if key is not None:
                 return f"200 result={ord(key)} (dtmf) endpos=9760"
@@ -562,11 +567,15 @@ class AgiServerHarness:
 # --------------------------------------------------------------------------------------
 
 
+SESSIONS_FILE = Path(__file__).resolve().parent / "reference" / "agi-sessions.txt"
+
+
 def reference_dir() -> Path:
-    """`../shared/reference/asterisk-agi` beside the project, or $CALLCENTER_SHARED_DIR."""
-    shared = os.environ.get("CALLCENTER_SHARED_DIR")
-    base = Path(shared) if shared else Path(__file__).resolve().parents[3] / "shared"
-    return base / "reference" / "asterisk-agi"
+    """`../shared/reference/asterisk-agi` beside the project (or a git worktree's), or
+    under $CALLCENTER_SHARED_DIR."""
+    from tests.support.asterisk import shared_dir
+
+    return shared_dir() / "reference" / "asterisk-agi"
 
 
 @dataclass(frozen=True)
@@ -602,11 +611,11 @@ class ReferenceSession:
 
 _SECTION = re.compile(r"(?:--- )?(\d+[a-z]?)\. ")
 _PROBE_LINE = re.compile(r"\s+\d+\.\d+ \[(c\d+)\] (<<|>>) (.*)")
+_SESSION_LINE = re.compile(r"(\S+) (<<|>>) (.*)")
 
 
-def load_reference_sessions(path: Path | None = None) -> list[ReferenceSession]:
-    """Every probe-logged connection of transcripts.txt, in file order."""
-    path = path or reference_dir() / "transcripts.txt"
+def parse_transcripts(path: Path) -> list[ReferenceSession]:
+    """Every probe-logged connection of the shared transcripts.txt, in file order."""
     sessions: dict[str, list[tuple[str, bytes]]] = {}
     section = "?"
     for text_line in path.read_text(encoding="utf-8").splitlines():
@@ -619,3 +628,28 @@ def load_reference_sessions(path: Path | None = None) -> list[ReferenceSession]:
                 (probe[2], value.encode("utf-8"))
             )
     return [ReferenceSession(name, tuple(lines)) for name, lines in sessions.items()]
+
+
+def load_reference_sessions(path: Path | None = None) -> list[ReferenceSession]:
+    """The sessions kept in tests/ (`<session> <<|>> <repr of the line>`), in file order."""
+    sessions: dict[str, list[tuple[str, bytes]]] = {}
+    for text_line in (path or SESSIONS_FILE).read_text(encoding="utf-8").splitlines():
+        if not text_line or text_line.startswith("#"):
+            continue
+        match = _SESSION_LINE.fullmatch(text_line)
+        assert match is not None, text_line
+        value = ast.literal_eval(match[3])
+        assert isinstance(value, str), text_line
+        sessions.setdefault(match[1], []).append((match[2], value.encode("utf-8")))
+    return [ReferenceSession(name, tuple(lines)) for name, lines in sessions.items()]
+
+
+def write_sessions(sessions: list[ReferenceSession], path: Path = SESSIONS_FILE) -> None:
+    """Refresh tests/agi/reference/agi-sessions.txt from parsed transcripts."""
+    lines = ["# FastAGI lines exchanged with a real Asterisk 22.10.1, one per line:",
+             "# <section>-<connection> <'<<' from Asterisk | '>>' to Asterisk> <Python repr of the line>.",
+             "# Extracted from ../shared/reference/asterisk-agi/transcripts.txt by",
+             "# tests/agi/asterisk_peer.py:write_sessions; test_agi_protocol checks it still matches."]
+    for session in sessions:
+        lines += [f"{session.name} {direction} {data.decode('utf-8')!r}" for direction, data in session.lines]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import random
 from collections import deque
 
@@ -35,9 +37,11 @@ from tests.agi.asterisk_peer import (
     default_env,
     encode_env,
     load_reference_sessions,
+    parse_transcripts,
+    reference_dir,
 )
 
-SESSIONS = load_reference_sessions()  # fails collection loudly if ../shared is missing
+SESSIONS = load_reference_sessions()  # tests/agi/reference: a plain clone has them too
 SESSION_IDS = [session.name for session in SESSIONS]
 MINIMAL_ENV = b"agi_network: yes\nagi_uniqueid: 1.1\n\n"
 CHUNKINGS = [None, *range(1, 10)]  # whole, then 1..9 bytes per read
@@ -166,6 +170,16 @@ def test_every_transcript_is_loaded() -> None:
     """The loader finds all twelve logged connections, ten of them with a full env block."""
     assert len(SESSIONS) == 12
     assert sum(session.has_env for session in SESSIONS) == 11
+
+
+def test_the_kept_sessions_match_the_shared_transcripts() -> None:
+    """tests/agi/reference is an extract of ../shared; CI, which has ../shared, checks it is current."""
+    source = reference_dir() / "transcripts.txt"
+    if not source.exists():
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{source} is missing (set CALLCENTER_SHARED_DIR)")
+        pytest.skip(f"{source} is not beside this clone; the kept extract is used as is")
+    assert parse_transcripts(source) == SESSIONS
 
 
 @pytest.mark.parametrize(

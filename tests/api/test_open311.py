@@ -72,7 +72,7 @@ def form(api: ApiClient, role: Role = Role.GATEWAY, **fields: str) -> dict[str, 
         "jurisdiction_id": "longgang.example.cn", "api_key": api.tokens[role], "service_code": "C0101",
         "lat": "22.7205", "long": "114.2468", "email": EMAIL, "first_name": "张", "last_name": "伟",
         "description": "title: 井盖丢失\n\ndetail: 龙岗大道人行道上水井盖不见了\n\nSubmitted via FixMyStreet",
-        "phone": PHONE,
+        "phone": PHONE, "attribute[endangers_people]": "no",
     }
     data.update(fields)
     return {key: value for key, value in data.items() if value is not None}
@@ -107,12 +107,12 @@ async def test_a_fixmystreet_like_client_reports_and_tracks_over_xml(api: ApiCli
     assert len(services) == len(services_of(api).catalogue.all())
     chosen = next(s for s in services if s.findtext("service_code") == "C0101")
     assert chosen.findtext("service_name") == "上水井盖"
-    assert chosen.findtext("metadata") == "false" and chosen.findtext("type") == "realtime"
+    assert chosen.findtext("metadata") == "true" and chosen.findtext("type") == "realtime"
     assert "部件" in (chosen.findtext("group") or "") and "," in (chosen.findtext("keywords") or "")
     definition = await xml_of(await api.http.get(f"{V2}/services/C0101.xml"))
     assert definition.tag == "service_definition" and definition.findtext("service_code") == "C0101"
-    attributes = definition.find("attributes")
-    assert attributes is not None and len(attributes) == 0
+    codes = [a.findtext("code") for a in definition.findall("attributes/attribute")]
+    assert codes == ["location_detail", "component_plate", "endangers_people"]
 
     response = await api.http.post(f"{V2}/requests.xml", data=form(
         api, **{"media_url": "https://fms.example.cn/photo/1.jpeg", "attribute[fixmystreet_id]": "77",
@@ -135,6 +135,7 @@ async def test_a_fixmystreet_like_client_reports_and_tracks_over_xml(api: ApiCli
     assert requested.utcoffset() == dt.timedelta(hours=8)
     assert abs(requested - dt.datetime.now(dt.UTC)) < dt.timedelta(minutes=5)
     assert request["description"].startswith("title: 井盖丢失")
+    assert request["description"].endswith("危及人身安全：否\n图片：https://fms.example.cn/photo/1.jpeg")
 
     view = await services_of(api).cases.get(number)
     assert view.channel == Channel.OPEN311 and view.category == "C0101" and view.status == "draft"
@@ -150,9 +151,10 @@ async def test_a_fixmystreet_like_client_reports_and_tracks_over_xml(api: ApiCli
 async def test_the_same_flow_over_json_with_a_staff_key(api: ApiClient) -> None:
     services = await json_of(await api.http.get(f"{V2}/services.json"))
     event = next(s for s in services if s["service_code"] == "E0103")
-    assert event["metadata"] is False and event["type"] == "realtime" and event["group"].startswith("事件")
+    assert event["metadata"] is True and event["type"] == "realtime" and event["group"].startswith("事件")
     definition = await json_of(await api.http.get(f"{V2}/services/e0103.json"))
-    assert definition == {"service_code": "E0103", "attributes": []}
+    assert definition["service_code"] == "E0103"
+    assert [a["code"] for a in definition["attributes"]] == ["location_detail", "endangers_people"]
 
     response = await api.http.post(f"{V2}/requests.json", data=form(
         api, Role.STAFF, service_code=event["service_code"], lat="", long="",
@@ -179,7 +181,7 @@ async def test_a_multipart_post_and_a_post_without_description_or_phone(api: Api
     body.add_field("filler", "x", content_type="text/plain")  # forces multipart/form-data
     created = await json_of(await api.http.post(f"{V2}/requests.json", data=body))
     view = await services_of(api).cases.get(created[0]["service_request_id"])
-    assert view.description == "上水井盖" and view.reporter_phone is None
+    assert view.description == "上水井盖\n危及人身安全：否" and view.reporter_phone is None
     assert "短信" not in created[0]["service_notice"]
 
 
@@ -212,9 +214,12 @@ async def test_missing_wrong_or_unfit_api_keys_get_403(api: ApiClient, fmt: str)
 
 @pytest.mark.parametrize("fmt", ["xml", "json"])
 @pytest.mark.parametrize(("fields", "word"), [
-    ({"service_code": "C9999"}, "service_code"),
-    ({"service_code": "井盖"}, "service_code"),
     ({"service_code": ""}, "service_code"),
+    ({"attribute[endangers_people]": ""}, "attribute[endangers_people]"),
+    ({"attribute[endangers_people]": "maybe"}, "attribute[endangers_people]"),
+    ({"attribute[location_detail]": "东" * 101}, "attribute[location_detail]"),
+    ({"attribute[component_plate]": "<script>"}, "attribute[component_plate]"),
+    ({"attribute[component_plate]": "4403070101000001" + "9" * 17}, "attribute[component_plate]"),
     ({"lat": "", "long": ""}, "address_string"),
     ({"long": ""}, "long"),
     ({"lat": "north"}, "lat"),
@@ -280,10 +285,10 @@ async def test_markup_and_control_characters_come_out_escaped(api: ApiClient) ->
     raw = await (await api.http.get(f"{V2}/requests/{number}.xml")).text()
     assert "<script>" not in raw and "&lt;script&gt;" in raw and "<i>" not in raw
     request = xml_requests(ET.fromstring(raw.encode("utf-8")))[0]
-    assert request["description"] == hostile.replace("\x07", "\ufffd")
+    assert request["description"] == hostile.replace("\x07", "\ufffd") + "\n危及人身安全：否"
     assert request["address"] == "<i>清林路</i>"
     body = await json_of(await api.http.get(f"{V2}/requests/{number}.json"))
-    assert body[0]["description"] == hostile  # JSON carries the text as is
+    assert body[0]["description"] == hostile + "\n危及人身安全：否"  # JSON carries the text as is
 
 
 # ---- listing and filters -------------------------------------------------------------------
@@ -325,7 +330,7 @@ async def test_filters_by_status_code_ids_and_dates(api: ApiClient) -> None:
         services.cases.now = lambda: dt.datetime.now(dt.UTC)
     still_open = await post_xml(api)
     rejected = await post_xml(api, service_code="E0103")
-    merged = await post_xml(api)
+    merged = await post_xml(api, description="同一个井盖，另一位市民")  # the same form again would be a retry
     closed = await staff_case(api, category="C0101", description="井盖丢失，联系电话 0755-28881234 或 139 0000 2222")
     staff = api.auth(Role.STAFF)
     response = await api.http.post(f"/api/v1/cases/{rejected}/reject", headers=staff,
@@ -374,13 +379,12 @@ async def test_private_reports_keep_their_text_out_of_the_public_feed(api: ApiCl
     secret = "我是3栋201的李女士，隔壁在楼顶违建"
     confidential = await staff_case(api, description=secret, confidential=True, category="E0101",
                                     address="清林路3号")
-    anonymous = await staff_case(api, description=secret, anonymous=True, reporter_phone=None)
+    anonymous = await staff_case(api, description=secret, anonymous=True, reporter_phone=None, category="E0101")
     for number in (confidential, anonymous):
         request = xml_requests(await xml_of(await api.http.get(f"{V2}/requests/{number}.xml")))[0]
         assert request["description"] == "" and request["status"] == "open"
         body = await json_of(await api.http.get(f"{V2}/requests/{number}.json"))
         assert body[0]["description"] is None
-    assert body[0]["service_code"] is None and body[0]["service_name"] is None  # not yet classified
     assert secret not in await all_open311_output(api, [confidential, anonymous])
 
 
@@ -397,3 +401,162 @@ async def test_the_list_is_capped_at_1000(api: ApiClient) -> None:
         rows = await json_of(await api.http.get(f"{V2}/requests.json", params=params))
         assert len(rows) == 1000, params
         assert rows[0]["description"] == "第1002号" and rows[-1]["description"] == "第3号"  # newest first
+
+
+# ---- conformance: service definitions, 404 on POST, unclassified drafts, retries ----------
+
+
+def xml_definition(root: ET.Element) -> dict[str, Any]:
+    """A service_definition read from XML into the JSON shape, typed as the spec defines."""
+    attributes = []
+    for element in root.findall("attributes/attribute"):
+        item: dict[str, Any] = {}
+        for child in element:
+            if child.tag == "values":
+                item["values"] = [{"key": v.findtext("key"), "name": v.findtext("name")}
+                                  for v in child.findall("value")]
+            elif child.tag in ("variable", "required"):
+                assert child.text in ("true", "false")
+                item[child.tag] = child.text == "true"
+            elif child.tag == "order":
+                item[child.tag] = int(child.text or "")
+            else:
+                item[child.tag] = child.text or None
+        attributes.append(item)
+    return {"service_code": root.findtext("service_code"), "attributes": attributes}
+
+
+async def test_every_service_has_typed_attributes_in_both_formats(api: ApiClient) -> None:
+    catalogue = services_of(api).catalogue
+    listed = await json_of(await api.http.get(f"{V2}/services.json"))
+    assert listed and all(service["metadata"] is True for service in listed)
+    assert len(listed) == len(catalogue.all())
+    root = await xml_of(await api.http.get(f"{V2}/services.xml"))
+    assert {s.findtext("metadata") for s in root.findall("service")} == {"true"}
+
+    datatypes = {"string", "number", "datetime", "text", "singlevaluelist", "multivaluelist"}
+    for code in ("C0101", "C0301", "E0103", "E0201"):
+        body = await json_of(await api.http.get(f"{V2}/services/{code}.json"))
+        assert body == xml_definition(await xml_of(await api.http.get(f"{V2}/services/{code}.xml")))
+        attributes = body["attributes"]
+        assert [a["order"] for a in attributes] == list(range(1, len(attributes) + 1))
+        for attribute in attributes:
+            assert set(attribute) - {"values"} == {"variable", "code", "datatype", "required",
+                                                  "datatype_description", "order", "description"}
+            assert attribute["variable"] is True and attribute["datatype"] in datatypes
+            assert isinstance(attribute["required"], bool) and attribute["description"]
+            assert ("values" in attribute) == attribute["datatype"].endswith("valuelist")
+        by_code = {a["code"]: a for a in attributes}
+        danger = by_code["endangers_people"]
+        assert danger["required"] is True and danger["datatype"] == "singlevaluelist"
+        assert [v["key"] for v in danger["values"]] == ["yes", "no"]
+        assert by_code["location_detail"]["datatype"] == "string"
+        assert by_code["location_detail"]["required"] is False
+        # Only components (部件) carry a plate.
+        assert ("component_plate" in by_code) == code.startswith("C")
+
+
+async def test_attribute_answers_reach_the_case_and_the_console(api: ApiClient) -> None:
+    response = await api.http.post(f"{V2}/requests.json", data=form(api, **{
+        "attribute[location_detail]": "清林路与龙城大道路口东北角",
+        "attribute[component_plate]": "４４０３０７０１０１０００００１",  # full-width, as typed on a phone
+        "attribute[endangers_people]": "yes",
+        "attribute[fixmystreet_id]": "77"}))
+    number = (await json_of(response))[0]["service_request_id"]
+    view = await services_of(api).cases.get(number)
+    assert view.description.splitlines()[-3:] == [
+        "具体位置：清林路与龙城大道路口东北角", "部件编号：4403070101000001", "危及人身安全：是，危及人身安全"]
+    assert "77" not in view.description
+    assert "endangers_people" in view.flags
+
+    from callcenter.console.serialise import FLAG_LABELS
+    assert FLAG_LABELS["endangers_people"] == "危及人身安全"  # type: ignore[index]
+
+    # An event has no plate to ask about: the answer is ignored like any unknown attribute.
+    response = await api.http.post(f"{V2}/requests.json", data=form(api, service_code="E0103", **{
+        "attribute[component_plate]": "X1"}))
+    view = await services_of(api).cases.get((await json_of(response))[0]["service_request_id"])
+    assert "部件编号" not in view.description and "endangers_people" not in view.flags
+
+
+@pytest.mark.parametrize("fmt", ["xml", "json"])
+async def test_an_unknown_service_code_on_post_is_404(api: ApiClient, fmt: str) -> None:
+    for code in ("C9999", "井盖", "E0103x"):
+        response = await api.http.post(f"{V2}/requests.{fmt}", data=form(api, service_code=code))
+        await assert_error(response, fmt, 404, "service_code")
+    await assert_error(await api.http.post(f"{V2}/requests.{fmt}", data=form(api, service_code="")),
+                       fmt, 400, "service_code")
+    assert await json_of(await api.http.get(f"{V2}/requests.json")) == []
+
+
+@pytest.mark.parametrize("fmt", ["xml", "json"])
+async def test_drafts_without_a_category_are_not_public_until_classified(api: ApiClient, fmt: str) -> None:
+    bare = await staff_case(api, description="这里有问题", reporter_phone=None)
+    classified = await post_xml(api)
+    assert await numbers_of(api) == [classified]
+    assert await numbers_of(api, service_request_id=f"{bare},{classified}") == [classified]
+    await assert_error(await api.http.get(f"{V2}/requests/{bare}.{fmt}"), fmt, 404)
+
+    view = await services_of(api).cases.get(bare)
+    response = await api.http.patch(f"/api/v1/cases/{bare}", headers=api.auth(Role.STAFF),
+                                    json={"category": "E0103", "version": view.version})
+    assert response.status == 200, await response.text()
+    assert set(await numbers_of(api)) == {bare, classified}
+    rows = await json_of(await api.http.get(f"{V2}/requests.json"))
+    assert all(row["service_code"] for row in rows)
+
+
+async def count_open311_cases(api: ApiClient) -> int:
+    from callcenter.service.cases import CaseFilter
+
+    page = await services_of(api).cases.search(CaseFilter(channel="open311"), limit=100)
+    return page.total
+
+
+@pytest.mark.parametrize("fmt", ["xml", "json"])
+async def test_a_retried_post_returns_the_first_request(api: ApiClient, fmt: str) -> None:
+    import asyncio
+
+    async def post(data: dict[str, str], headers: dict[str, str] | None = None) -> str:
+        response = await api.http.post(f"{V2}/requests.{fmt}", data=data, headers=headers)
+        if fmt == "xml":
+            return (await xml_of(response)).findtext("request/service_request_id") or ""
+        return str((await json_of(response))[0]["service_request_id"])
+
+    data = form(api)
+    first = await post(data)
+    assert await post(data) == first
+    # Eight copies at once (a client that retries on its own timeout): still one case.
+    copies = await asyncio.gather(*(post(dict(data)) for _ in range(8)))
+    assert set(copies) == {first} and await count_open311_cases(api) == 1
+    # Another report (other text, or another key's client) is a new case.
+    other = await post(form(api, description="另一处井盖也丢了"))
+    by_staff = await post(form(api, Role.STAFF))
+    assert len({first, other, by_staff}) == 3
+
+    # The window is open311.retry_window_minutes; a copy from later is a new report.
+    services = services_of(api)
+    window = dt.timedelta(minutes=services.settings.open311.retry_window_minutes)
+    real_now = services.cases.now
+    created = (await services.cases.get(first)).created_at
+    try:
+        services.cases.now = lambda: created + window - dt.timedelta(seconds=1)
+        assert await post(data) == first  # whatever bucket boundary lay between
+        services.cases.now = lambda: created + window + dt.timedelta(seconds=1)
+        later = await post(data)
+        assert later not in (first, other, by_staff)
+    finally:
+        services.cases.now = real_now
+
+    # An Idempotency-Key names the request whatever the fields and the time.
+    keyed = await post(form(api, description="钥匙一"), {"Idempotency-Key": "fms-report-41"})
+    assert await post(form(api, description="重发时改了字"), {"Idempotency-Key": "fms-report-41"}) == keyed
+    assert await post(form(api, description="钥匙一"), {"Idempotency-Key": "fms-report-42"}) != keyed
+    response = await api.http.post(f"{V2}/requests.{fmt}", data=form(api), headers={"Idempotency-Key": "é" * 3})
+    await assert_error(response, fmt, 400, "Idempotency-Key")
+
+    # With the window at 0, only the header makes a POST idempotent.
+    services.settings = services.settings.model_copy(
+        update={"open311": services.settings.open311.model_copy(update={"retry_window_minutes": 0})})
+    fresh = form(api, description="窗口关闭")
+    assert await post(fresh) != await post(fresh)

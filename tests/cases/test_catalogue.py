@@ -406,7 +406,7 @@ def test_search_by_name_and_alias(cat: Catalogue) -> None:
     assert {"C0101", "C0102", "C0114", "C0127"} <= set(found)
     assert all(c.startswith("C01") for c in found)
     assert codes(cat.search("新增建筑")) == ["E0101"]  # alias
-    assert codes(cat.search("路灯"))[:2] == ["C0118", "C0106"]  # name prefix before substring
+    assert codes(cat.search("路灯"))[:2] == ["C0118", "C0106"]  # exact name before prefix
     assert cat.search("") == []
     assert cat.search("井盖", limit=0) == []
     assert len(cat.search("井盖", limit=3)) == 3
@@ -427,8 +427,50 @@ def test_search_by_pinyin(cat: Catalogue) -> None:
     assert "C0118" in codes(cat.search("LD"))
     initials = cat.search("jg", limit=100)
     assert {"C0101", "C0102", "C0114"} <= set(codes(initials))
-    assert codes(cat.search("ludeng")) == ["C0106", "C0118"]
+    assert codes(cat.search("ludeng")) == ["C0118", "C0106"]  # exact full pinyin first
     assert cat.search("zzzzqqq") == []
+
+
+# Real queries typed by call-station staff, and what Enter (the first hit) must take. The
+# console files the first hit on Enter, so a 路灯不亮 call filed as 路灯井盖 came from here.
+SEARCH_TABLE = [
+    # query, first hit, hits that must come after every hit whose name ends like the first
+    ("ld", "C0118", ["C0106"]),            # 路灯 (initials exactly) before 路灯井盖
+    ("LD", "C0118", ["C0106"]),
+    ("ｌｄ", "C0118", ["C0106"]),           # full-width from a Chinese IME
+    ("路灯", "C0118", ["C0106"]),
+    ("ludeng", "C0118", ["C0106"]),
+    ("ldjg", "C0106", []),
+    ("jg", "C0101", ["C0120"]),            # every 井盖 before 景观灯
+    ("井盖", "C0101", []),
+    ("jinggai", "C0101", []),
+    ("jgd", "C0120", []),                  # 景观灯 by its own initials
+    ("景观灯", "C0120", []),
+    ("gd", "C0602", ["C0120"]),            # 工地 exactly; 景观灯 does not end in a word "gd"
+    ("ljx", "C0305", []),
+    ("垃圾", "E0102", []),                  # 暴露垃圾: the head noun, before 垃圾箱
+    ("txjg", "C0107", []),                 # by an alias's initials (通讯井盖)
+    ("通讯井盖", "C0107", []),
+    ("ysbz", "C0104", []),
+    ("雨水篦子", "C0104", []),              # the common misspelling, an alias
+    ("新增建筑", "E0101", []),
+    ("xfs", "C0113", []),
+    ("红绿灯", "C0210", []),                # a keyword
+    ("C0101", "C0101", []),
+    ("c0118", "C0118", []),
+    ("0118", "C0118", []),
+    ("事件0103", "E0103", []),
+]
+
+
+@pytest.mark.parametrize(("query", "first", "later"), SEARCH_TABLE, ids=[row[0] for row in SEARCH_TABLE])
+def test_search_ranking_on_real_queries(cat: Catalogue, query: str, first: str, later: list[str]) -> None:
+    found = codes(cat.search(query, limit=100))
+    assert found and found[0] == first, found[:5]
+    same_head = [code for code in found if cat.get(code).name.endswith(cat.get(first).name[-2:])]
+    for code in later:
+        assert code in found and found.index(code) > max(found.index(c) for c in same_head if c != code), (
+            code, found[:10])
 
 
 # ---------------------------------------------------------------- suggest

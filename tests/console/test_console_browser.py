@@ -567,3 +567,47 @@ def test_an_expired_session_sends_the_page_to_sign_in_with_a_message(live: LiveC
     by_id(browser, "nav-dashboard").click()  # the next request finds the session gone
     wait(browser, lambda d: "/console/login" in d.current_url)
     assert "登录已超时，请重新登录" in by_id(browser, "login-message").text
+
+
+def test_reject_asks_first_a_submit_opens_the_next_draft_and_a_wrong_password_keeps_the_name(
+        live: LiveConsole, browser: Any) -> None:
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support.ui import Select
+
+    first = live.draft(description="布吉圩社区上水井盖丢失", category="C0101", grid="44030700100102")
+    second = live.draft(description="路灯不亮", reporter_phone="13800002222")
+    third = live.draft(description="不是城管的事", reporter_phone="13800003333")
+
+    # A wrong password: the name stays, the password field has the focus.
+    browser.get(live.base_url + "/console/")
+    wait(browser, lambda d: active_id(d) == "username")
+    keys(browser, "wangfang", Keys.TAB, "wrong-password", Keys.ENTER)
+    wait(browser, lambda d: "用户名或密码错误" in by_id(d, "login-message").text)
+    assert by_id(browser, "username").get_attribute("value") == "wangfang"
+    wait(browser, lambda d: active_id(d) == "password")
+    keys(browser, PASSWORD, Keys.ENTER)
+    wait(browser, lambda d: d.execute_script("return document.body.dataset.ready === '1'"))
+    assert browser.execute_script(
+        "return document.querySelector('link[rel=icon]').href").endswith("/console/static/favicon.svg")
+
+    # Submit the oldest draft: the next one opens by itself.
+    browser.execute_script("location.hash = arguments[0]", f"#/case/{first}")
+    wait(browser, lambda d: by_id(d, "d-number").text == first)
+    chord(browser, Keys.CONTROL, Keys.ENTER)
+    wait(browser, lambda d: by_id(d, "d-number").text == second)
+    assert browser.current_url.endswith(f"#/case/{second}")
+    assert live.run(live.cases.get(first)).status == "submitted"
+
+    # 不予立案 asks once more, naming the reason; nothing happens until the second press.
+    browser.execute_script("location.hash = arguments[0]", f"#/case/{third}")
+    wait(browser, lambda d: by_id(d, "d-number").text == third)
+    Select(by_id(browser, "reject-reason")).select_by_value("out_of_scope")
+    button = by_id(browser, "reject-button")
+    button.click()
+    wait(browser, lambda d: "确认不予立案" in by_id(d, "reject-button").text)
+    assert "不属于城管受理范围" in by_id(browser, "reject-button").text
+    assert live.run(live.cases.get(third)).status == "draft"
+    by_id(browser, "reject-button").click()
+    wait(browser, lambda d: by_id(d, "d-status").text == "不予立案")
+    assert live.run(live.cases.get(third)).status == "rejected"
+    assert by_id(browser, "reject-button").text == "不予立案"

@@ -158,7 +158,7 @@ def send_outbox_once(live: LiveConsole) -> list[SmsSubmitRow]:
     assert isinstance(gateway, ConsoleGateway)
 
     async def once() -> list[SmsSubmitRow]:
-        await gateway.start(sms.intake.receive_status, sender.handle_receipt)
+        await gateway.start(sms.intake.receive_verdict, sender.handle_receipt)
         sender.gateway = gateway
         try:
             assert await sender.run_once() == 1

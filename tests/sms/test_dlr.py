@@ -8,18 +8,26 @@ from datetime import datetime
 import pytest
 
 from sms.dlr import (
+    CONCRETE_BASES,
     DeliveryReceipt,
     DeliveryState,
     IdBases,
     NetworkError,
+    PartRef,
     ReceiptError,
+    ReceiptMatch,
     ReceiptText,
+    decide_bases,
     is_delivery_receipt,
+    match_receipt,
     message_id_keys,
     message_ids_match,
     normalise_message_id,
     parse_receipt,
     parse_receipt_text,
+    receipt_id_for,
+    relations_between,
+    submit_id_for,
 )
 
 RECEIPT_TEXT = (
@@ -302,3 +310,69 @@ def test_auto_matching_is_symmetric_and_agrees_with_int_conversion() -> None:
         assert message_ids_match(dec_id, hex_id)
         other = str(n + 1)
         assert message_ids_match(hex_id, other) == message_ids_match(other, hex_id)
+
+
+# ---- settling exactly one part (issue 10, Found 1) ---------------------------------------------
+
+A, B, C = "+8613800000001", "+8613800000002", "+8613800000003"
+# The issue's case: three handsets whose parts got the hex ids A, 10 and 16.
+PARTS = [PartRef(1, "A", A), PartRef(2, "10", B), PartRef(3, "16", C)]
+
+
+def test_a_receipt_for_10_settles_only_the_part_of_the_handset_it_names() -> None:
+    assert match_receipt("10", A, PARTS) == ReceiptMatch(1, None, IdBases.SUBMIT_HEX_RECEIPT_DEC)
+    assert match_receipt("10", B, PARTS) == ReceiptMatch(2, None, IdBases.SAME)
+    assert match_receipt("10", C, PARTS) == ReceiptMatch(3, None, IdBases.SUBMIT_DEC_RECEIPT_HEX)
+
+
+def test_a_receipt_naming_a_handset_with_no_such_part_settles_nothing() -> None:
+    result = match_receipt("10", "+8613999999999", PARTS)
+    assert result.part_id is None and result.reason == "other_handset"
+    assert match_receipt("77", A, PARTS).reason == "no_part"
+
+
+def test_without_a_handset_several_readings_are_ambiguous_and_settle_nothing() -> None:
+    result = match_receipt("10", None, PARTS)
+    assert result.part_id is None and result.reason == "ambiguous: 3 parts"
+    # Once the link's relation is known, the same receipt has one reading.
+    assert match_receipt("10", None, PARTS, IdBases.SUBMIT_HEX_RECEIPT_DEC).part_id == 1
+    # A pair learned without a handset is no evidence.
+    assert match_receipt("10", None, PARTS, IdBases.SAME).pair is None
+
+
+def test_two_parts_of_one_handset_under_two_readings_are_ambiguous() -> None:
+    parts = [PartRef(1, "A", A), PartRef(2, "10", A)]
+    assert match_receipt("10", A, parts).reason == "ambiguous: 2 parts"
+    assert match_receipt("10", A, parts, IdBases.SAME).part_id == 2
+
+
+def test_a_known_relation_refuses_the_other_readings() -> None:
+    assert match_receipt("10", A, PARTS, IdBases.SAME).reason == "other_handset"
+    assert match_receipt("5F3A", A, [PartRef(9, "5F3A", A)], IdBases.SUBMIT_HEX_RECEIPT_DEC).reason == "no_part"
+
+
+def test_strict_readings_and_their_inverse() -> None:
+    assert submit_id_for("10", IdBases.SUBMIT_HEX_RECEIPT_DEC) == "A"
+    assert submit_id_for("0A", IdBases.SUBMIT_HEX_RECEIPT_DEC) is None  # no decimal reading of hex letters
+    assert submit_id_for("0a", IdBases.SUBMIT_DEC_RECEIPT_HEX) == "10"
+    assert submit_id_for("x-1", IdBases.SAME) == "X-1"
+    for relation in CONCRETE_BASES:
+        for submit in ("A", "10", "5F3A0001", "1597636609"):
+            receipt = receipt_id_for(submit, relation)
+            if receipt is not None:
+                assert submit_id_for(receipt, relation) == normalise_message_id(submit)
+    with pytest.raises(ValueError, match="concrete"):
+        submit_id_for("1", IdBases.AUTO)
+
+
+def test_relations_between_pairs() -> None:
+    assert relations_between("5F3A0001", "1597636609") == (IdBases.SUBMIT_HEX_RECEIPT_DEC,)
+    assert relations_between("7", "7") == CONCRETE_BASES  # a one-digit id shows nothing
+    assert relations_between("A", "B") == ()
+
+
+def test_bases_are_decided_by_agreeing_pairs_and_undone_by_a_contradiction() -> None:
+    assert decide_bases({IdBases.SAME: 2}, 3) is None
+    assert decide_bases({IdBases.SAME: 3}, 3) is IdBases.SAME
+    assert decide_bases({IdBases.SAME: 30, IdBases.SUBMIT_HEX_RECEIPT_DEC: 1}, 3) is None
+    assert decide_bases({}, 1) is None

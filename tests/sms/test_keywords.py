@@ -9,6 +9,7 @@ import pytest
 from sms.keywords import (
     FreeText,
     Help,
+    Malformed,
     OptOut,
     QueryStatus,
     Rate,
@@ -111,26 +112,16 @@ def test_task_reply(text: str, expected: TaskReply) -> None:
     "text",
     [
         "我想查询一下路灯",
-        "查询",
-        "CX",
         "查询一下",
         f"请帮我查询{NUMBER}",
         f"查询{NUMBER} 路灯还没修好",
-        f"CX {NUMBER}0",  # 13 digits is not an intake number
         "CX E0103200608150001",  # letters are not part of the number here
-        f"PJ {NUMBER} 6",
-        f"PJ {NUMBER} 0",
-        f"PJ {NUMBER}5",  # score run into the number
-        f"PJ {NUMBER}",
         "TD 我不想收到短信了但是路灯还是坏的",
         "帮助我们修一下人民路的井盖",
         "12",
         "3",
-        "T12341",  # ambiguous: code T1234 + 1, or code T12341?
-        "T1234",
         "属实啊",
         "我觉得不属实",
-        "td1",
         "",
         "   ",
         "人民路与解放路交叉口东北角井盖丢失，很危险",
@@ -177,3 +168,29 @@ def test_any_message_with_report_content_is_free_text() -> None:
         pieces.insert(rng.randrange(len(pieces) + 1), rng.choice(report_words))
         text = "".join(pieces)
         assert parse_command(text) == FreeText(text), text
+
+
+@pytest.mark.parametrize(("text", "keyword"), [
+    ("CX 261203 000019", "CX"),          # a space inside the number
+    (f"PJ {NUMBER} 6", "PJ"),            # score out of range
+    (f"PJ {NUMBER}", "PJ"),              # no score
+    ("查询", "查询"),                      # the keyword alone
+    ("cx 2611-2400-0123", "CX"),         # dashes
+    (f"评价 {NUMBER} 0分", "评价"),
+    ("TD 1", "TD"),
+    ("T12 7", "T12"),                    # a task code with an answer that is not 1 or 2
+    ("CX", "CX"),
+    (f"CX {NUMBER}0", "CX"),             # 13 digits is not an intake number
+    (f"PJ {NUMBER} 0", "PJ"),
+    (f"PJ {NUMBER}5", "PJ"),             # score run into the number
+    ("T12341", "T12341"),                # ambiguous: code T1234 + 1, or code T12341?
+    ("T1234", "T1234"),
+    ("td1", "TD"),
+])
+def test_a_command_attempt_that_does_not_parse_is_malformed(text: str, keyword: str) -> None:
+    assert parse_command(text) == Malformed(keyword, text)
+
+
+@pytest.mark.parametrize("text", ["CX 2612 路灯坏了", "查询一下路灯", "PJ这个事情怎么处理", "TD路口积水", "12345 路灯"])
+def test_a_keyword_with_words_after_it_stays_a_report(text: str) -> None:
+    assert parse_command(text) == FreeText(text)

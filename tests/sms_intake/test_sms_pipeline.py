@@ -6,6 +6,7 @@ checked against the simulator in test_sms_smsc.py.
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 from typing import Any
 
@@ -22,8 +23,7 @@ from callcenter.service.cases import DraftInput, PlatformEvent
 from callcenter.service.sms_intake import IntakeResult
 from callcenter.service.tasks import TaskKind
 from callcenter.settings import Settings
-from sms.gateway import InboundMessage
-from sms.smpp.session import Status
+from sms.gateway import InboundMessage, MoVerdict
 from tests.sms_intake.conftest import (
     GRID_BUJI,
     GRID_DAFEN,
@@ -84,7 +84,7 @@ async def inbound(services: Services) -> list[SmsInboundRow]:
 
 async def test_a_chinese_text_becomes_a_draft_with_a_suggestion_and_an_ack(services: Services) -> None:
     result = await receive(services, ucs2("8613812345678", REPORT))
-    assert result.status == Status.ROK and result.outcome == "draft" and not result.duplicate
+    assert result.verdict is MoVerdict.STORED and result.outcome == "draft" and not result.duplicate
     view = await services.cases.get(result.case_number or "")
     assert view.channel == Channel.SMS and view.status == CaseStatus.DRAFT
     assert view.description == REPORT and view.reporter_phone == CITIZEN
@@ -99,7 +99,7 @@ async def test_a_chinese_text_becomes_a_draft_with_a_suggestion_and_an_ack(servi
 async def test_a_redelivered_text_makes_no_second_case_and_no_second_ack(services: Services) -> None:
     first = await receive(services, ucs2(CITIZEN, REPORT))
     again = await receive(services, ucs2(CITIZEN, REPORT))
-    assert again.status == Status.ROK and again.duplicate and again.case_number == first.case_number
+    assert again.verdict is MoVerdict.STORED and again.duplicate and again.case_number == first.case_number
     assert len(await sms_cases(services)) == 1 and len(await outbox(services)) == 1
     (row,) = await inbound(services)
     assert row.copies == 2
@@ -237,23 +237,39 @@ async def test_stored_parts_survive_a_restart(services: Services, settings: Sett
 async def test_a_store_failure_answers_a_temporary_error_and_the_redelivery_succeeds(services: Services) -> None:
     await fail_inserts(services.engine, "sms_inbound")
     failed = await receive(services, ucs2(CITIZEN, REPORT))
-    assert failed.status == Status.RX_T_APPN
+    assert failed.verdict is MoVerdict.RETRY_LATER
     assert await sms_cases(services) == [] and await outbox(services) == []
     await heal_inserts(services.engine, "sms_inbound")
     again = await receive(services, ucs2(CITIZEN, REPORT))
-    assert again.status == Status.ROK and again.outcome == "draft"
+    assert again.verdict is MoVerdict.STORED and again.outcome == "draft"
     assert len(await sms_cases(services)) == 1 and len(await outbox(services)) == 1
 
 
-async def test_an_interrupted_message_resumes_on_redelivery_without_a_second_case(services: Services) -> None:
-    """Committed raw text, but the draft step failed: the redelivery finishes it, once."""
+async def test_a_draft_that_cannot_be_written_stores_nothing_and_the_redelivery_makes_one(
+        services: Services) -> None:
+    """The text, its draft and its reply are one transaction: a failure leaves nothing half done."""
     await fail_inserts(services.engine, "cases")
-    assert (await receive(services, ucs2(CITIZEN, REPORT))).status == Status.RX_T_APPN
-    (row,) = await inbound(services)
-    assert row.outcome == "received"
+    assert (await receive(services, ucs2(CITIZEN, REPORT))).verdict is MoVerdict.RETRY_LATER
+    assert await inbound(services) == [] and await outbox(services) == []
     await heal_inserts(services.engine, "cases")
     again = await receive(services, ucs2(CITIZEN, REPORT))
     assert again.outcome == "draft" and len(await sms_cases(services)) == 1 and len(await inbound(services)) == 1
+
+
+async def test_an_interrupted_command_resumes_on_redelivery_and_is_answered_once(services: Services) -> None:
+    """A query is committed with its group as `received`, then answered: a failure in between
+    is finished by the redelivery, with one reply."""
+    first = await receive(services, ucs2(CITIZEN, REPORT))
+    await fail_inserts(services.engine, "outbox")
+    query = f"CX {first.case_number}"
+    assert (await receive(services, ucs2(CITIZEN, query))).verdict is MoVerdict.RETRY_LATER
+    assert [r.outcome for r in await inbound(services)] == ["draft", "received"]
+    await heal_inserts(services.engine, "outbox")
+    again = await receive(services, ucs2(CITIZEN, query))
+    assert again.verdict is MoVerdict.STORED and again.outcome == "command" and again.command == "query"
+    rows = await inbound(services)
+    assert [r.outcome for r in rows] == ["draft", "command"] and rows[1].copies == 2
+    assert len(await outbox(services, CITIZEN)) == 2  # the intake number, then one status reply
 
 
 # ---------------------------------------------------------------- keywords
@@ -394,7 +410,7 @@ async def test_the_same_text_in_a_loop_blocks_the_number(services: Services) -> 
 
 async def test_a_blocklisted_number_is_stored_but_not_answered(services: Services) -> None:
     result = await receive(services, ucs2("13666666666", REPORT))
-    assert result.status == Status.ROK and result.outcome == "blocked"
+    assert result.verdict is MoVerdict.STORED and result.outcome == "blocked"
     assert await sms_cases(services) == [] and await outbox(services) == []
     (row,) = await inbound(services)
     assert row.text == REPORT
@@ -405,7 +421,7 @@ async def test_a_blocklisted_number_is_stored_but_not_answered(services: Service
 
 async def test_bad_input_is_answered_and_kept(services: Services) -> None:
     empty = await receive(services, ucs2(CITIZEN, ""))
-    assert empty.status == Status.ROK and empty.outcome == "empty"
+    assert empty.verdict is MoVerdict.STORED and empty.outcome == "empty"
     odd = await receive(services, InboundMessage(sender=OTHER, destination=SERVICE,
                                                  short_message="路灯".encode("utf-16-be") + b"\xd8", data_coding=8))
     assert odd.outcome == "draft"
@@ -427,7 +443,7 @@ async def test_bad_input_is_answered_and_kept(services: Services) -> None:
     assert stored == huge  # the whole text is kept
     garbage = await receive(services, InboundMessage(sender="+8613711115555", destination=SERVICE,
                                                      short_message=bytes(range(256)) * 2, data_coding=0xF6))
-    assert garbage.status == Status.ROK and garbage.case_number is not None
+    assert garbage.verdict is MoVerdict.STORED and garbage.case_number is not None
     async with services.sessions() as session:
         assert await session.scalar(select(func.count()).select_from(SmsInboundRow)) == 6
 
@@ -445,3 +461,48 @@ async def test_draft_input_unchanged_for_staff(services: Services) -> None:
     async with services.sessions() as session:
         assert await session.scalar(select(func.count()).select_from(CaseLogRow)
                                     .where(CaseLogRow.case_id == view.id)) == 1
+
+
+# ---------------------------------------------------------------- groups
+
+
+async def test_texts_arriving_together_are_stored_in_groups_in_arrival_order(services: Services) -> None:
+    intake = sms(services).intake
+    senders = [f"+86135{n:08d}" for n in range(40)]
+    results = await asyncio.gather(*(receive(services, ucs2(s, f"{REPORT}（{i}）")) for i, s in enumerate(senders)))
+    assert [r.outcome for r in results] == ["draft"] * 40
+    serials = [int((r.case_number or "")[6:11]) for r in results]
+    assert serials == sorted(serials) and len(set(serials)) == 40  # numbered in arrival order
+    groups = services.metrics.counter("sms_mo_groups_total").total()
+    assert groups < 40  # several texts per transaction
+    assert [row.sender for row in await inbound(services)] == senders
+    assert intake._queue == []
+
+
+async def test_a_store_failure_answers_try_again_for_its_whole_group(services: Services) -> None:
+    await fail_inserts(services.engine, "outbox")  # the receipts of the group's drafts cannot be written
+    results = await asyncio.gather(*(receive(services, ucs2(f"+86135{n:08d}", REPORT)) for n in range(12)))
+    assert {r.verdict for r in results} == {MoVerdict.RETRY_LATER}
+    assert await inbound(services) == [] and await sms_cases(services) == []
+    await heal_inserts(services.engine, "outbox")
+    again = await asyncio.gather(*(receive(services, ucs2(f"+86135{n:08d}", REPORT)) for n in range(12)))
+    assert {r.verdict for r in again} == {MoVerdict.STORED} and len(await sms_cases(services)) == 12
+
+
+async def test_one_senders_replies_keep_the_order_of_the_texts(services: Services) -> None:
+    first = await receive(services, ucs2(CITIZEN, REPORT))
+    # A query (finished after its group) and then a report from the same sender, arriving together
+    # with other senders' texts: the query's answer is queued before the new report's receipt.
+    results = await asyncio.gather(
+        receive(services, ucs2(OTHER, "井盖丢了")),
+        receive(services, ucs2(CITIZEN, f"CX{first.case_number}")),
+        receive(services, ucs2(CITIZEN, "路口积水很深，车辆无法通行")),
+        receive(services, ucs2("+8613600000000", "垃圾没人清运")))
+    assert [r.outcome for r in results] == ["draft", "command", "draft", "draft"]
+    replies = [row.template for row in await outbox(services, CITIZEN)]
+    assert replies == ["received", "sms_reply", "received"]
+
+
+async def test_a_text_without_a_sender_is_refused_for_good(services: Services) -> None:
+    result = await receive(services, InboundMessage(sender="  ", destination=SERVICE, text="路灯坏了"))
+    assert result.verdict is MoVerdict.REFUSED and await inbound(services) == []

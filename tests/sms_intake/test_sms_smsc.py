@@ -94,7 +94,7 @@ async def running(smsc: SmscSimulator, reactor: Any, tmp_path: Path, *, loops: b
             target.now = clock
         services.sms.outbox.gateway = gateway
         await services.sms.outbox.recover()
-        await gateway.start(services.sms.intake.receive_status, services.sms.outbox.handle_receipt)
+        await gateway.start(services.sms.intake.receive_verdict, services.sms.outbox.handle_receipt)
     try:
         if bound:
             await gateway.client.wait_bound(5)
@@ -131,6 +131,27 @@ async def deliver(smsc: SmscSimulator, sender: str, text: str | None = None, *, 
     session = (await smsc.events("deliver_sm", sequence=seq))[-1]["session"]  # sequences restart per link
     (resp,) = await smsc.wait_for("deliver_sm_resp", session=session, sequence=seq, of="deliver_sm", timeout=10)
     return int(resp["status"])
+
+
+async def resend(smsc: SmscSimulator, sender: str, text: str, sequence: int, **fields: Any) -> int:
+    """The SMSC retransmits a deliver_sm: same bytes, same sequence number, same connection."""
+    session = (await smsc.events("deliver_sm", sequence=sequence))[-1]["session"]
+    before = len(await smsc.events("deliver_sm_resp", session=session, sequence=sequence, of="deliver_sm"))
+    await smsc.deliver(source_addr=sender, destination_addr=SERVICE, data_coding=8,
+                       short_message_hex=text.encode("utf-16-be").hex(), resend_sequence=sequence, **fields)
+    found = await smsc.wait_for("deliver_sm_resp", count=before + 1, timeout=10, session=session,
+                                sequence=sequence, of="deliver_sm")
+    return int(found[-1]["status"])
+
+
+async def relink(stack: Stack) -> None:
+    """The link drops (our last resp may be lost with it) and the client binds again."""
+    await stack.smsc.drop()
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 10
+    while len([s for s in await stack.smsc.sessions() if s.get("mode")]) == 0 or not stack.gateway.ready:
+        assert loop.time() < deadline, "no new bind after the drop"
+        await asyncio.sleep(0.05)
 
 
 def _parts(submit: dict[str, Any]) -> tuple[tuple[int, int, int] | None, bytes]:
@@ -247,7 +268,10 @@ async def test_a_long_message_out_of_order_and_a_redelivery_make_one_case(live: 
     udh = bytes([5, 0, 3, 0x5A, 3, 1])
     assert await deliver(live.smsc, CITIZEN, hex_body=(udh + chunks[0]).hex(), esm_class=0x40) == 0
     assert await deliver(live.smsc, CITIZEN, REPORT) == 0
-    assert await deliver(live.smsc, CITIZEN, REPORT) == 0  # a redelivered single text
+    (last,) = [e["sequence"] for e in (await live.smsc.events("deliver_sm"))[-1:]]
+    assert await resend(live.smsc, CITIZEN, REPORT, last) == 0  # retransmitted: same sequence
+    await relink(live)
+    assert await deliver(live.smsc, CITIZEN, REPORT) == 0  # delivered again on the new bind
     cases = await sms_cases(live.services)
     assert [c.description for c in cases] == [story, REPORT]
     acks = await wait_texts(live.smsc, CITIZEN_WIRE, 2)
@@ -261,7 +285,8 @@ async def test_a_store_failure_is_a_temporary_error_and_the_redelivery_lands_onc
     assert await sms_cases(live.services) == []
     await heal_inserts(live.services.engine, "sms_inbound")
     assert await deliver(live.smsc, CITIZEN, REPORT) == 0  # the SMSC delivers again
-    assert await deliver(live.smsc, CITIZEN, REPORT) == 0  # and once more, our resp lost
+    await relink(live)
+    assert await deliver(live.smsc, CITIZEN, REPORT) == 0  # and once more: our resp was lost with the link
     assert len(await sms_cases(live.services)) == 1
     assert len(await wait_texts(live.smsc, CITIZEN_WIRE, 1)) == 1
 
@@ -584,3 +609,91 @@ async def test_malformed_pdus_odd_tlvs_and_bad_text_lose_no_report(live: Stack) 
 async def _rebound(smsc: SmscSimulator, before: list[dict[str, Any]]) -> bool:
     now = await smsc.sessions()
     return bool(now) and now != before and all(s["mode"] for s in now)
+
+
+# ---------------------------------------------------------------- redelivery or repetition, mistyped, binary
+
+
+async def test_a_repeated_rating_before_and_after_closing_is_answered_both_times(live: Stack) -> None:
+    """Issue 10, finding 2: the citizen's second `PJ` is not the SMSC redelivering the first."""
+    services = live.services
+    await deliver(live.smsc, CITIZEN, REPORT)
+    (case,) = await sms_cases(services)
+    rate = f"PJ {case.number} 5"
+    assert await deliver(live.smsc, CITIZEN, rate) == 0
+    texts = await wait_texts(live.smsc, CITIZEN_WIRE, 2)
+    assert texts[1] == f"受理编号{case.number}：尚未结案，结案后可回复PJ评价。"
+    await services.cases.update_transcription(case.number, {"category": "C0101", "grid": GRID_BUJI}, actor="staff:x")
+    await services.cases.submit(case.number, actor="staff:x")
+    for i, status in enumerate([CaseStatus.REGISTERED, CaseStatus.DISPATCHED, CaseStatus.FEEDBACK,
+                                CaseStatus.CLOSED]):
+        await services.cases.apply_platform_event(case.number, PlatformEvent(event_id=f"e{i}", status=status))
+    assert await deliver(live.smsc, CITIZEN, rate) == 0  # the same text, same connection, a new PDU
+    texts = await wait_texts(live.smsc, CITIZEN_WIRE, 6)
+    assert texts[-1] == f"受理编号{case.number}：已收到您的评价5分，感谢您的支持。"
+    assert (await services.cases.get(case.number)).rating == 5
+    async with services.sessions() as session:
+        rows = list(await session.scalars(select(SmsInboundRow).where(SmsInboundRow.command == "rate")
+                                          .order_by(SmsInboundRow.id)))
+    assert [(r.copies, r.detail) for r in rows] == [(1, "not closed"), (1, "rated")]
+
+
+async def test_the_smsc_resending_or_redelivering_a_query_gets_no_second_answer(live: Stack) -> None:
+    services = live.services
+    await deliver(live.smsc, CITIZEN, REPORT)
+    (case,) = await sms_cases(services)
+    query = f"CX{case.number}"
+    assert await deliver(live.smsc, CITIZEN, query) == 0
+    (first,) = [e["sequence"] for e in (await live.smsc.events("deliver_sm"))[-1:]]
+    assert await resend(live.smsc, CITIZEN, query, first) == 0  # same sequence: a retransmission
+    await relink(live)
+    assert await deliver(live.smsc, CITIZEN, query) == 0  # a new bind: our ROK may have been lost
+    await asyncio.sleep(0.3)
+    assert len(await wait_texts(live.smsc, CITIZEN_WIRE, 2)) == 2  # the intake number and one status
+    assert await deliver(live.smsc, CITIZEN, query) == 0  # now the citizen asks again on this link
+    assert len(await wait_texts(live.smsc, CITIZEN_WIRE, 3)) == 3
+
+
+async def test_vendor_message_id_tlvs_tell_a_redelivery_from_a_new_text(live: Stack) -> None:
+    """The SMSC's own id in a TLV repeats on a redelivery and differs for a new submission."""
+    def vendor_id(value: str) -> list[dict[str, Any]]:
+        return [{"tag": 0x1401, "hex": value.encode().hex()}]
+
+    assert await deliver(live.smsc, CITIZEN, REPORT, raw_tlvs=vendor_id("MO-0001")) == 0
+    await wait_texts(live.smsc, CITIZEN_WIRE, 1)
+    await relink(live)
+    assert await deliver(live.smsc, CITIZEN, REPORT, raw_tlvs=vendor_id("MO-0001")) == 0  # redelivered
+    assert len(await sms_cases(live.services)) == 1
+    await relink(live)
+    assert await deliver(live.smsc, CITIZEN, REPORT, raw_tlvs=vendor_id("MO-0002")) == 0  # sent again
+    assert len(await sms_cases(live.services)) == 2
+    assert len(await wait_texts(live.smsc, CITIZEN_WIRE, 2)) == 2
+
+
+@pytest.mark.parametrize("mistyped", ["CX 261203 000019", "PJ {number} 6", "查询", "T12 7"])
+async def test_a_mistyped_command_gets_the_help_reply_not_a_case(live: Stack, mistyped: str) -> None:
+    await deliver(live.smsc, OTHER, REPORT)
+    (case,) = await sms_cases(live.services)
+    assert await deliver(live.smsc, CITIZEN, mistyped.format(number=case.number)) == 0
+    (reply,) = await wait_texts(live.smsc, CITIZEN_WIRE, 1)
+    assert reply.startswith("城管热线短信：直接发送问题描述即可反映") and len(reply) <= 70
+    assert len(await sms_cases(live.services)) == 1
+    async with live.services.sessions() as session:
+        row = await session.scalar(select(SmsInboundRow).where(SmsInboundRow.sender == CITIZEN_E164))
+    assert row is not None and (row.outcome, row.command) == ("command", "help")
+    assert row.detail is not None and row.detail.startswith("malformed")
+
+
+async def test_a_binary_text_is_kept_for_staff_without_an_intake_number(live: Stack) -> None:
+    payload = bytes([0x06, 0x05, 0x04, 0x0B, 0x84, 0x23, 0xF0, 0x00, 0xFF, 0x80, 0x41])
+    for coding in (0x04, 0xF5):
+        assert await deliver(live.smsc, CITIZEN, hex_body=payload.hex(), coding=coding) == 0
+    cases = await sms_cases(live.services)
+    assert len(cases) == 2 and all("binary_message" in c.flags for c in cases)
+    assert all(c.description.startswith("【二进制短信") and "\ufffd" not in c.description for c in cases)
+    async with live.services.sessions() as session:
+        rows = list(await session.scalars(select(SmsInboundRow).order_by(SmsInboundRow.id)))
+    assert [(r.outcome, r.raw_hex) for r in rows] == [("binary", payload.hex())] * 2
+    await asyncio.sleep(0.3)
+    assert await texts_to(live.smsc, CITIZEN_WIRE) == []  # no intake number for a binary message
+    assert [o for o in await outbox_rows(live.services)] == []

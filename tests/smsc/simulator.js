@@ -47,8 +47,14 @@ function freshConfig() {
     blackhole: false,           // ignore every inbound PDU
     refuse_connections: false,  // accept and immediately destroy
     default_submit: {},         // applied when the script queue is empty
-    auto_receipt: null,         // {stat, err, form, delay_ms} after each accepted submit
+    auto_receipt: null,         // {stat, err, form, delay_ms, id_format, before_resp, route,
+                                //  wrong_handset_every, wrong_handset} after each accepted submit
     message_id_format: 'hex',   // hex | dec
+    message_id_pad: true,       // hex ids zero-padded to 8 digits
+    message_id_start: null,     // set the id counter (small ids make hex/decimal readings collide)
+    throttle_every: 0,          // every Nth submit_sm is answered ESME_RTHROTTLED
+    drop_every: 0,              // every Nth submit_sm: the connection is destroyed instead of answered
+    drop_accepts: 'none',       // none | all | alternate: whether a dropped submit was taken (receipt follows)
   };
 }
 
@@ -56,6 +62,10 @@ let config = freshConfig();
 let submitScript = [];
 let events = [];
 let messageCounter = 0x5F3A0000;
+let submitCount = 0;            // submit_sm PDUs seen since reset (throttle_every, drop_every)
+let dropCount = 0;
+let autoReceiptCount = 0;
+let roundRobin = 0;
 let sessionCounter = 0;
 const sessions = new Map();     // id -> state
 let withheld = [];              // [{state, pdu, response, entry}]
@@ -76,7 +86,61 @@ function nextMessageId() {
   if (config.message_id_format === 'dec') {
     return String(messageCounter);
   }
-  return messageCounter.toString(16).toUpperCase().padStart(8, '0');
+  const hex = messageCounter.toString(16).toUpperCase();
+  return config.message_id_pad ? hex.padStart(8, '0') : hex;
+}
+
+// How this SMSC writes a submit_sm_resp id in its receipts (id_format: same | dec | hex).
+function receiptId(messageId, idFormat) {
+  if (idFormat === 'dec') return BigInt(`0x${messageId}`).toString(10);
+  if (idFormat === 'hex') return BigInt(messageId).toString(16).toUpperCase();
+  return messageId;
+}
+
+function receivers() {
+  return [...sessions.values()].filter((s) => s.open && (s.mode === 'transceiver' || s.mode === 'receiver'));
+}
+
+// Where an automatic receipt goes: the first receiving session (default), the submitter's
+// own session when it is still open, or each receiving session in turn.
+function receiptTarget(route, submitter) {
+  const open = receivers();
+  if (open.length === 0) return null;
+  if (route === 'submitter' && submitter && submitter.open && submitter.mode !== 'transmitter') return submitter;
+  if (route === 'round_robin') {
+    roundRobin += 1;
+    return open[roundRobin % open.length];
+  }
+  return open[0];
+}
+
+// Send an automatic receipt once some session can take it (after a drop, on the next bind).
+function sendAutoReceipt(receipt, messageId, decoded, submitter, attempt = 0) {
+  const target = receiptTarget(receipt.route, submitter);
+  if (!target) {
+    if (attempt < 600) setTimeout(() => sendAutoReceipt(receipt, messageId, decoded, submitter, attempt + 1), 50);
+    return;
+  }
+  autoReceiptCount += 1;
+  // Only receipts of submits answered on a live link lie: the proof of a submit whose resp
+  // a drop may have eaten (or a redelivery) naming a stranger would leave the ESME no way to
+  // know the SMSC took it.
+  const answered = Boolean(submitter) && submitter.open && !submitter.session.socket.destroyed;
+  const wrong = answered && receipt.wrong_handset_every
+    && autoReceiptCount % receipt.wrong_handset_every === 0;
+  const spec = Object.assign({}, receipt, {
+    message_id: receiptId(messageId, receipt.id_format),
+    source_addr: wrong ? (receipt.wrong_handset || '8613700000000') : decoded.destination_addr,
+    destination_addr: decoded.source_addr,
+  });
+  const seq = sendReceipt(target, spec);
+  // Unanswered when the link closes: delivered again on another bind, as an SMSC does.
+  target.pendingAuto = target.pendingAuto || new Map();
+  target.pendingAuto.set(seq, [receipt, messageId, decoded]);
+  record('auto_receipt', {
+    session: target.id, sequence: seq, submit_message_id: messageId, message_id: spec.message_id,
+    source_addr: spec.source_addr, true_handset: decoded.destination_addr, wrong_handset: Boolean(wrong),
+  });
 }
 
 // ---------------------------------------------------------------- decoding
@@ -166,12 +230,16 @@ function pickSession(spec, { needReceive = false } = {}) {
   return candidates[candidates.length - 1];
 }
 
-function sendRequest(state, command, options, rawTlvs, onResponse) {
+function sendRequest(state, command, options, rawTlvs, onResponse, resendSequence) {
   const session = state.session;
   const pdu = new smpp.PDU(command, options);
-  if (session.sequence === 0x7FFFFFFF) session.sequence = 0;
-  session.sequence += 1;
-  pdu.sequence_number = session.sequence;
+  if (resendSequence) {
+    pdu.sequence_number = resendSequence; // a retransmission: the sequence number of an earlier PDU
+  } else {
+    if (session.sequence === 0x7FFFFFFF) session.sequence = 0;
+    session.sequence += 1;
+    pdu.sequence_number = session.sequence;
+  }
   let buffer = pdu.toBuffer();
   const extra = encodeRawTlvs(rawTlvs);
   if (extra.length) {
@@ -210,14 +278,15 @@ function deliverOptions(spec) {
   return Object.assign(options, tlvOptions(spec.tlvs));
 }
 
-function sendDeliver(state, spec, kind) {
+function sendDeliver(state, spec, kind, after) {
   const options = deliverOptions(spec);
   let seq = 0;
   seq = sendRequest(state, 'deliver_sm', options, spec.raw_tlvs, (resp) => {
     record('deliver_sm_resp', {
       session: state.id, sequence: seq, status: resp.command_status, of: kind,
     });
-  });
+    if (after) after(resp);
+  }, spec.resend_sequence);
   record(kind, {
     session: state.id,
     sequence: seq,
@@ -272,8 +341,16 @@ function answerSubmit(state, pdu, entry, response) {
     status: response.command_status,
     message_id: fields.message_id || null,
   });
-  const receipt = entry.receipt || (config.auto_receipt && response.command_status === 0
-    && (pdu.registered_delivery & 0x03) ? config.auto_receipt : null);
+  if (!entry.receipt && config.auto_receipt && response.command_status === 0
+    && (pdu.registered_delivery & 0x03)) {
+    if (!config.auto_receipt.before_resp) {
+      const decoded = decodeSubmitSm(pdu.raw);
+      setTimeout(() => sendAutoReceipt(config.auto_receipt, response.message_id, decoded, state),
+        config.auto_receipt.delay_ms || 0);
+    }
+    return;
+  }
+  const receipt = entry.receipt;
   if (receipt && !entry.receipt_before_resp && response.command_status === 0) {
     setTimeout(() => {
       const target = [...sessions.values()].find((s) => s.open
@@ -292,8 +369,18 @@ function answerSubmit(state, pdu, entry, response) {
 function handleSubmit(state, pdu) {
   const decoded = decodeSubmitSm(pdu.raw);
   const entry = submitScript.length ? submitScript.shift() : Object.assign({}, config.default_submit);
+  submitCount += 1;
+  if (config.throttle_every && submitCount % config.throttle_every === 0 && !entry.status) {
+    entry.status = STATUS.ESME_RTHROTTLED;
+  }
+  if (config.drop_every && submitCount % config.drop_every === 0 && !entry.status) {
+    dropCount += 1;
+    entry.drop = true;
+    entry.drop_accepted = config.drop_accepts === 'all'
+      || (config.drop_accepts === 'alternate' && dropCount % 2 === 1);
+  }
   const status = entry.status || 0;
-  const messageId = entry.message_id || nextMessageId();
+  const messageId = entry.message_id || (status === 0 ? nextMessageId() : null);
   const text = pdu.short_message && typeof pdu.short_message.message === 'string'
     ? pdu.short_message.message : null;
   record('submit_sm', Object.assign({
@@ -304,8 +391,23 @@ function handleSubmit(state, pdu) {
     scripted: entry,
   }, decoded));
   if (entry.drop) {
+    if (entry.drop_accepted) {
+      // Taken, but the link died before the resp: only the receipt (on a later bind) tells.
+      record('accepted_unanswered', {
+        session: state.id, sequence: pdu.sequence_number, message_id: messageId,
+        destination_addr: decoded.destination_addr,
+      });
+      if (config.auto_receipt && (decoded.registered_delivery & 0x03)) {
+        setTimeout(() => sendAutoReceipt(config.auto_receipt, messageId, decoded, null),
+          Math.max(config.auto_receipt.delay_ms || 0, 20));
+      }
+    }
     state.session.destroy();
     return;
+  }
+  if (status === 0 && !entry.receipt && config.auto_receipt && config.auto_receipt.before_resp
+    && (decoded.registered_delivery & 0x03)) {
+    sendAutoReceipt(config.auto_receipt, messageId, decoded, state);
   }
   const response = { command_status: status, message_id: messageId };
   if (entry.receipt && entry.receipt_before_resp) {
@@ -421,6 +523,11 @@ function onSession(session) {
     state.open = false;
     sessions.delete(state.id);
     record('close', { session: state.id });
+    for (const [seq, [receipt, messageId, decoded]] of (state.pendingAuto || new Map())) {
+      const answered = events.some((e) => e.kind === 'deliver_sm_resp' && e.session === state.id
+        && e.sequence === seq);
+      if (!answered) setTimeout(() => sendAutoReceipt(receipt, messageId, decoded, null), 20);
+    }
   });
 }
 
@@ -445,6 +552,9 @@ const commands = {
   reset: () => {
     for (const state of sessions.values()) state.session.destroy();
     config = freshConfig();
+    submitCount = 0;
+    dropCount = 0;
+    autoReceiptCount = 0;
     submitScript = [];
     withheld = [];
     events = [];
@@ -456,6 +566,7 @@ const commands = {
       if (key === 'cmd') continue;
       if (!(key in config)) throw new Error(`unknown setting ${key}`);
       config[key] = value;
+      if (key === 'message_id_start' && value !== null) messageCounter = value;
     }
     return Object.assign({}, config);
   },
@@ -485,6 +596,23 @@ const commands = {
       sequences.push(sendDeliver(state, spec, 'deliver_sm'));
     }
     return { sequences };
+  },
+
+  deliver_window: (req) => {
+    // Send every spec, keeping at most `window` deliver_sm unanswered (as an SMSC's window
+    // does); answers at once, the PDUs go out as the responses come back.
+    const state = pickSession(req.session, { needReceive: true });
+    const specs = req.specs.slice();
+    const window = Math.max(1, req.window || 10);
+    let inFlight = 0;
+    const pump = () => {
+      while (inFlight < window && specs.length > 0 && !state.session.socket.destroyed) {
+        inFlight += 1;
+        sendDeliver(state, specs.shift(), 'deliver_sm', () => { inFlight -= 1; pump(); });
+      }
+    };
+    pump();
+    return { queued: req.specs.length, window };
   },
 
   receipt: (req) => {

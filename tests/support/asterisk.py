@@ -151,7 +151,8 @@ def caller_dialplan() -> str:
     """The test-only citizen: interprets CALLER_SCRIPT (see the module docstring)."""
     return f"""; test-only: the citizen's half of a Local channel (tests/support/asterisk.py)
 [{CALLER_CONTEXT}]
-exten => s,1,Answer()
+exten => s,1,NoOp(CALL_TAG=${{CALL_TAG}} on ${{CHANNEL}})
+ same => n,Answer()
  same => n,Set(STEP_INDEX=1)
  same => n(next),Set(STEP=${{CUT(CALLER_SCRIPT,|,${{STEP_INDEX}})}})
  same => n,GotoIf($["${{STEP}}" = ""]?listen)
@@ -186,7 +187,8 @@ exten => _X.,1,GotoIf($["${{EXTEN:-1}}" = "2"]?busy)
 
 ; a staff member's phone as a queue member (Local/agent@test-agent): answers and talks
 [test-agent]
-exten => agent,1,Answer()
+exten => agent,1,NoOp(AGENT_ANSWERS case=${{CALLCENTER_CASE_NUMBER}} on ${{CHANNEL}})
+ same => n,Answer()
  same => n,Wait(${{IF($["${{AGENT_TALK}}" = ""]?3:${{AGENT_TALK}})}})
  same => n,Hangup()
 """
@@ -415,6 +417,18 @@ hideconnect = yes
                 raise TimeoutError(f"still {channels} channel(s), {len(pending)} call file(s) after "
                                    f"{timeout}s:\n{self.tail()}")
             await asyncio.sleep(0.25)
+
+    def channel_of(self, tag: str) -> str | None:
+        """The Local channel's base name (`Local/s@test-caller-0000000a`) of a placed call."""
+        match = re.search(rf"CALL_TAG={re.escape(tag)} on (Local/[^;\s]+);2", self.log_since(0))
+        return match.group(1) if match else None
+
+    def log_of(self, tag: str) -> str:
+        """The lines of Asterisk's full log about one call (both halves of its Local channel)."""
+        channel = self.channel_of(tag)
+        if channel is None:
+            return ""
+        return "\n".join(line for line in self.log_since(0).splitlines() if channel + ";" in line)
 
     async def set_global(self, name: str, value: str) -> None:
         await self.acli(f"dialplan set global {name} {value}")

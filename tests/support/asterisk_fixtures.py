@@ -16,6 +16,7 @@ Tests point the dialplan at their own FastAGI listener with
 from __future__ import annotations
 
 import shutil
+import wave
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -73,9 +74,8 @@ def _cache(name: str) -> Path:
     return REPO_ROOT / "var" / "test-cache" / name
 
 
-@pytest.fixture(scope="session")
-def ivr_sounds() -> Sounds:
-    _tools_or_skip()
+def build_ivr_sounds() -> Sounds:
+    """The IVR's Mandarin prompts, built (incrementally) under var/test-cache/."""
     from callcenter.prompts import build_prompts
 
     out = _cache("prompts-zh")
@@ -83,14 +83,34 @@ def ivr_sounds() -> Sounds:
     return Sounds(out)
 
 
-@pytest.fixture(scope="session")
-def caller_speech(tmp_path_factory: pytest.TempPathFactory) -> Sounds:
-    _tools_or_skip()
+def build_caller_speech(scratch: Path) -> Sounds:
+    """What test citizens say (CALLER_SENTENCES), plus a minute of a silent line."""
     from callcenter.prompts import build_prompts
 
-    source = tmp_path_factory.mktemp("caller-speech-src")
+    source = scratch / "caller-speech-src"
+    source.mkdir(parents=True, exist_ok=True)
     for name, text in CALLER_SENTENCES.items():
         (source / f"{name}.txt").write_text(text + "\n", encoding="utf-8")
     out = _cache("caller-speech")
     build_prompts(source, out, overrides_dir=None, progress=False)
+    # A silent caller on a real line still sends audio frames: 60 s of digital silence.
+    silence = out / "silence_60s.wav"
+    if not silence.exists():
+        with wave.open(str(silence), "wb") as wav:
+            wav.setnchannels(1)
+            wav.setsampwidth(2)
+            wav.setframerate(8000)
+            wav.writeframes(b"\0\0" * 8000 * 60)
     return Sounds(out)
+
+
+@pytest.fixture(scope="session")
+def ivr_sounds() -> Sounds:
+    _tools_or_skip()
+    return build_ivr_sounds()
+
+
+@pytest.fixture(scope="session")
+def caller_speech(tmp_path_factory: pytest.TempPathFactory) -> Sounds:
+    _tools_or_skip()
+    return build_caller_speech(tmp_path_factory.mktemp("caller-speech"))

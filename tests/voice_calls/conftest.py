@@ -15,6 +15,7 @@ import array
 import asyncio
 import datetime as dt
 import math
+import random
 import re
 import wave
 from collections.abc import AsyncIterator, Iterator, Sequence
@@ -62,9 +63,18 @@ class Clock:
         return self.value
 
 
-def write_wav(path: Path, frames: int) -> None:
-    """8 kHz mono 16-bit PCM, what Asterisk's `wav` format writes; a tone when frames > 0."""
+def write_wav(path: Path, frames: int, *, seconds_of_silence: float = 0.0,
+              noise_dbfs: float | None = None) -> None:
+    """8 kHz mono 16-bit PCM, what Asterisk's `wav` format writes: `frames` of a tone, then
+    `seconds_of_silence` of digital silence (or of line noise at noise_dbfs)."""
     samples = array.array("h", (int(8000 * math.sin(2 * math.pi * 440 * i / 8000)) for i in range(frames)))
+    quiet = int(8000 * seconds_of_silence)
+    if noise_dbfs is None:
+        samples.extend([0] * quiet)
+    else:
+        level = 32768 * 10 ** (noise_dbfs / 20)
+        rng = random.Random(7)
+        samples.extend(int(rng.gauss(0, level)) for _ in range(quiet))
     with wave.open(str(path), "wb") as wav:
         wav.setnchannels(1)
         wav.setsampwidth(2)
@@ -78,17 +88,27 @@ class VoicePeer(ScriptedAsterisk):
     volume, seen by the test (and the service) under `service_dir`.
 
     audio: "speech" writes endpos samples of a tone, "header" only the 44-byte header (no
-    audio reached Asterisk), "none" no file at all (a volume that is not shared).
+    audio reached Asterisk), "none" no file at all (a volume that is not shared),
+    "silence" what a real Asterisk 22 leaves of a caller who says nothing and presses
+    nothing: silence detection ends the take, which keeps ~1 s of pure silence
+    (`200 result=0 endpos=8000`).
     """
 
     service_dir: Path | None = None
     asterisk_dir: str = ASTERISK_DIR
-    audio: Literal["speech", "header", "none"] = "speech"
+    audio: Literal["speech", "header", "none", "silence"] = "speech"
     written: list[Path] = field(default_factory=list)
+    # Asterisk's recording folder does not exist: RECORD FILE fails at once, no file.
+    folder_missing: bool = False
 
     def _alive(self, command: Command, transcript: CallTranscript) -> str:
+        if command.name == "record file" and self.folder_missing:
+            transcript.recordings.append(command.argv[2])
+            return "200 result=-1 (writefile)"
         reply = super()._alive(command, transcript)
         if command.name == "record file":
+            if self.audio == "silence" and "(dtmf)" not in reply:
+                reply = "200 result=0 endpos=8000"
             self._write(command, reply)
         return reply
 
@@ -107,7 +127,10 @@ class VoicePeer(ScriptedAsterisk):
         match = _ENDPOS.search(reply)
         frames = min(int(match.group(1)) if match else 0, MAX_TEST_FRAMES)
         path = self.service_dir / (target[len(self.asterisk_dir) + 1:] + ".wav")
-        write_wav(path, frames if self.audio == "speech" else 0)
+        if self.audio == "silence":
+            write_wav(path, 0, seconds_of_silence=frames / 8000)
+        else:
+            write_wav(path, frames if self.audio == "speech" else 0)
         self.written.append(path)
 
 
@@ -168,21 +191,26 @@ class Voice:
             return list((await session.scalars(query)).all())
 
     async def case(self, phone: str | None = CALLER, *, status: CaseStatus = CaseStatus.DRAFT) -> CaseView:
-        """A case made the way staff and the platform would, in the given status."""
-        cases = self.services.cases
-        view = await cases.create_draft(DraftInput(channel=Channel.STAFF, description="路灯不亮",
-                                                   reporter_phone=phone, category="C0101",
-                                                   notify_reporter=False), actor="test")
-        if status == CaseStatus.DRAFT:
-            return view
-        await cases.submit(view.number, actor="test")
-        steps = [CaseStatus.REGISTERED, CaseStatus.DISPATCHED, CaseStatus.FEEDBACK, CaseStatus.CLOSED]
-        for index, step in enumerate(steps):
-            view = await cases.apply_platform_event(
-                view.number, PlatformEvent(event_id=f"{view.number}-{index}", status=step))
-            if step == status:
-                break
+        return await make_case(self.services, phone, status)
+
+
+async def make_case(services: Services, phone: str | None = CALLER, status: CaseStatus = CaseStatus.DRAFT
+                    ) -> CaseView:
+    """A case made the way staff and the platform would, in the given status."""
+    cases = services.cases
+    view = await cases.create_draft(DraftInput(channel=Channel.STAFF, description="路灯不亮",
+                                               reporter_phone=phone, category="C0101",
+                                               notify_reporter=False), actor="test")
+    if status == CaseStatus.DRAFT:
         return view
+    await cases.submit(view.number, actor="test")
+    steps = [CaseStatus.REGISTERED, CaseStatus.DISPATCHED, CaseStatus.FEEDBACK, CaseStatus.CLOSED]
+    for index, step in enumerate(steps):
+        view = await cases.apply_platform_event(
+            view.number, PlatformEvent(event_id=f"{view.number}-{index}", status=step))
+        if step == status:
+            break
+    return view
 
 
 def voice_settings(settings: Settings, recordings: Path) -> Settings:
@@ -318,6 +346,13 @@ class RealVoice:
     def say(self, sentence: str = "report_streetlight") -> str:
         """A caller step: play this sentence into the call (the citizen speaking)."""
         return "p" + self.speech.path(sentence)
+
+    def silent(self) -> str:
+        """A caller step: a minute of a silent line (frames of digital silence)."""
+        return "p" + self.speech.path("silence_60s")
+
+    async def case(self, phone: str | None = CALLER, *, status: CaseStatus = CaseStatus.DRAFT) -> CaseView:
+        return await make_case(self.services, phone, status)
 
     async def settle(self, timeout: float = 120.0) -> None:
         """Until every call has ended in Asterisk and every AGI handler has finished."""

@@ -26,7 +26,7 @@ HOSTILE_NAMES = ['"Citizen" \\" HANGUP', "王" * 400, "'; DROP TABLE cases; --",
 
 async def with_a_good_report(voice: Voice, bad: list[ScriptedAsterisk]) -> list[CallTranscript]:
     """Play the bad calls and one good report together; the report must be filed intact."""
-    good = voice.peer("hotline", "121#1")
+    good = voice.peer("hotline", "121.#1")
     transcripts = await voice.calls([*bad, good])
     mine = [d for d in await voice.drafts() if f"-{transcripts[-1].env['agi_uniqueid']}-" in (d.recording_ref or "")]
     assert len(mine) == 1, "the good call's report is missing"
@@ -37,8 +37,8 @@ async def with_a_good_report(voice: Voice, bad: list[ScriptedAsterisk]) -> list[
 
 
 async def test_hostile_caller_ids_and_names_inject_nothing(voice: Voice, no_tracebacks: Any) -> None:
-    peers = [voice.peer("hotline", "121#1", callerid=raw) for raw in HOSTILE_IDS]
-    peers += [voice.peer("hotline", "121#1", env={"calleridname": name}) for name in HOSTILE_NAMES]
+    peers = [voice.peer("hotline", "121.#1", callerid=raw) for raw in HOSTILE_IDS]
+    peers += [voice.peer("hotline", "121.#1", env={"calleridname": name}) for name in HOSTILE_NAMES]
     transcripts = await with_a_good_report(voice, peers)
     for peer, transcript in zip(peers, transcripts, strict=True):
         hostile = transcript.env["agi_callerid"], transcript.env["agi_calleridname"]
@@ -84,7 +84,7 @@ def disconnect_at(name: str) -> Any:
 
 async def test_peer_disconnecting_mid_command(voice: Voice, no_tracebacks: Any) -> None:
     names = ["answer", "stream file", "wait for digit", "get data", "record file", "set variable"]
-    peers = [voice.peer("hotline", "2" if name == "get data" else "121#1", on_command=disconnect_at(name))
+    peers = [voice.peer("hotline", "2" if name == "get data" else "121.#1", on_command=disconnect_at(name))
              for name in names]
     transcripts = await with_a_good_report(voice, peers)
     for name, transcript in zip(names, transcripts, strict=True):
@@ -111,7 +111,7 @@ ABSURD = [
 
 
 async def test_absurd_result_lines_end_the_call_cleanly(voice: Voice, agi_logs: Any) -> None:
-    peers = [voice.peer("hotline", "2" if name == "get data" else "121#1", on_command=absurd(name, reply))
+    peers = [voice.peer("hotline", "2" if name == "get data" else "121.#1", on_command=absurd(name, reply))
              for name, reply in ABSURD]
     transcripts = await with_a_good_report(voice, peers)
     for (name, reply), transcript in zip(ABSURD, transcripts, strict=True):

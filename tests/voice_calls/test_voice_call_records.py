@@ -19,7 +19,7 @@ async def records(voice: Voice) -> list[CallRecordRow]:
 
 
 async def test_completed_report_is_settled_with_its_draft(voice: Voice, no_tracebacks: Any) -> None:
-    await voice.call(voice.peer("hotline", "121#1", env={"uniqueid": "1795000000.1"}))
+    await voice.call(voice.peer("hotline", "121.#1", env={"uniqueid": "1795000000.1"}))
     (draft,) = await voice.drafts()
     (record,) = await records(voice)
     assert (record.call_id, record.route, record.caller) == ("1795000000.1", "hotline", CALLER_E164)

@@ -35,7 +35,7 @@ def wrong_check_digit(number: str) -> str:
 async def test_report_files_draft_with_recording_category_and_number_by_voice_and_sms(
         voice: Voice, no_tracebacks: Any) -> None:
     # 1 report, 2 event (事件), 1 major 01 市容环境, speak then #, 1 = text this number
-    transcript = await voice.call(voice.peer("hotline", "121#1"))
+    transcript = await voice.call(voice.peer("hotline", "121.#1"))
     drafts = await voice.drafts()
     assert len(drafts) == 1
     draft = drafts[0]
@@ -72,14 +72,14 @@ async def test_report_files_draft_with_recording_category_and_number_by_voice_an
 
 
 async def test_component_report_keeps_the_major_without_a_suggestion(voice: Voice) -> None:
-    await voice.call(voice.peer("hotline", "116#1"))  # 部件 06 其他设施类: no 99 row
+    await voice.call(voice.peer("hotline", "116.#1"))  # 部件 06 其他设施类: no 99 row
     (draft,) = await voice.drafts()
     assert "部件C06大类" in draft.description and "其他" not in draft.description
     assert draft.suggested_category is None and draft.category_code is None
 
 
 async def test_report_to_a_keyed_number(voice: Voice) -> None:
-    transcript = await voice.call(voice.peer("hotline", f"112#2{OTHER}#"))
+    transcript = await voice.call(voice.peer("hotline", f"112.#2{OTHER}#"))
     (draft,) = await voice.drafts()
     assert draft.reporter_phone == OTHER_E164
     assert [o.recipient for o in await voice.outbox(draft.id)] == [OTHER_E164]
@@ -88,7 +88,7 @@ async def test_report_to_a_keyed_number(voice: Voice) -> None:
 
 
 async def test_landline_caller_hears_the_number_without_sms(voice: Voice) -> None:
-    transcript = await voice.call(voice.peer("hotline", "111#1", callerid="075512345678"))
+    transcript = await voice.call(voice.peer("hotline", "111.#1", callerid="075512345678"))
     (draft,) = await voice.drafts()
     assert draft.reporter_phone == "+8675512345678"
     assert await voice.outbox(draft.id) == []
@@ -165,7 +165,7 @@ async def test_zero_goes_to_a_person_and_pops_the_screen(voice: Voice) -> None:
         assert "CALLCENTER_CASE_NUMBER" not in transcript.variables
         assert sounds(transcript)[-1] == "transfer_to_agent"
         # after a report: the agent's console gets the draft's number with the call
-        transcript = await voice.call(voice.peer("hotline", "121#10"))
+        transcript = await voice.call(voice.peer("hotline", "121.#10"))
         (draft,) = await voice.drafts()
         assert transcript.variables["CALLCENTER_NEXT"] == "agent"
         assert transcript.variables["CALLCENTER_CASE_NUMBER"] == draft.number
@@ -196,7 +196,7 @@ async def test_after_hours_zero_goes_to_voicemail_which_becomes_a_flagged_draft(
     silent = await voice.call(voice.peer("hotline", ""))  # three silent tries, after hours
     assert silent.variables["CALLCENTER_NEXT"] == "voicemail"
     # the dialplan's voicemail extension runs the voicemail route on the same channel
-    transcript = await voice.call(voice.peer("voicemail", "#", variables=first.variables))
+    transcript = await voice.call(voice.peer("voicemail", ".#", variables=first.variables))
     (draft,) = await voice.drafts()
     assert set(draft.flags) == {CaseFlag.NEEDS_TRANSCRIPTION.value, CaseFlag.AFTER_HOURS.value}
     assert draft.description.startswith("电话留言") and (voice.recordings / draft.recording_ref).is_file()
@@ -207,7 +207,7 @@ async def test_after_hours_zero_goes_to_voicemail_which_becomes_a_flagged_draft(
 
 async def test_voicemail_in_hours_is_not_flagged_after_hours(voice: Voice) -> None:
     # The queue gave up (nobody answered): voicemail during staff hours.
-    await voice.call(voice.peer("voicemail", "#"))
+    await voice.call(voice.peer("voicemail", ".#"))
     (draft,) = await voice.drafts()
     assert draft.flags == [CaseFlag.NEEDS_TRANSCRIPTION.value]
 
@@ -223,8 +223,8 @@ async def test_unknown_route_ends_cleanly_and_other_calls_go_on(voice: Voice, ag
 async def test_every_command_is_one_well_formed_line(voice: Voice) -> None:
     case = await voice.case(status=CaseStatus.CLOSED)
     transcripts = await voice.calls([
-        voice.peer("hotline", "121#1"), voice.peer("hotline", f"3{case.number}#4"),
-        voice.peer("voicemail", "#"), voice.peer("hotline", "0")])
+        voice.peer("hotline", "121.#1"), voice.peer("hotline", f"3{case.number}#4"),
+        voice.peer("voicemail", ".#"), voice.peer("hotline", "0")])
     for transcript in transcripts:
         assert not transcript.bad_lines and not transcript.pipelined
         for line in transcript.commands:
@@ -239,7 +239,7 @@ async def test_shutdown_hands_callers_to_a_person_with_owed_work_done(voice: Voi
             voice.channel.start_draining()
         return None
 
-    transcript = await voice.call(voice.peer("hotline", "121#1", on_command=shut_down_while_recording))
+    transcript = await voice.call(voice.peer("hotline", "121.#1", on_command=shut_down_while_recording))
     (draft,) = await voice.drafts()
     assert transcript.variables["CALLCENTER_NEXT"] == "agent"
     assert transcript.variables["CALLCENTER_CASE_NUMBER"] == draft.number
@@ -256,7 +256,7 @@ async def test_voice_settings_override_every_flow(voice: Voice) -> None:
     channel = VoiceChannel(dataclasses.replace(voice.services, settings=settings), now=voice.clock)
     assert channel.flows["hotline"].states["after_number"].tries == 1  # "no key: goodbye" stays
     voice.server.start(channel.routes)
-    transcript = await voice.call(voice.peer("hotline", "121#1"))
+    transcript = await voice.call(voice.peer("hotline", "121.#1"))
     record = next(argv for argv in transcript.argvs if argv[:2] == ["RECORD", "FILE"])
     assert record[5:] == ["30000", "0", "s=2"]
     assert ["WAIT", "FOR", "DIGIT", "3000"] in transcript.argvs

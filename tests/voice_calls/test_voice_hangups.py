@@ -36,14 +36,14 @@ class Scenario:
 
 
 SCENARIOS = [
-    Scenario("report, SMS to the caller", "hotline", "121#1", files_draft=True),
-    Scenario("report, keyed contact number", "hotline", f"112#2{OTHER}#", files_draft=True),
-    Scenario("report, then a person", "hotline", "113#10", files_draft=True),
+    Scenario("report, SMS to the caller", "hotline", "121.#1", files_draft=True),
+    Scenario("report, keyed contact number", "hotline", f"112.#2{OTHER}#", files_draft=True),
+    Scenario("report, then a person", "hotline", "113.#10", files_draft=True),
     Scenario("status by hotline", "hotline", "2{n}#", case=CaseStatus.DISPATCHED),
     Scenario("status line", "status", "{n}#", case=CaseStatus.DRAFT),
     Scenario("rating by hotline", "hotline", "3{n}#4", case=CaseStatus.CLOSED, rates=True),
     Scenario("call-back rating", "callback", "5", case=CaseStatus.CLOSED, rates=True, variables=True),
-    Scenario("voicemail", "voicemail", "#", files_draft=True),
+    Scenario("voicemail", "voicemail", ".#", files_draft=True),
     Scenario("a person", "hotline", "0"),
 ]
 
@@ -118,14 +118,14 @@ async def test_connection_lost_during_recording_files_what_reached_the_disk(voic
             return None
         return respond
 
-    peer = voice.peer("hotline", "121#1")
+    peer = voice.peer("hotline", "121.#1")
     peer.on_command = drop_during_recording(peer)
     transcript = await voice.call(peer)
     (draft,) = await drafts_of(voice, transcript)
     assert draft.flags == ["needs_transcription"]
     assert len(await voice.outbox(draft.id)) == 1
     # ...and a drop before anything was said leaves no draft
-    silent = voice.peer("hotline", "121#1", audio="header")
+    silent = voice.peer("hotline", "121.#1", audio="header")
     silent.on_command = drop_during_recording(silent)
     assert await drafts_of(voice, await voice.call(silent)) == []
 

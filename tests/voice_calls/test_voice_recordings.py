@@ -13,33 +13,70 @@ from callcenter.cases.catalogue import CaseKind, Catalogue
 from callcenter.cases.model import CaseFlag
 from callcenter.console.serialise import resolve_recording
 from callcenter.voice.actions import phone_report_text, voicemail_text
-from callcenter.voice.recordings import RecordingState, RecordingStore
-from tests.voice_calls.conftest import ASTERISK_DIR, Voice, number_heard, write_wav
+from callcenter.voice.recordings import RecordingState, RecordingStore, Speech, measure_speech
+from tests.voice_calls.conftest import ASTERISK_DIR, Voice, number_heard, sounds, write_wav
 
 session_loop = pytest.mark.asyncio(loop_scope="session")
 
 
 @session_loop
-@pytest.mark.parametrize(("audio", "flag"), [("none", CaseFlag.RECORDING_MISSING),
-                                              ("header", CaseFlag.RECORDING_EMPTY)])
-async def test_unusable_recording_is_flagged_on_the_draft_not_a_crash(
-        voice: Voice, audio: str, flag: CaseFlag, no_tracebacks: Any) -> None:
-    transcript = await voice.call(voice.peer("hotline", "121#1", audio=audio))
+async def test_unshared_recording_is_flagged_on_the_draft_not_a_crash(
+        voice: Voice, no_tracebacks: Any) -> None:
+    # the service cannot see the file: judged by the take's length, filed, flagged for staff
+    transcript = await voice.call(voice.peer("hotline", "121.#1", audio="none"))
     (draft,) = await voice.drafts()
-    assert set(draft.flags) == {CaseFlag.NEEDS_TRANSCRIPTION.value, flag.value}
+    assert set(draft.flags) == {CaseFlag.NEEDS_TRANSCRIPTION.value, CaseFlag.RECORDING_MISSING.value}
     assert draft.recording_ref  # kept: staff see what was expected, ops can look for it
     assert number_heard(transcript) == draft.number  # the caller is served all the same
     assert len(await voice.outbox(draft.id)) == 1
     snapshot = {m["name"]: m for m in (await voice.services.metrics.snapshot())["metrics"]}
-    state = "missing" if audio == "none" else "empty"
     assert snapshot["voice_recordings_total"]["samples"] == [
-        {"labels": {"kind": "report", "state": state}, "value": 1.0}]
+        {"labels": {"kind": "report", "state": "missing"}, "value": 1.0}]
+
+
+@session_loop
+@pytest.mark.parametrize("audio", ["header", "silence"])
+async def test_a_take_without_speech_is_a_silent_try_and_three_reach_a_person(
+        voice: Voice, audio: str, no_tracebacks: Any) -> None:
+    # header: no audio reached Asterisk; silence: what a real Asterisk leaves of a silent
+    # caller (about 1 s of digital silence, endpos=8000) -- long enough by length alone
+    transcript = await voice.call(voice.peer("hotline", "121", audio=audio))
+    assert await voice.drafts() == []
+    heard = sounds(transcript)
+    assert heard.count("record_too_short") == 2 and heard.count("beep") == 3
+    assert heard[-1] == "transfer_to_agent"
+    assert transcript.variables["CALLCENTER_NEXT"] == "agent"
+
+
+@session_loop
+async def test_a_missing_recording_folder_fails_each_take_at_once_then_a_person(
+        voice: Voice, agi_logs: list[dict[str, Any]]) -> None:
+    # what a real Asterisk does when its recording folder is absent (start-up checks say so)
+    transcript = await voice.call(voice.peer("hotline", "121.#1", folder_missing=True))
+    assert await voice.drafts() == []
+    assert len(transcript.recordings) == 3
+    assert sounds(transcript)[-1] == "transfer_to_agent"
+    assert [e["reason"] for e in agi_logs if e.get("event") == "voice.record_failed"] == ["writefile"] * 3
+
+
+def test_speech_is_found_in_the_audio_not_in_its_length(tmp_path: Path) -> None:
+    rate = 8000
+    silent = tmp_path / "silent.wav"
+    write_wav(silent, 0, seconds_of_silence=1.0)
+    noise = tmp_path / "noise.wav"
+    write_wav(noise, 0, seconds_of_silence=2.0, noise_dbfs=-60)
+    spoken = tmp_path / "spoken.wav"
+    write_wav(spoken, rate * 2)
+    assert measure_speech(silent) == Speech(duration_ms=1000, speech_ms=0)
+    assert measure_speech(noise).speech_ms == 0 and measure_speech(noise).duration_ms == 2000
+    assert measure_speech(spoken).speech_ms == 2000
+    assert measure_speech(noise, threshold_dbfs=-70).speech_ms == 2000  # the threshold decides
 
 
 @session_loop
 async def test_asterisk_and_service_see_the_volume_at_different_paths(voice: Voice) -> None:
     assert not str(voice.recordings).startswith(ASTERISK_DIR)
-    transcript = await voice.call(voice.peer("voicemail", "#"))
+    transcript = await voice.call(voice.peer("voicemail", ".#"))
     (draft,) = await voice.drafts()
     record = next(argv for argv in transcript.argvs if argv[:2] == ["RECORD", "FILE"])
     assert record[2].startswith(ASTERISK_DIR + "/") and "/" not in draft.recording_ref

@@ -4,7 +4,7 @@
 import { get, request, setCsrf, toSignIn } from "./api.js";
 import { $, setText, setTimeZone } from "./dom.js";
 import { caseChanged, closeCase, currentNumber, initDraft, openCase } from "./draft.js";
-import { focusQueue, initQueue, markSelected, refresh, refreshSoon } from "./queue.js";
+import { focusQueue, initQueue, markSelected, nextDraft, refresh, refreshSoon } from "./queue.js";
 import { dashboardChanged, initDashboard, startDashboard, stopDashboard } from "./dashboard.js";
 import { initNotices, loadCaseNotices, refreshNotices } from "./notices.js";
 import { initScreenPop, lookup } from "./screenpop.js";
@@ -51,6 +51,15 @@ async function route() {
 function openNumber(number) {
   if (location.hash === `#/case/${number}`) openCase(number).catch((e) => flash(e.message, true));
   else location.hash = `#/case/${number}`;
+}
+
+/** After a submit: open the oldest waiting draft, or stay on the submitted case if none. */
+async function openNextDraft(done) {
+  const next = await nextDraft(done);
+  if (next) {
+    openNumber(next);
+    flash(`受理编号 ${done} 已提交立案；已打开下一条草稿 ${next}`);
+  }
 }
 
 let streamOpened = false; // the first open follows the page's own loading
@@ -126,7 +135,7 @@ async function main() {
   setText("user-role", me.role_label);
   const tree = await get("/console/api/catalogue");
   initQueue({ open: openNumber });
-  initDraft({ flash, changed: () => refreshSoon(), reasons: me.reject_reasons, tree });
+  initDraft({ flash, changed: () => refreshSoon(), next: openNextDraft, reasons: me.reject_reasons, tree });
   initScreenPop({ flash, open: openNumber });
   initDashboard();
   initNotices({ open: openNumber });

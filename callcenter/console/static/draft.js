@@ -20,15 +20,15 @@ const TASK_VALUES = { kind: { verify: "核实", check: "核查" }, to: { shift_l
 
 let baseline = null; // the case as last loaded from the server
 let chosen = { category: null, grid: null }; // {code, name} picked in the form
-let hooks = { flash: () => {}, changed: () => {} };
+let hooks = { flash: () => {}, changed: () => {}, next: async () => {} };
 let dupTimer = null;
 
 export function currentNumber() {
   return baseline ? baseline.number : null;
 }
 
-export function initDraft({ flash, changed, reasons, tree }) {
-  hooks = { flash, changed };
+export function initDraft({ flash, changed, next, reasons, tree }) {
+  hooks = { flash, changed, next };
   new Combobox({
     input: $("f-category-q"), list: $("f-category-list"),
     search: async (q) => (await get(`/console/api/catalogue${query({ q })}`)).items,
@@ -52,8 +52,20 @@ export function initDraft({ flash, changed, reasons, tree }) {
   $("btn-submit").addEventListener("click", () => guarded(submit));
   $("reject-form").addEventListener("submit", (event) => {
     event.preventDefault();
+    // Like merge: the first press only asks; the second, within 8 s, rejects.
+    const button = $("reject-button");
+    if (button.dataset.armed !== "1") {
+      const reason = $("reject-reason");
+      button.dataset.armed = "1";
+      button.textContent = `确认不予立案（${reason.options[reason.selectedIndex].text}）`;
+      clearTimeout(button.disarm);
+      button.disarm = setTimeout(() => disarmReject(), 8000);
+      return;
+    }
+    disarmReject();
     guarded(reject);
   });
+  $("reject-reason").addEventListener("change", disarmReject);
   $("merge-form").addEventListener("submit", (event) => {
     event.preventDefault();
     guarded(() => merge($("merge-into").value.trim()));
@@ -74,6 +86,13 @@ export function initDraft({ flash, changed, reasons, tree }) {
       $("f-grid-q").focus();
     }
   });
+}
+
+function disarmReject() {
+  const button = $("reject-button");
+  clearTimeout(button.disarm);
+  button.dataset.armed = "";
+  button.textContent = "不予立案";
 }
 
 function renderTree(tree) {
@@ -218,6 +237,7 @@ function show(data, { keepForm }) {
   const actionable = ["draft", "submitted"].includes(data.status);
   for (const node of $("reject-form").querySelectorAll("input, select, button")) node.disabled = !actionable;
   for (const node of $("merge-form").querySelectorAll("input, button")) node.disabled = !actionable;
+  if (!keepForm) disarmReject();
   renderLog(data.log);
   refreshDuplicatesSoon();
   loadCaseNotices(data.number).catch(() => {});
@@ -354,6 +374,7 @@ async function submit() {
     show(data, { keepForm: false });
     hooks.flash(`受理编号 ${data.number} 已提交立案`);
     hooks.changed(data.number);
+    await hooks.next(data.number); // the next draft in the queue, so the work goes on
   } catch (error) {
     if (error instanceof ApiError && error.status === 409 && error.body.current) {
       conflict(error.body);
@@ -419,6 +440,7 @@ async function refreshDuplicates() {
       el("p", {}, el("strong", { className: "number", text: item.number }),
         el("span", { className: "tag", text: item.status_label }),
         el("span", { className: "tag", text: item.channel_label }), ` ${formatTime(item.created_at)}`),
+      el("p", { className: "dup-why" }, ...(item.why || []).map((reason) => el("span", { className: "tag", text: reason }))),
       el("p", { text: [item.category && item.category.name, item.grid && item.grid.name, item.address]
         .filter(Boolean).join(" · ") }),
       el("p", { text: item.description }),

@@ -45,6 +45,13 @@ export function markSelected(number) {
   }
 }
 
+/** The oldest draft other than `done`, from a fresh look at the queue; null when none waits. */
+export async function nextDraft(done) {
+  await refresh();
+  const next = items.find((item) => item.number !== done);
+  return next ? next.number : null;
+}
+
 /** Debounced: a burst of events causes one reload. */
 export function refreshSoon() {
   clearTimeout(refreshTimer);

@@ -7,7 +7,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0009_call_legs_callbacks"
-down_revision = "0006_call_records"
+down_revision = "0008_sms_delivery_identity"
 branch_labels = None
 depends_on = None
 

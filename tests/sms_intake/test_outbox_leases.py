@@ -1,0 +1,159 @@
+"""Outbox claims between two senders on one store (SQLite and PostgreSQL): a live lease is never
+taken back, an expired one is, and a sender that lost its lease sends none of what it still held.
+
+The SMSC here is a scripted gateway that holds every submit until the test releases it, so the
+moment of each claim and each take-back is the test's choice; the store is real.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+
+from callcenter.app import Services
+from callcenter.db.tables import OutboxRow
+from callcenter.db.tables_sms import SmsSubmitRow
+from callcenter.service.outbox_sender import OutboxSender
+from callcenter.settings import Settings
+from sms.gateway import OutboundPart, SubmitOutcome
+from sms.smpp.session import Status
+from tests.sms_intake.conftest import Clock, sms_overrides, use_clock
+
+LEASE = 1.0  # seconds of the claim's lease (renewed every third of it, real time)
+
+
+class HoldingGateway:
+    """Accepts every part, but only when the test says so."""
+
+    name = "holding"
+
+    def __init__(self) -> None:
+        self.submitted: list[OutboundPart] = []
+        self.release = asyncio.Event()
+        self._ids = itertools.count(0x5F3A0000)
+
+    @property
+    def ready(self) -> bool:
+        return True
+
+    def bind_states(self) -> dict[str, int]:
+        return {"trx": 5}
+
+    async def start(self, *_: object) -> None:
+        return None
+
+    async def stop(self) -> None:
+        return None
+
+    async def submit(self, part: OutboundPart) -> SubmitOutcome:
+        self.submitted.append(part)
+        await self.release.wait()
+        return SubmitOutcome(status=Status.ROK, message_id=format(next(self._ids), "X"))
+
+
+@pytest.fixture
+def settings(settings: Settings, tmp_path: Path) -> Settings:
+    base = sms_overrides(settings, tmp_path)
+    return base.model_copy(update={"sms": base.sms.model_copy(update={"outbox_lease": LEASE})})
+
+
+def second_node(services: Services, clock: Clock) -> OutboxSender:
+    """Another node's sender on the same store."""
+    first = services.sms.outbox  # type: ignore[union-attr]
+    return OutboxSender(sessions=services.sessions, smpp=first.smpp, settings=first.settings,
+                        metrics=services.metrics, node="node-b", now=clock)
+
+
+async def enqueue(services: Services, clock: Clock, bodies: list[str]) -> list[int]:
+    async with services.sessions() as session, session.begin():
+        rows = [OutboxRow(idempotency_key=f"lease-{i}", case_id=None, recipient=f"+86138000000{i:02d}",
+                          template="sms_reply", body=body, status="pending", attempts=0, not_before=clock(),
+                          created_at=clock()) for i, body in enumerate(bodies)]
+        session.add_all(rows)
+        await session.flush()
+        return [r.id for r in rows]
+
+
+async def rows(services: Services) -> list[OutboxRow]:
+    async with services.sessions() as session:
+        return list(await session.scalars(select(OutboxRow).order_by(OutboxRow.id)))
+
+
+async def parts(services: Services) -> list[SmsSubmitRow]:
+    async with services.sessions() as session:
+        return list(await session.scalars(select(SmsSubmitRow).order_by(SmsSubmitRow.outbox_id, SmsSubmitRow.seq)))
+
+
+async def until(predicate, timeout: float = 10.0) -> None:  # type: ignore[no-untyped-def]
+    async with asyncio.timeout(timeout):
+        while not predicate():
+            await asyncio.sleep(0.01)
+
+
+async def test_a_live_lease_is_never_taken_back_and_an_expired_one_is(services: Services, clock: Clock) -> None:
+    use_clock(services, clock)
+    node_a = services.sms.outbox  # type: ignore[union-attr]
+    node_a.node = "node-a"
+    node_b = second_node(services, clock)
+    gateway_a, gateway_b = HoldingGateway(), HoldingGateway()
+    gateway_b.release.set()
+    node_a.gateway, node_b.gateway = gateway_a, gateway_b
+    await enqueue(services, clock, ["受理编号261203000011：已受理。", "受理编号261203000029：已受理。"])
+
+    sending = asyncio.create_task(node_a.run_once())
+    await until(lambda: len(gateway_a.submitted) == 2)
+    claimed = await rows(services)
+    assert {(r.status, r.lease_owner) for r in claimed} == {("sending", "node-a")}
+    # Node B, even restarting (recover), leaves node A's live claim alone and finds nothing to send.
+    await node_b.recover()
+    assert await node_b.run_once() == 0
+    assert gateway_b.submitted == []
+    assert {r.status for r in await rows(services)} == {"sending"}
+    # Node A answers; its claim settles as sent and frees the lease.
+    gateway_a.release.set()
+    await sending
+    assert [(r.status, r.lease_owner, r.lease_expires_at) for r in await rows(services)] == [("sent", None, None)] * 2
+    # A claim whose lease ran out (its node died mid-submit) is taken back as in doubt, not resent.
+    gateway_a.release.clear()
+    async with services.sessions() as session, session.begin():
+        session.add(OutboxRow(idempotency_key="lease-dead", case_id=None, recipient="+8613800000099",
+                              template="sms_reply", body="您的案件261203000037已办结。", status="pending",
+                              attempts=0, not_before=clock(), created_at=clock()))
+    stuck = asyncio.create_task(node_a.run_once())
+    await until(lambda: len(gateway_a.submitted) == 3)
+    assert await node_b.take_back_expired() == 0
+    clock.advance(seconds=LEASE + 1)
+    assert await node_b.take_back_expired() == 1
+    dead = (await rows(services))[-1]
+    assert (dead.status, dead.lease_owner) == ("in_doubt", None)
+    assert [p.status for p in await parts(services) if p.outbox_id == dead.id] == ["in_doubt"]
+    assert gateway_b.submitted == []
+    stuck.cancel()
+    await asyncio.gather(stuck, return_exceptions=True)
+
+
+async def test_a_sender_that_lost_its_lease_sends_none_of_the_parts_it_still_held(
+        services: Services, clock: Clock) -> None:
+    use_clock(services, clock)
+    node_a = services.sms.outbox  # type: ignore[union-attr]
+    node_a.node = "node-a"
+    node_b = second_node(services, clock)
+    gateway_a = HoldingGateway()
+    node_a.gateway = gateway_a
+    (outbox_id,) = await enqueue(services, clock, ["井盖已更换完毕，请您留意。" * 12])  # three parts
+    sending = asyncio.create_task(node_a.run_once())
+    await until(lambda: len(gateway_a.submitted) == 1)
+    clock.advance(seconds=LEASE + 1)
+    assert await node_b.take_back_expired() == 1
+    # Node A's renewal (every third of the lease) finds the claim gone before part 1 is answered.
+    await asyncio.sleep(LEASE)
+    gateway_a.release.set()
+    await sending
+    assert len(gateway_a.submitted) == 1  # parts 2 and 3 never left node A
+    assert [p.status for p in await parts(services)] == ["accepted", "in_doubt", "in_doubt"]
+    (row,) = await rows(services)
+    assert row.id == outbox_id and row.status == "in_doubt"  # as node B left it
