@@ -70,6 +70,7 @@ class ClusterBus:
     _backlog: list[tuple[str, str | None, dict[str, Any]]] = field(default_factory=list, repr=False)
     _loop: asyncio.AbstractEventLoop | None = field(default=None, repr=False)
     _write_wake: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
+    _write_lock: asyncio.Lock = field(default_factory=asyncio.Lock, repr=False)
     _read_wake: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list, repr=False)
     _listening: bool = False
@@ -138,11 +139,14 @@ class ClusterBus:
             await self._write_once()
 
     async def _write_once(self) -> None:
-        group = self._backlog[:WRITE_GROUP]
-        async with self.engine.begin() as conn:
-            await record_events(conn, self.node_id, group)
-        del self._backlog[:len(group)]
-        self.written += len(group)
+        async with self._write_lock:  # the writer task and flush() must not write one group twice
+            group = self._backlog[:WRITE_GROUP]
+            if not group:
+                return
+            async with self.engine.begin() as conn:
+                await record_events(conn, self.node_id, group)
+            del self._backlog[:len(group)]
+            self.written += len(group)
 
     async def _write_loop(self) -> None:
         delay = self.reconnect_min

@@ -55,6 +55,10 @@ class TokenStore:
     _cache: dict[str, tuple[Principal, float]] = field(default_factory=dict, repr=False)
     _cache_enabled: bool = field(default=True, repr=False)
 
+    @property
+    def cache_enabled(self) -> bool:
+        return self._cache_enabled
+
     def set_cache_enabled(self, enabled: bool) -> None:
         """The cluster bus turns the cache off while it may be missing revocations."""
         if not enabled:
