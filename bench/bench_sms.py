@@ -720,7 +720,10 @@ async def mt_outbox_scenario(backend: Backend, smsc: Smsc, reactor: Any, count: 
         async def all_sent() -> bool:
             return (await outbox_counts(services)).get("sent", 0) >= count
 
-        await until(all_sent, timeout, "outbox sent")
+        try:
+            await until(all_sent, timeout, "outbox sent")
+        except TimeoutError as exc:
+            raise TimeoutError(f"{exc}; outbox: {await outbox_counts(services)}") from None
         elapsed = time.perf_counter() - start
         cpu_ms = (time.process_time() - cpu) * 1000 / count
         # Every receipt answered by the service, and every message's delivery state settled.

@@ -552,6 +552,7 @@ const commands = {
   reset: () => {
     for (const state of sessions.values()) state.session.destroy();
     config = freshConfig();
+    messageCounter = 0x5F3A0000;  // a test's message_id_start must not leak into the next
     submitCount = 0;
     dropCount = 0;
     autoReceiptCount = 0;
