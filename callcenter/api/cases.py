@@ -37,7 +37,6 @@ from callcenter.cases.lifecycle import CaseStatus
 from callcenter.cases.model import CaseView, Channel
 from callcenter.privacy import may_see_number
 from callcenter.service.cases import CaseFilter, DraftInput, PlatformEvent
-from callcenter.service.errors import InvalidInput
 from callcenter.service.tokens import Principal, Role
 
 READERS = (Role.STAFF, Role.PLATFORM)
@@ -141,14 +140,7 @@ async def submit_case(request: web.Request) -> web.Response:
     principal = await authorize(request, *STAFF)
     number = case_number(request.match_info["number"])
     body = await read_json(request, CaseSubmit) if request.can_read_body else CaseSubmit()
-    try:
-        view = await request.app[services_key].cases.submit(number, actor=principal.actor,
-                                                             expected_version=body.version)
-    except InvalidInput as exc:
-        if exc.field != "category":
-            raise
-        # Nothing in the request is wrong: the case's state refuses the step, like any other (409).
-        raise ApiError(409, "illegal_transition", f"category: {exc.message}", field="category") from exc
+    view = await request.app[services_key].cases.submit(number, actor=principal.actor, expected_version=body.version)
     return json_response(_out(view, principal))
 
 

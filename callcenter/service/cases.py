@@ -676,7 +676,8 @@ class CaseService:
                     except IllegalTransition as exc:
                         raise TransitionRefused(str(exc)) from exc
                     if require_category and not row.category_code:
-                        raise InvalidInput("choose a category before submitting", field="category")
+                        # The case's state, not the request, is wrong: 409 like any refused step.
+                        raise TransitionRefused("choose a category before submitting", field="category")
                     for key, value in (set_values or {}).items():
                         setattr(row, key, value)
                     row.status = target.value

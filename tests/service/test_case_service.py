@@ -158,7 +158,7 @@ async def test_illegal_transition_is_refused_with_the_reason_and_changes_nothing
         await services.cases.apply_platform_event(number, PlatformEvent(event_id="x", status=CaseStatus.CLOSED))
     view = await services.cases.get(number)
     assert view.status == "draft" and [e.action for e in view.log] == ["created"]
-    with pytest.raises(InvalidInput, match="category"):
+    with pytest.raises(TransitionRefused, match="category"):  # the case's state refuses it: 409
         await services.cases.submit(number, actor=STAFF)
 
 
