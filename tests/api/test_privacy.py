@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 import structlog
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from callcenter.db import migrate
@@ -30,6 +30,7 @@ from tests.support.threaded_app import ThreadedApp
 
 QUICK = settings(max_examples=400, derandomize=True, deadline=None)
 E2E = settings(max_examples=12, derandomize=True, deadline=None,
+               phases=[Phase.explicit, Phase.generate],  # a real server: report, do not shrink for minutes
                suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 
 

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from callcenter.db import migrate
@@ -25,6 +25,7 @@ from tests.support.phone_spellings import Spelled, leaks, spellings, texts_with
 from tests.support.threaded_app import ThreadedApp
 
 E2E = settings(max_examples=8, derandomize=True, deadline=None,
+               phases=[Phase.explicit, Phase.generate],  # a real server: report, do not shrink for minutes
                suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 _HIDDEN = re.compile(r'name="csrf_token" value="([^"]+)"')
 
