@@ -11,6 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from callcenter.cases.catalogue import Catalogue
 from callcenter.cases.grids import GridIndex
 from callcenter.cases.messages import MessageTemplates
+from callcenter.cluster import Cluster
 from callcenter.events import EventHub
 from callcenter.db.engine import create_engine, make_sessionmaker
 from callcenter.metrics import MetricsRegistry
@@ -35,6 +36,7 @@ class Services:
     events: EventHub = field(default_factory=EventHub)
     metrics: MetricsRegistry = field(default_factory=MetricsRegistry)
     sms: SmsServices | None = None
+    cluster: Cluster | None = None
 
     async def check_database(self) -> None:
         async with self.engine.connect() as conn:
@@ -70,6 +72,8 @@ def build_services(settings: Settings) -> Services:
         "draft_created", {"number": view.number, "channel": view.channel})
     metrics = MetricsRegistry()
     sms = build_sms_services(settings, sessions=sessions, cases=cases, grids=grids, metrics=metrics)
+    tokens = TokenStore(sessions, origin=settings.node_id())
+    cluster = Cluster.build(settings, engine, events, tokens, metrics)
     return Services(settings=settings, engine=engine, sessions=sessions, catalogue=catalogue, grids=grids,
-                    templates=templates, cases=cases, tokens=TokenStore(sessions), metrics=metrics, sms=sms,
-                    events=events)
+                    templates=templates, cases=cases, tokens=tokens, metrics=metrics, sms=sms,
+                    events=events, cluster=cluster)

@@ -15,7 +15,10 @@ Event types the console understands:
     notice         {"kind": "sent|answered|escalated", "kinds": [...], "counts": {...}}
                    (supervisor tasks changed; published by DraftWatcher, which polls the table)
 
-Wiring: see docs/console.md ("Live events").
+Wiring: see docs/console.md ("Live events"). With several nodes on one PostgreSQL, the
+cluster bus (callcenter.cluster.bus) is the hub's `relay`: what is published here also goes
+to the consoles of the other nodes, and what they publish comes back in with `local=True`
+(docs/multi-node.md).
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ import datetime as dt
 import itertools
 import re
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -78,16 +81,21 @@ class EventHub:
     _ids: Iterator[int] = field(default_factory=lambda: itertools.count(1))
     _recent_drafts: collections.OrderedDict[str, None] = field(default_factory=collections.OrderedDict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    #: Called with each accepted event that is not `local` and its target username; set by
+    #: the cluster bus. Must be thread-safe and must not block.
+    relay: Callable[[HubEvent, str | None], None] | None = None
 
     @property
     def subscriber_count(self) -> int:
         return len(self._subscribers)
 
-    def publish(self, event_type: str, data: Mapping[str, Any], *, to: str | None = None) -> HubEvent | None:
+    def publish(self, event_type: str, data: Mapping[str, Any], *, to: str | None = None,
+                local: bool = False) -> HubEvent | None:
         """Queue an event for every open console, or only the consoles of username `to` (a
         `screen_pop` naming an `agent` goes to that agent's consoles only). A draft announced
-        twice (by the case service and by the watcher) goes out once. Returns the event, or
-        None when it was dropped."""
+        twice (by the case service and by the watcher) goes out once. `local`: for this
+        node's consoles only (what every node sees for itself, or what came from another
+        node), never relayed. Returns the event, or None when it was dropped."""
         if to is None and event_type == "screen_pop" and data.get("agent"):
             to = str(data["agent"])
         target = to.casefold() if to is not None else None
@@ -114,6 +122,12 @@ class EventHub:
                 self._deliver(sub, event)
             elif not sub.loop.is_closed():
                 sub.loop.call_soon_threadsafe(self._deliver, sub, event)
+        relay = self.relay
+        if relay is not None and not local:
+            try:
+                relay(event, to)
+            except Exception:  # noqa: BLE001 - publishing never fails the publisher
+                log.exception("events.relay_failed", event_type=event_type)
         return event
 
     def _deliver(self, sub: Subscription, event: HubEvent | None) -> None:
@@ -198,7 +212,8 @@ class DraftWatcher:
                 continue
             self._seen.add(case_id)
             if announce and status == "draft":
-                self.hub.publish("draft_created", {"number": number, "channel": channel})
+                # Every node's watcher reads the same store: its finds stay on this node.
+                self.hub.publish("draft_created", {"number": number, "channel": channel}, local=True)
                 count += 1
         self._seen = {case_id for case_id in self._seen if case_id > newest - self.window}
         return count
@@ -222,5 +237,5 @@ class DraftWatcher:
             "kind": kinds[0], "kinds": kinds,
             "counts": {"sent": now[0], "answered": now[1], "escalated": int(open_escalated),
                        "waiting": now[0] - now[1] - int(open_escalated)}}
-        self.hub.publish("notice", data)
+        self.hub.publish("notice", data, local=True)
         return data

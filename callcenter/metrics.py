@@ -75,6 +75,11 @@ class Gauge(_Metric):
     def value(self, **labels: Any) -> float | None:
         return self._values.get(_key(labels))
 
+    def clear(self) -> None:
+        """Forget every label set (a refresh that rebuilds the set, e.g. the live nodes)."""
+        with self._lock:
+            self._values.clear()
+
     def samples(self) -> list[dict[str, Any]]:
         return [{"labels": dict(k), "value": v} for k, v in sorted(self._values.items())]
 

@@ -49,6 +49,8 @@ class Runtime:
         await site.start()
         for sock in site._server.sockets if site._server else ():  # noqa: SLF001 - to log port 0's real port
             host, port = sock.getsockname()[:2]
+            if self.services.cluster is not None:  # the heartbeat row names where the node listens
+                self.services.cluster.nodes.address = f"http://{host}:{port}/"
             log.info("listening", service="http", address=f"http://{host}:{port}/")
             log.info("listening", service="console", address=f"http://{host}:{port}/console/")
         await self._first_account_hint()

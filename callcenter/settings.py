@@ -47,11 +47,23 @@ class DatabaseSettings(_Section):
 class NodeSettings(_Section):
     """[node]: this service process among several sharing one store (issue 11).
 
-    `id` names the node in outbox leases (and later heartbeats and metrics). Empty means
+    `id` names the node in outbox leases, heartbeats, /healthz and the metrics. Empty means
     host name + HTTP port; two processes on one host must then use different ports or ids.
+    See docs/multi-node.md.
     """
 
     id: str = Field(default="", max_length=64)
+    # Heartbeat row in `cluster_nodes`; a node not seen for `dead_after_seconds` is dead:
+    # /healthz stops listing it and its job leases may be taken over.
+    heartbeat_seconds: float = Field(default=5.0, gt=0, le=300)
+    dead_after_seconds: float = Field(default=20.0, gt=0, le=3600)
+    # PostgreSQL only: console events between nodes (LISTEN/NOTIFY). A backstop read of
+    # `cluster_events` every `event_poll_seconds` even without a wake-up; rows are kept
+    # `event_retention_seconds` for nodes that reconnect.
+    event_poll_seconds: float = Field(default=5.0, gt=0, le=300)
+    event_retention_seconds: float = Field(default=3600.0, ge=60)
+    # Periodic jobs run on one node at a time under a lease this long, renewed every run.
+    job_lease_seconds: float = Field(default=30.0, ge=1, le=3600)
 
 
 class HttpSettings(_Section):
@@ -197,6 +209,8 @@ class SmsSettings(_Section):
     # Texts committed together in one transaction at most (intake groups; the SMPP window
     # bounds how many are waiting anyway).
     intake_group_max: int = Field(default=64, ge=1, le=1000)
+    # Seconds the intake waits for more texts to join a group before its transaction (0: none).
+    intake_linger: float = Field(default=0.002, ge=0, le=0.1)
     # Per number: more than rate_limit texts within rate_window are folded into one draft.
     rate_limit: int = Field(default=5, ge=1)
     rate_window: float = Field(default=600.0, gt=0)

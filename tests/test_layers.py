@@ -19,6 +19,7 @@ FORBIDDEN = {
     "app": ("callcenter.api", "callcenter.console", "callcenter.web"),
     "events": ("callcenter.api", "callcenter.console", "callcenter.web", "callcenter.app"),
     "service": ("callcenter.api", "callcenter.console", "callcenter.web", "callcenter.app"),
+    "cluster": ("callcenter.api", "callcenter.console", "callcenter.web", "callcenter.app", "callcenter.service"),
     "cases": ("callcenter.api", "callcenter.console", "callcenter.web", "callcenter.app", "callcenter.db",
               "callcenter.service"),
 }

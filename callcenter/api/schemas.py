@@ -263,3 +263,5 @@ class ErrorOut(BaseModel):
 class HealthOut(BaseModel):
     status: Literal["ok"]
     database: Literal["ok"]
+    node: str = Field(description="this node's id ([node] id, or host name:port)")
+    nodes: list[str] = Field(description="live nodes on the same store, by heartbeat, oldest first")

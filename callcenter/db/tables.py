@@ -92,7 +92,7 @@ class OutboxRow(Base):
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
     idempotency_key: Mapped[str] = mapped_column(String(128), unique=True)
     case_id: Mapped[int | None] = mapped_column(ForeignKey("cases.id"), index=True)
-    recipient: Mapped[str] = mapped_column(String(20), comment="E.164")
+    recipient: Mapped[str] = mapped_column(String(20), index=True, comment="E.164")
     template: Mapped[str] = mapped_column(String(32))
     body: Mapped[str] = mapped_column(Text)
     status: Mapped[str] = mapped_column(String(16), default="pending", index=True)
@@ -211,6 +211,45 @@ class CallbackRequestRow(Base):
     finished_at: Mapped[dt.datetime | None]
 
     __table_args__ = (Index("ix_callback_requests_status_next", "status", "next_attempt_at"),)
+
+
+class ClusterNodeRow(Base):
+    """One service node sharing the store (issue 11): its heartbeat. A node is live while
+    `last_seen_at` is recent (`[node] dead_after_seconds`) and it has not said it stopped."""
+
+    __tablename__ = "cluster_nodes"
+
+    node_id: Mapped[str] = mapped_column(String(64), primary_key=True, comment="[node] id")
+    address: Mapped[str | None] = mapped_column(String(128), comment="HTTP address it listens on")
+    pid: Mapped[int] = mapped_column(Integer)
+    started_at: Mapped[dt.datetime]
+    last_seen_at: Mapped[dt.datetime] = mapped_column(index=True, comment="store clock of the last heartbeat")
+    stopped_at: Mapped[dt.datetime | None] = mapped_column(comment="set by a clean shutdown")
+
+
+class ClusterEventRow(Base):
+    """A console event (or a cluster notice such as a token revocation) published on one node,
+    kept for a while so other nodes read it after a NOTIFY wake-up and after a reconnect."""
+
+    __tablename__ = "cluster_events"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    at: Mapped[dt.datetime] = mapped_column(index=True)
+    origin: Mapped[str] = mapped_column(String(64), comment="node id of the publisher")
+    type: Mapped[str] = mapped_column(String(32))
+    target: Mapped[str | None] = mapped_column(String(64), comment="console username; None: every console")
+    data: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+
+
+class ClusterLeaseRow(Base):
+    """Who runs a periodic job now (work done once across nodes): held until `expires_at`."""
+
+    __tablename__ = "cluster_leases"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True, comment="job name")
+    holder: Mapped[str] = mapped_column(String(64), comment="node id")
+    acquired_at: Mapped[dt.datetime]
+    expires_at: Mapped[dt.datetime] = mapped_column(comment="store clock")
 
 
 from callcenter.db import tables_sms  # noqa: E402,F401

@@ -7,11 +7,13 @@ import enum
 import hashlib
 import secrets
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from callcenter.cluster.store import TOKEN_REVOKED, record_events
 from callcenter.db.tables import ApiTokenRow
 
 
@@ -40,12 +42,33 @@ def hash_token(token: str) -> str:
 class TokenStore:
     """Token check with a short positive cache: every API request asks, the answer rarely changes.
 
-    A revocation takes effect at once in this process and within `cache_seconds` in others.
+    A revocation takes effect at once in this process. On PostgreSQL it also writes a
+    `token_revoked` cluster event in its own transaction, and every node's cluster bus drops
+    those tokens from its cache when the NOTIFY arrives; while a node's bus is not listening
+    its cache is off (`set_cache_enabled`), so no node keeps honouring a revoked token. On
+    SQLite (one node) another process, such as the CLI, is seen within `cache_seconds`.
     """
 
     sessions: async_sessionmaker[AsyncSession]
     cache_seconds: float = 30.0
+    origin: str = "cli"
     _cache: dict[str, tuple[Principal, float]] = field(default_factory=dict, repr=False)
+    _cache_enabled: bool = field(default=True, repr=False)
+
+    @property
+    def cache_enabled(self) -> bool:
+        return self._cache_enabled
+
+    def set_cache_enabled(self, enabled: bool) -> None:
+        """The cluster bus turns the cache off while it may be missing revocations."""
+        if not enabled:
+            self._cache.clear()
+        self._cache_enabled = enabled
+
+    def forget(self, digests: Iterable[str]) -> None:
+        """Drop tokens from the cache (revoked on another node)."""
+        for digest in digests:
+            self._cache.pop(digest, None)
 
     async def create(self, role: Role, name: str) -> str:
         name = name.strip()
@@ -71,6 +94,8 @@ class TokenStore:
             self._cache.pop(digest, None)
             return None
         principal = Principal(name=row.name, role=Role(row.role))
+        if not self._cache_enabled:
+            return principal
         if len(self._cache) > 10_000:
             self._cache.clear()
         self._cache[digest] = (principal, time.monotonic() + self.cache_seconds)
@@ -83,4 +108,8 @@ class TokenStore:
             for row in rows:
                 row.revoked_at = dt.datetime.now(dt.UTC)
                 self._cache.pop(row.token_hash, None)
+            if rows and session.get_bind().dialect.name == "postgresql":
+                digests = [row.token_hash for row in rows]
+                await record_events(session, self.origin, [
+                    (TOKEN_REVOKED, None, {"digests": digests[i:i + 100]}) for i in range(0, len(digests), 100)])
             return len(rows)

@@ -5,6 +5,8 @@ This is the only module that imports both; neither imports the other.
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+
 from aiohttp import web
 
 from callcenter import api, console
@@ -14,11 +16,28 @@ from callcenter.web.keys import services_key
 
 
 async def healthz(request: web.Request) -> web.Response:
+    """Liveness, this node's id and the live nodes on the store (their heartbeat rows)."""
+    services = request.app[services_key]
     try:
-        await request.app[services_key].check_database()
+        if services.cluster is None:
+            await services.check_database()
+            node, nodes = services.settings.node_id(), []
+        else:
+            node, nodes = services.cluster.node_id, [n.node_id for n in await services.cluster.nodes.live_nodes()]
     except Exception:  # noqa: BLE001 - any database failure means unhealthy
         return error_response(503, "unavailable", "database unreachable")
-    return json_response({"status": "ok", "database": "ok"})
+    return json_response({"status": "ok", "database": "ok", "node": node, "nodes": nodes})
+
+
+async def _cluster(app: web.Application) -> AsyncIterator[None]:
+    """The node's heartbeat, event bus and leased jobs live as long as the app."""
+    cluster = app[services_key].cluster
+    if cluster is None:
+        yield
+        return
+    await cluster.start()
+    yield
+    await cluster.stop()
 
 
 async def root(request: web.Request) -> web.Response:
@@ -36,6 +55,7 @@ def make_app(services: Services) -> web.Application:
         middlewares=[error_middleware], client_max_size=services.settings.http.max_body_bytes
     )
     app[services_key] = services
+    app.cleanup_ctx.append(_cluster)
     app.router.add_get("/", root)
     app.router.add_get("/favicon.ico", favicon)
     app.router.add_get("/healthz", healthz)
