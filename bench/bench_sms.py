@@ -32,6 +32,7 @@ from typing import Any
 
 from sqlalchemy import Column, DateTime, Integer, MetaData, String, Table, Text, func, select
 
+from bench._table import print_markdown, print_table
 from bench.bench_cases import (
     Backend,
     MissingServer,
@@ -43,7 +44,6 @@ from bench.bench_cases import (
     percentile,
     say,
 )
-from bench._table import print_markdown, print_table
 from callcenter.app import Services, build_services
 from callcenter.db.engine import create_engine
 from callcenter.db.tables import OutboxRow
@@ -52,9 +52,9 @@ from callcenter.runtime import install_reactor
 from callcenter.service.sms_channel import SmsRuntime, make_gateway
 from callcenter.settings import LoggingSettings, Settings
 from sms.gateway import OutboundPart, SmppGateway, SubmitOutcome
+from sms.simulator import SmscSimulator
 from sms.smpp.client import SmppClient
 from sms.smpp.session import DeliverSm, Status, SubmitRequest
-from sms.simulator import SmscSimulator
 
 OUTBOX: Table = OutboxRow.__table__  # type: ignore[assignment]
 
@@ -234,9 +234,10 @@ class Smsc:
             raise RuntimeError(f"simulator: {reply['error']}")
         return reply["result"]
 
-    async def window_burst(self, specs: Sequence[dict[str, Any]], window: int) -> None:
-        """All at once, but never more than `window` deliver_sm unanswered, as an SMSC sends."""
-        await self.sim.acall("deliver_window", timeout=120.0, specs=list(specs), window=window)
+    async def window_burst(self, specs: Sequence[dict[str, Any]], window: int, rate: float | None = None) -> None:
+        """All at once (or at `rate` a second), never more than `window` deliver_sm unanswered,
+        as an SMSC sends."""
+        await self.sim.acall("deliver_window", timeout=120.0, specs=list(specs), window=window, rate=rate)
 
     async def burst(self, requests: Sequence[dict[str, Any]]) -> None:
         """Write every request at once; the simulator sends each deliver_sm as it reads the line."""
@@ -412,10 +413,8 @@ async def run_mo_phases(smsc: Smsc, profile: Profile, phases: Sequence[str],
             waits += [("submit_sm_resp", {}), ("deliver_sm_resp", {"of": "receipt"})]
         bases = [len(await smsc.sim.events(kind, **where)) for kind, where in waits]
         cpu = time.process_time()
-        if phase == "paced":
-            await smsc.paced(mo_requests(count), profile.paced_rate)
-        else:
-            await smsc.window_burst(mo_specs(count), profile.window)
+        await smsc.window_burst(mo_specs(count), profile.window,
+                                rate=profile.paced_rate if phase == "paced" else None)
         for (kind, where), base in zip(waits, bases, strict=True):
             await smsc.sim.wait_for(kind, count=base + count, timeout=profile.timeout, **where)
         cpu_s = time.process_time() - cpu
@@ -576,8 +575,9 @@ async def bench_mo(backend: Backend, smsc: Smsc, reactor: Any, profile: Profile,
             report.notes.append(f"{name}: outbox after MO: {counts} (expected {total} sent)")
     settings = service_settings(backend.new_url("mo-intake"), smsc, window=profile.window)
     await smsc.reset(auto_receipt=AUTO_RECEIPT)
-    async with intake_only(settings, reactor):
+    async with intake_only(settings, reactor) as alone_services:
         (alone,) = await run_mo_phases(smsc, profile, ("burst",), replies=False)
+        groups = alone_services.metrics.counter("sms_mo_groups_total").total()
     for got in (paced, burst, alone):
         bad = {k: v for k, v in got.statuses.items() if k != 0}
         if bad:
@@ -589,7 +589,8 @@ async def bench_mo(backend: Backend, smsc: Smsc, reactor: Any, profile: Profile,
                    f"target >= 1.0 x persist-then-ack; the no-store floor: {per_s(bare_burst.rate)}"))
     report.add(Row(name, f"  {label}: throughput, intake alone", per_s(alone.rate), per_s(f.rate),
                    ratio(alone.rate / f.rate), f"breakdown: no outbox sender running (replies stay queued); "
-                   f"cpu {alone.cpu_ms_per_msg:.2f} ms/text; resp p50/p99 {lat(*alone.resp)}"))
+                   f"cpu {alone.cpu_ms_per_msg:.2f} ms/text; resp p50/p99 {lat(*alone.resp)}; "
+                   f"{alone.count / max(groups, 1):.1f} texts per transaction"))
     report.add(Row(name, f"{label}: first deliver_sm_resp", secs(burst.first_resp_ms), secs(f.first_resp_ms),
                    f"{burst.first_resp_ms / max(f.first_resp_ms, 1.0):.1f}", "after the first deliver_sm; target <= 50 ms"))
     report.add(Row(name, f"{label}: deliver_sm -> resp p50/p99", lat(*burst.resp), lat(*f.resp),
@@ -719,7 +720,10 @@ async def mt_outbox_scenario(backend: Backend, smsc: Smsc, reactor: Any, count: 
         async def all_sent() -> bool:
             return (await outbox_counts(services)).get("sent", 0) >= count
 
-        await until(all_sent, timeout, "outbox sent")
+        try:
+            await until(all_sent, timeout, "outbox sent")
+        except TimeoutError as exc:
+            raise TimeoutError(f"{exc}; outbox: {await outbox_counts(services)}") from None
         elapsed = time.perf_counter() - start
         cpu_ms = (time.process_time() - cpu) * 1000 / count
         # Every receipt answered by the service, and every message's delivery state settled.
@@ -793,8 +797,8 @@ async def run(profile: Profile, names: Sequence[str], report: Report, tmp: Path,
                 await bench_mo(backend, smsc, reactor, profile, report)
                 if mo_only:
                     continue
-                # MT rows. msg-sender adds here: 5,000 messages through the outbox against a bare
-                # ESME submitting the same texts from memory (floor_mt), same window.
+                # MT rows (the sending side's). 5,000 messages through the outbox against a bare
+                # ESME submitting from memory: `--mt-outbox 5000` (mt_outbox_scenario).
                 await bench_mt(backend, smsc, reactor, profile, floors, report, registered_delivery=1)
                 await bench_mt(backend, smsc, reactor, profile, floors, report, registered_delivery=0)
                 if profile.breakdown or breakdown:

@@ -32,6 +32,9 @@ from typing import Any, Literal, Protocol
 
 import structlog
 
+# Prompt ids and sound names live apart from the builder (callcenter/ivr/prompt_ids.py).
+from callcenter.ivr.prompt_ids import PROMPT_ID, TONE_IDS
+
 log = structlog.get_logger(__name__)
 
 SAMPLE_RATE = 8000
@@ -56,7 +59,9 @@ TOOL_TIMEOUT_SECONDS = 60
 TONES: dict[str, tuple[str, ...]] = {
     "beep": ("synth", "0.25", "sine", "1000", "vol", "0.5", "pad", "0", "0.1"),
 }
-_PROMPT_ID = re.compile(r"[a-z][a-z0-9_]*")
+_PROMPT_ID = PROMPT_ID
+# Every tone id has its recipe here, and nothing else does.
+assert set(TONES) == set(TONE_IDS), "callcenter/ivr/prompt_ids.py TONE_IDS and TONES differ"
 
 Action = Literal["synthesised", "tone", "override", "converted", "unchanged"]
 
@@ -483,23 +488,3 @@ def build_prompts(
              unchanged=len(report.unchanged), removed=len(report.removed),
              seconds=round(time.monotonic() - started, 2))
     return report
-
-
-def sound_name(prompt_id: str, asterisk_sounds_dir: str,
-               sounds_root: str = "/var/lib/asterisk/sounds") -> str:
-    """The name Asterisk's Playback/STREAM FILE take for a prompt: relative, no extension.
-
-    `/var/lib/asterisk/sounds/callcenter/zh` + `welcome` -> `callcenter/zh/welcome`; a
-    directory outside Asterisk's sounds root is addressed by its absolute path.
-    """
-    base = Path(asterisk_sounds_dir)
-    try:
-        relative = base.relative_to(sounds_root)
-    except ValueError:
-        return str(base / prompt_id)
-    return str(relative / prompt_id)
-
-
-def prompt_ids(source_dir: Path | str) -> list[str]:
-    """Every prompt id the source directory defines, plus the built-in tones."""
-    return sorted({p.stem for p in Path(source_dir).glob("*.txt")} | set(TONES))

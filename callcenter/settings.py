@@ -209,6 +209,8 @@ class SmsSettings(_Section):
     # Texts committed together in one transaction at most (intake groups; the SMPP window
     # bounds how many are waiting anyway).
     intake_group_max: int = Field(default=64, ge=1, le=1000)
+    # Seconds the intake waits for more texts to join a group before its transaction (0: none).
+    intake_linger: float = Field(default=0.002, ge=0, le=0.1)
     # Per number: more than rate_limit texts within rate_window are folded into one draft.
     rate_limit: int = Field(default=5, ge=1)
     rate_window: float = Field(default=600.0, gt=0)

@@ -1,5 +1,7 @@
 #!/usr/bin/env python3
-"""Classic (stdin/stdout) AGI entry: the same IVR flows and engine as the FastAGI server.
+"""Classic (stdin/stdout) AGI entry: the same IVR flows, engine and executor
+(callcenter.ivr.executor.CallExecutor) as the FastAGI server; this script is only the
+driver that performs the executor's requests with pyst2 and the service's HTTP API.
 
 For sites that run AGI scripts locally instead of FastAGI:
 

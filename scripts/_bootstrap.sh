@@ -167,6 +167,7 @@ ensure_test_system_packages() {
     [[ -x /usr/bin/chromium && -x /usr/bin/chromedriver ]] || pkgs+=(chromium chromium-driver)
     compgen -G '/usr/share/fonts/opentype/noto/NotoSansCJK*' >/dev/null || pkgs+=(fonts-noto-cjk)
     { have espeak-ng && have sox; } || pkgs+=(espeak-ng sox)  # IVR prompt synthesis
+    have baresip || pkgs+=(baresip-core)  # a real SIP softphone (RFC 4733 keys) for the voice tests
     ((${#pkgs[@]})) || return 0
     require_packages "system packages for the tests" "${pkgs[@]}" \
         || warn "tests that need them will be skipped (in CI they fail)"

@@ -45,7 +45,8 @@ _MAX_HEX = 2 * 65535
 
 
 NO_NUL = schemas.NO_NUL
-_SENDER = Field(alias="from", min_length=1, max_length=32, pattern=NO_NUL, description="the citizen's number")
+_SENDER = Field(alias="from", min_length=1, max_length=32, pattern=schemas.NOT_BLANK,
+                description="the citizen's number (or a short code): not blank")
 
 
 class SmsInboundIn(BaseModel):

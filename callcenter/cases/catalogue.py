@@ -421,10 +421,10 @@ class Catalogue:
         # bracketed part, and each alias, each as text, pinyin initials and full pinyin.
         self._forms: dict[CategoryCode, tuple[tuple[str, ...], tuple[str, ...]]] = {}
         for code, c in self._categories.items():
-            names = list(dict.fromkeys([c.name, _strip_parenthetical(c.name), *c.aliases]))
-            texts = tuple(dict.fromkeys(_normalise(n) for n in names))
+            forms = list(dict.fromkeys([c.name, _strip_parenthetical(c.name), *c.aliases]))
+            texts = tuple(dict.fromkeys(_normalise(n) for n in forms))
             spellings = tuple(dict.fromkeys(
-                s for n in names for s in (_pinyin(n, Style.FIRST_LETTER), _pinyin(n, Style.NORMAL)) if s))
+                s for n in forms for s in (_pinyin(n, Style.FIRST_LETTER), _pinyin(n, Style.NORMAL)) if s))
             self._forms[code] = (texts, spellings)
         self._terms: dict[str, list[_Term]] = {}
         for category in self._categories.values():

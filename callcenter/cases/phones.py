@@ -8,8 +8,10 @@ import unicodedata
 import phonenumbers
 
 # The common case, checked without phonenumbers' full parse (a third of an SMS's intake CPU):
-# a Chinese mobile (1[3-9] + 9 digits) as +86..., 86... or, in region CN, national.
-_CN_MOBILE = re.compile(r"(\+86|86)?(1[3-9][0-9]{9})", re.ASCII)
+# a Chinese mobile as +86..., 86... or, in region CN, national, valid by libphonenumber's own
+# mobile pattern for CN (so exactly what is_valid_number accepts as a mobile).
+_CN_MOBILE = re.compile(r"(\+86|86)?(1[0-9]{10})", re.ASCII)
+_CN_MOBILE_PLAN = re.compile(phonenumbers.PhoneMetadata.metadata_for_region("CN").mobile.national_number_pattern)
 
 
 class InvalidPhoneNumber(ValueError):
@@ -26,7 +28,8 @@ def normalise_phone(raw: str, region: str = "CN") -> str:
     """
     if not isinstance(raw, str):
         raise InvalidPhoneNumber("phone number must be a string")
-    if (fast := _CN_MOBILE.fullmatch(raw)) and (fast.group(1) or region == "CN"):
+    fast = _CN_MOBILE.fullmatch(raw)
+    if fast and (fast.group(1) or region == "CN") and _CN_MOBILE_PLAN.fullmatch(fast.group(2)):
         return "+86" + fast.group(2)
     text = unicodedata.normalize("NFKC", raw).strip()
     if not text or len(text) > 32:

@@ -30,6 +30,8 @@ def zh_service_error(exc: ServiceError) -> str:
         return "未找到该案件"
     if exc.code == "conflict":
         return "该案件已被他人修改"
+    if exc.field == "category" and "before submitting" in text:
+        return "提交前请先选择类别"  # a refused step (409) since the API's error review
     if exc.code == "illegal_transition":
         return "该案件当前状态不允许此操作"
     if exc.field == "category":

@@ -92,7 +92,7 @@ class OutboxRow(Base):
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
     idempotency_key: Mapped[str] = mapped_column(String(128), unique=True)
     case_id: Mapped[int | None] = mapped_column(ForeignKey("cases.id"), index=True)
-    recipient: Mapped[str] = mapped_column(String(20), comment="E.164")
+    recipient: Mapped[str] = mapped_column(String(20), index=True, comment="E.164")
     template: Mapped[str] = mapped_column(String(32))
     body: Mapped[str] = mapped_column(Text)
     status: Mapped[str] = mapped_column(String(16), default="pending", index=True)

@@ -44,7 +44,7 @@ from callcenter.ivr.flow import (
     Transition,
     transitions,
 )
-from callcenter.prompts import prompt_ids
+from callcenter.ivr.prompt_ids import prompt_ids
 
 __all__ = ["FLOWS_DIR", "PROMPTS_DIR", "FlowError", "load_flow", "load_flows", "parse_flow"]
 

@@ -48,9 +48,12 @@ MAX_ADDRESS = 256
 # Concurrent create_draft calls committed in one transaction at most.
 DRAFT_GROUP_MAX = 64
 CASES: Table = CaseRow.__table__  # type: ignore[assignment]
-# The serial-block UPSERT, built once per dialect (building it per call was a tenth of a draft's CPU).
-_SERIALS_UPSERT: dict[str, Any] = {}
 CASE_LOG: Table = CaseLogRow.__table__  # type: ignore[assignment]
+# Statements built once: building and keying them per call was a tenth of a draft's CPU.
+_SERIALS_UPSERT: dict[str, Any] = {}  # per dialect
+_INSERT_CASE = CASES.insert().returning(CASES.c.id)
+_INSERT_CASES = CASES.insert().returning(CASES.c.id, sort_by_parameter_order=True)
+_INSERT_LOG = CASE_LOG.insert()
 
 
 def utcnow() -> dt.datetime:
@@ -361,14 +364,13 @@ class CaseService:
         rows = [{**d.values, "number": n.value, "created_at": now, "updated_at": now}
                 for d, n in zip(drafts, numbers, strict=True)]
         if len(rows) == 1:
-            ids = [conn.execute(CASES.insert().returning(CASES.c.id), rows[0]).scalar_one()]
+            ids = [conn.execute(_INSERT_CASE, rows[0]).scalar_one()]
         else:
-            ids = list(conn.execute(CASES.insert().returning(CASES.c.id, sort_by_parameter_order=True),
-                                    rows).scalars())
+            ids = list(conn.execute(_INSERT_CASES, rows).scalars())
         logs = [{"case_id": case_id, "at": now, "actor": d.actor, "action": "created", "from_status": None,
                  "to_status": CaseStatus.DRAFT.value, "changes": {"channel": d.values["channel"]}, "reason": None,
                  "event_id": None} for case_id, d in zip(ids, drafts, strict=True)]
-        conn.execute(CASE_LOG.insert(), logs)
+        conn.execute(_INSERT_LOG, logs)
         receipts = [self._receipt_sms(row["number"], row["reporter_phone"], case_id, now)
                     for case_id, row, d in zip(ids, rows, drafts, strict=True) if d.notify]
         enqueue_sync(conn, receipts, now)

@@ -65,10 +65,16 @@ def _values(messages: Sequence[OutgoingSms], now: dt.datetime) -> list[dict[str,
              "created_at": now} for m in messages]
 
 
+_STATEMENTS: dict[str, Insert] = {}
+
+
 def insert_statement(dialect: str) -> Insert:
-    """The statement every writer uses; parameters from `_values` (one row or many)."""
-    insert = pg_insert if dialect == "postgresql" else sqlite_insert
-    return insert(OUTBOX).on_conflict_do_nothing(index_elements=["idempotency_key"])
+    """The statement every writer uses (built once per dialect); parameters from `_values`."""
+    statement = _STATEMENTS.get(dialect)
+    if statement is None:
+        insert = pg_insert if dialect == "postgresql" else sqlite_insert
+        statement = _STATEMENTS[dialect] = insert(OUTBOX).on_conflict_do_nothing(index_elements=["idempotency_key"])
+    return statement
 
 
 def enqueue_sync(conn: Connection, messages: Sequence[OutgoingSms], now: dt.datetime) -> None:

@@ -46,9 +46,8 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from callcenter.cases.lifecycle import EDITABLE_STATES, CaseStatus
-from callcenter.cases.model import CaseFlag, Channel
+from callcenter.cases.model import CaseFlag, CaseView, Channel
 from callcenter.cases.numbering import CaseNumber, InvalidCaseNumber
-from callcenter.cases.model import CaseView
 from callcenter.db.tables import CaseRow
 from callcenter.db.tables_sms import SmsBlocklistRow, SmsInboundPartRow, SmsInboundRow, SmsOptOutRow
 from callcenter.db.unit import run_in_transaction
@@ -56,8 +55,8 @@ from callcenter.metrics import MetricsRegistry
 from callcenter.service import sms_texts as texts
 from callcenter.service.cases import MAX_DESCRIPTION, CaseService, DraftInput, PreparedDraft
 from callcenter.service.errors import CaseNotFound, InvalidInput, ServiceError, TransitionRefused
-from callcenter.service.sms_roster import normalise_sender
 from callcenter.service.outbox import OutgoingSms, enqueue, enqueue_sync, outbox_key
+from callcenter.service.sms_roster import normalise_sender
 from callcenter.service.tasks import TaskService
 from callcenter.settings import SmsSettings
 from sms.codec import DEFAULT_GBK_CODINGS, decode_short_message
@@ -71,7 +70,17 @@ from sms.concat import (
     extract_segment,
 )
 from sms.gateway import InboundMessage, MoVerdict
-from sms.keywords import Command, FreeText, Help, Malformed, OptOut, QueryStatus, Rate, TaskReply, parse_command
+from sms.keywords import (
+    Command,
+    FreeText,
+    Help,
+    Malformed,
+    OptOut,
+    QueryStatus,
+    Rate,
+    TaskReply,
+    parse_command,
+)
 from sms.privacy import mask_number, mask_text
 
 log = structlog.get_logger(__name__)
@@ -80,6 +89,8 @@ INBOUND: Table = SmsInboundRow.__table__  # type: ignore[assignment]
 PARTS: Table = SmsInboundPartRow.__table__  # type: ignore[assignment]
 BLOCKLIST: Table = SmsBlocklistRow.__table__  # type: ignore[assignment]
 OPT_OUTS: Table = SmsOptOutRow.__table__  # type: ignore[assignment]
+_INSERT_TEXT = INBOUND.insert().returning(INBOUND.c.id)
+_INSERT_TEXTS = INBOUND.insert().returning(INBOUND.c.id, sort_by_parameter_order=True)
 
 # Not (yet) CaseFlag members: the draft holds a cut text, the whole one is in sms_inbound;
 # a binary MO (no text to read) is a draft for staff, its bytes in sms_inbound.raw_hex.
@@ -296,7 +307,12 @@ class SmsIntakeService:
     async def _work(self) -> None:
         """Take the queue a group at a time: at most `sms.intake_group_max` texts per transaction."""
         limit = self.settings.intake_group_max
+        linger = self.settings.intake_linger
         while self._queue:
+            if linger > 0 and len(self._queue) < limit:
+                # The SMSC sends the next texts as our answers reach it: a moment's wait lets
+                # them join this group (fewer transactions) for a few ms of latency.
+                await asyncio.sleep(linger)
             group = self._queue[:limit]
             del self._queue[:limit]
             try:
@@ -395,14 +411,26 @@ class SmsIntakeService:
 
     @contextlib.asynccontextmanager
     async def _sender_lock(self, sender: str) -> AsyncIterator[None]:
-        """One message per sender at a time: parts, folds and duplicates stay consistent."""
+        """One message per sender at a time: parts, folds and duplicates stay consistent.
+
+        Re-entrant for the task holding it: a long text completed under its part's lock may
+        need the lock again to finish a command or a fold.
+        """
+        task = asyncio.current_task()
         entry = self._locks.get(sender)
+        if entry is not None and entry[2] is task:
+            yield
+            return
         if entry is None:
-            entry = self._locks[sender] = [asyncio.Lock(), 0]
+            entry = self._locks[sender] = [asyncio.Lock(), 0, None]
         entry[1] += 1
         try:
             async with entry[0]:
-                yield
+                entry[2] = task
+                try:
+                    yield
+                finally:
+                    entry[2] = None
         finally:
             entry[1] -= 1
             if entry[1] == 0:
@@ -803,16 +831,16 @@ class SmsIntakeService:
         outgoing = []
         for index, body in replies:
             key = outbox_key("sms-reply", decisions[index].message_key)
-            rows[row_of[index]]["reply_key"] = key  # type: ignore[index]
-            outgoing.append(OutgoingSms(key=key, recipient=_phone(rows[row_of[index]]["sender"]) or "",  # type: ignore[index]
-                                        template="sms_reply", body=body))
+            row = rows[row_of[index]]  # type: ignore[index]
+            row["reply_key"] = key
+            outgoing.append(OutgoingSms(key=key, recipient=_phone(row["sender"]) or "", template="sms_reply",
+                                        body=body))
         enqueue_sync(conn, outgoing, now)
         if rows:
             if len(rows) == 1:
-                ids = [conn.execute(INBOUND.insert().returning(INBOUND.c.id), rows[0]).scalar_one()]
+                ids = [conn.execute(_INSERT_TEXT, rows[0]).scalar_one()]
             else:
-                ids = list(conn.execute(INBOUND.insert().returning(INBOUND.c.id, sort_by_parameter_order=True),
-                                        rows).scalars())
+                ids = list(conn.execute(_INSERT_TEXTS, rows).scalars())
             for decision, at in zip(decisions, row_of, strict=True):
                 if at is not None:
                     decision.row_id = ids[at]

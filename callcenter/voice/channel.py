@@ -64,10 +64,11 @@ class VoiceChannel:
             self.callbacks = CallbackService(services.sessions, settings.callback, ami=None,
                                              timezone=settings.cases.timezone,
                                              region=settings.cases.default_region, metrics=self.metrics)
-        self.actions = VoiceActions(callbacks=self.callbacks,
+        self.actions = VoiceActions(
             cases=services.cases, engine=services.engine, sessions=services.sessions,
             templates=services.templates, catalogue=services.catalogue, recordings=self.recordings,
-            metrics=self.metrics, hours=self.hours, region=settings.cases.default_region, now=now)
+            metrics=self.metrics, hours=self.hours, region=settings.cases.default_region, now=now,
+            callbacks=self.callbacks)
         self._draining = False
         self._active = 0
         self.call_records = CallRecords(services.sessions, services.engine.dialect.name,

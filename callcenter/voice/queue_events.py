@@ -134,9 +134,15 @@ class QueueTracker:
         return []
 
     def expire(self, now: dt.datetime) -> list[QueueUpdate]:
-        """Callers who left the queue `leave_grace` ago without an answer or an abandon."""
+        """Callers who left the queue `leave_grace` ago without an answer or an abandon.
+
+        Callers whose end was never seen (events lost while AMI was reconnecting) are
+        forgotten after a day, without an update."""
         out: list[QueueUpdate] = []
         for call_id, caller in list(self._callers.items()):
+            if (now - caller.joined_at).total_seconds() > _MAX_SECONDS:
+                del self._callers[call_id]
+                continue
             if caller.left_at is not None and not caller.settled and now - caller.left_at >= self.leave_grace:
                 del self._callers[call_id]
                 out.append(self._update(LEFT, call_id, caller, caller.left_at, wait_seconds=caller.left_wait))

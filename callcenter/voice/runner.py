@@ -35,7 +35,7 @@ from callcenter.ivr.executor import (
     Request,
     Service,
 )
-from callcenter.prompts import sound_name
+from callcenter.ivr.prompt_ids import sound_name
 from callcenter.voice import records
 from callcenter.voice.actions import CallInfo, VoiceActions
 from callcenter.voice.metrics import VoiceMetrics

@@ -75,6 +75,12 @@ def _parse_int(text: str) -> int | float:
     return float("-inf") if text.startswith("-") else float("inf")
 
 
+def _parse_float(text: str) -> int | float:
+    # JSON Schema counts 3.0 as an integer, so the API does too (a client's serialiser may write it).
+    value = float(text)
+    return int(value) if value.is_integer() else value
+
+
 def _parse_constant(name: str) -> float:
     raise _Refused(f"{name} is not a JSON number")
 
@@ -136,7 +142,7 @@ def parse_json_body(raw: bytes) -> dict[str, Any]:
     except UnicodeDecodeError as exc:
         raise ApiError(400, "bad_json", "body is not UTF-8") from exc
     try:
-        data = json.loads(text, parse_int=_parse_int, parse_constant=_parse_constant)
+        data = json.loads(text, parse_int=_parse_int, parse_float=_parse_float, parse_constant=_parse_constant)
     except json.JSONDecodeError as exc:
         raise ApiError(400, "bad_json", f"body is not valid JSON: {exc.msg} at position {exc.pos}") from exc
     except _Refused as exc:

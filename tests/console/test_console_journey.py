@@ -133,7 +133,7 @@ def voicemail(live: LiveConsole) -> str:
     number = result.values["case_number"]
     view = live.run(live.cases.get(number))
     assert view.channel == "phone" and view.recording_ref == target.ref and view.reporter_phone == REPORTER
-    assert list(view.flags) == ["needs_transcription"]  # the file has audio: no recording_* flag
+    assert list(view.flags) == ["needs_transcription", "voicemail"]  # the file has audio: no recording_* flag
     return number
 
 

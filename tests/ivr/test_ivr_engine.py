@@ -53,7 +53,7 @@ from callcenter.ivr.flow import (
     TransferState,
 )
 from callcenter.ivr.loader import PROMPTS_DIR, parse_flow
-from callcenter.prompts import prompt_ids
+from callcenter.ivr.prompt_ids import prompt_ids
 
 FLOWS = load_flows()
 PROMPT_IDS = frozenset(prompt_ids(PROMPTS_DIR))

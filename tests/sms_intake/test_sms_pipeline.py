@@ -506,3 +506,18 @@ async def test_one_senders_replies_keep_the_order_of_the_texts(services: Service
 async def test_a_text_without_a_sender_is_refused_for_good(services: Services) -> None:
     result = await receive(services, InboundMessage(sender="  ", destination=SERVICE, text="路灯坏了"))
     assert result.verdict is MoVerdict.REFUSED and await inbound(services) == []
+
+
+async def test_a_long_text_past_the_flood_limit_is_folded_not_stuck(services: Services) -> None:
+    """A completed long text that must be folded finishes under its part's sender lock."""
+    for i in range(services.settings.sms.rate_limit):
+        await receive(services, ucs2(CITIZEN, f"{REPORT}（{i}）"))
+    story = "布吉街道大芬社区油画村北门附近的人行道上有一个污水井盖破损严重，" * 3
+    raw = story.encode("utf-16-be")
+    chunks = [raw[i:i + 134] for i in range(0, len(raw), 134)]
+    results = []
+    async with asyncio.timeout(10):
+        for seq, chunk in enumerate(chunks, start=1):
+            results.append(await receive(services, udh_part(CITIZEN, 0x33, len(chunks), seq, chunk)))
+    assert results[-1].outcome == "folded"
+    assert [r.outcome for r in await inbound(services)][-1] == "folded"

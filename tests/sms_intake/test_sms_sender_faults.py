@@ -112,6 +112,7 @@ async def test_hex_ids_decimal_receipts_throttling_drops_and_lying_receipts(
         await settle(stack, smsc)
         # A last sweep, as the loop does every few seconds, for receipts that crossed their resp.
         await stack.sms.outbox.sweep_unmatched()
+        await stack.sms.outbox.share_pairs()
         rows, parts, unmatched = await store(stack)
 
     # Each message reached the SMSC exactly once, dropped links and throttling notwithstanding.

@@ -552,6 +552,7 @@ const commands = {
   reset: () => {
     for (const state of sessions.values()) state.session.destroy();
     config = freshConfig();
+    messageCounter = 0x5F3A0000;  // a test's message_id_start must not leak into the next
     submitCount = 0;
     dropCount = 0;
     autoReceiptCount = 0;
@@ -601,18 +602,34 @@ const commands = {
   deliver_window: (req) => {
     // Send every spec, keeping at most `window` deliver_sm unanswered (as an SMSC's window
     // does); answers at once, the PDUs go out as the responses come back.
+    // With `rate` (per second) they are also paced: one becomes due every 1/rate s.
     const state = pickSession(req.session, { needReceive: true });
     const specs = req.specs.slice();
     const window = Math.max(1, req.window || 10);
     let inFlight = 0;
+    let due = req.rate ? 0 : Infinity;
     const pump = () => {
-      while (inFlight < window && specs.length > 0 && !state.session.socket.destroyed) {
+      while (inFlight < window && due > 0 && specs.length > 0 && !state.session.socket.destroyed) {
         inFlight += 1;
+        due -= 1;
         sendDeliver(state, specs.shift(), 'deliver_sm', () => { inFlight -= 1; pump(); });
       }
     };
-    pump();
-    return { queued: req.specs.length, window };
+    if (req.rate) {
+      const started = Date.now();
+      let released = 0;
+      const tick = () => {
+        const owed = Math.min(req.specs.length, Math.floor(((Date.now() - started) * req.rate) / 1000) + 1);
+        due += owed - released;
+        released = owed;
+        pump();
+        if (released < req.specs.length && !state.session.socket.destroyed) setTimeout(tick, 2);
+      };
+      tick();
+    } else {
+      pump();
+    }
+    return { queued: req.specs.length, window, rate: req.rate || null };
   },
 
   receipt: (req) => {

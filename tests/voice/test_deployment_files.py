@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from callcenter.prompts import prompt_ids
+from callcenter.ivr.prompt_ids import prompt_ids
 from callcenter.settings import AgiSettings, PromptSettings, Settings, load_settings
 
 yaml = pytest.importorskip("yaml")
@@ -406,3 +406,22 @@ def test_conf_parser_reads_what_asterisk_reads(tmp_path: Path) -> None:
     sample.write_text("[a]\nnot an entry\n", encoding="utf-8")
     with pytest.raises(AssertionError, match="not a key = value"):
         parse_conf(sample)
+
+
+def test_service_down_path_uses_the_weekly_staff_hours_and_existing_prompts() -> None:
+    """The dialplan's CALLCENTER_STAFF_HOURS (GotoIfTime) is hours.toml's weekly schedule."""
+    import tomllib
+
+    weekly = tomllib.loads((ROOT / "config" / "hours.toml").read_text(encoding="utf-8"))["weekly"]
+    open_days = [day for day, ranges in weekly.items() if ranges]
+    (ranges,) = {tuple(weekly[day]) for day in open_days}  # one schedule for every open day
+    (span,) = ranges
+    days = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
+    indexes = [days.index(day) for day in open_days]
+    assert indexes == list(range(indexes[0], indexes[-1] + 1)), "open days are not one run"
+    timezone = tomllib.loads((ROOT / "config" / "hours.toml").read_text(encoding="utf-8"))["timezone"]
+    expected = f"{span},{open_days[0]}-{open_days[-1]},*,*,{timezone}"
+    assert globals_()["CALLCENTER_STAFF_HOURS"] == expected
+    played = {m for s in dialplan() if s.app == "Playback"
+              for m in re.findall(r"callcenter/zh/(\w+)", s.args)}
+    assert {"service_unavailable", "system_busy"} <= played <= set(prompt_ids(PROMPTS))

@@ -21,9 +21,8 @@ from callcenter.prompts import (
     PromptError,
     PromptToolMissing,
     build_prompts,
-    prompt_ids,
-    sound_name,
 )
+from callcenter.ivr.prompt_ids import prompt_ids, sound_name
 from callcenter.settings import PromptSettings
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -116,6 +116,10 @@ def test_a_caller_who_leaves_unanswered_is_left_after_the_grace() -> None:
     assert tracker.feed(_event("QueueCallerJoin", "9.3\r\nX", start), NOW) == []
     assert tracker.feed(_event("AgentConnect", "9.4", start, HoldTime="-5"), NOW) == []
     assert tracker.ignored == 3
+    # a caller whose end was never seen (AMI was down) is forgotten after a day, silently
+    assert [u.kind for u in tracker.feed(_event("QueueCallerJoin", "9.5", start), NOW)] == ["joined"]
+    assert tracker.expire(NOW + dt.timedelta(hours=23)) == [] and len(tracker) == 1
+    assert tracker.expire(NOW + dt.timedelta(hours=25)) == [] and len(tracker) == 0
 
 
 def test_garbage_long_lines_and_floods_are_dropped_and_the_stream_recovers() -> None:

@@ -10,16 +10,19 @@ one test run at the same time (distinct caller IDs) to keep the suite's wall tim
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
 
 from callcenter.cases.lifecycle import CaseStatus
 from callcenter.voice.recordings import measure_speech
-from tests.support.asterisk import AsteriskPeer
+from tests.support.asterisk import AsteriskPeer, is_ci
+from tests.support.baresip import Softphone, find_baresip
 from tests.voice_calls.conftest import AFTER_HOURS, RealCall, RealVoice
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -216,3 +219,30 @@ async def test_100_concurrent_calls_every_draft_accounted_for(real_voice: RealVo
         assert len(await real_voice.outbox(drafts[0].id)) == 1
     assert missing == []
     assert len(await real_voice.drafts()) == calls
+
+
+async def test_a_real_sip_call_with_rfc4733_keys(real_voice: RealVoice, tmp_path: Path) -> None:
+    """Debian's baresip as phone 1002 (pjsip.conf) dials 12319 and queries a case by
+    number with RFC 4733 telephone-events: keys over RTP, not a Local channel's frames."""
+    if find_baresip() is None:
+        reason = "baresip not installed (Debian: apt-get install baresip-core; scripts/test installs it as root)"
+        if is_ci():
+            pytest.fail(f"{reason}; CI=true, refusing to skip", pytrace=False)
+        pytest.skip(reason)
+    case = await real_voice.case("13800000000", status=CaseStatus.DISPATCHED)
+    phone = Softphone(real_voice.asterisk, tmp_path / "baresip")
+    await phone.start()
+    try:
+        await phone.dial("12319")
+        await asyncio.sleep(4)  # the welcome is playing: 2 during it chooses the status query
+        await phone.keys("2")
+        await asyncio.sleep(2)
+        await phone.keys(case.number + "#", gap=0.5)
+        await asyncio.sleep(10)  # the status is read out, then goodbye
+        await real_voice.settle(60)
+    finally:
+        await phone.stop()
+    (call,) = [c for c in real_voice.calls.values() if c.sessions]
+    assert f"status_{case.status}" in call.played(), phone.log()[-2000:]
+    assert "PJSIP/1002" in real_voice.asterisk.log_since(0)
+    assert "DTMF end '#' received on PJSIP/1002" in real_voice.asterisk.log_since(0)

@@ -182,3 +182,28 @@ def test_ami_is_off_by_default_and_configured_by_environment() -> None:
     assert (settings.ami.enabled, settings.ami.host, settings.ami.port) == (True, "asterisk", 5038)
     with pytest.raises(ValueError, match="number"):
         AmiSettings(callback_channel="PJSIP/fixed@carrier")
+
+
+async def test_events_reach_every_listener_even_after_one_fails(peer: ScriptedAmi) -> None:
+    client = AmiClient(ami_settings(peer), queue="hotline-agents", poll_interval=0.02)
+    seen: list[tuple[str, dict[str, str]]] = []
+
+    def broken(event: Any) -> None:
+        raise RuntimeError("a listener's bug")
+
+    client.on_event(broken)
+    client.on_event(lambda event: seen.append((event.name, event.message.variables())))
+    await client.start()
+    try:
+        assert await client.wait_connected(10)
+        # after login the peer streams FullyBooted and a Newchannel with a ChanVariable
+        await until(lambda: len(seen) >= 2, "the events after login")
+        peer.emit(["Event: QueueCallerJoin", "Uniqueid: 1796285224.0", "Queue: hotline-agents",
+                   "ChanVariable: CALLCENTER_CASE_NUMBER=261124000012", "ChanVariable: OTHER=x"])
+        await until(lambda: len(seen) >= 3, "the emitted event")
+        assert seen == [("FullyBooted", {}), ("Newchannel", {"CALLCENTER_CASE_NUMBER": NUMBER}),
+                        ("QueueCallerJoin", {"CALLCENTER_CASE_NUMBER": NUMBER, "OTHER": "x"})]
+        snapshot = await client.queue_status()  # the reader is still answering actions
+        assert snapshot.members == 4
+    finally:
+        await client.stop()

@@ -198,7 +198,8 @@ async def test_after_hours_zero_goes_to_voicemail_which_becomes_a_flagged_draft(
     # the dialplan's voicemail extension runs the voicemail route on the same channel
     transcript = await voice.call(voice.peer("voicemail", ".#", variables=first.variables))
     (draft,) = await voice.drafts()
-    assert set(draft.flags) == {CaseFlag.NEEDS_TRANSCRIPTION.value, CaseFlag.AFTER_HOURS.value}
+    assert set(draft.flags) == {CaseFlag.NEEDS_TRANSCRIPTION.value, CaseFlag.VOICEMAIL.value,
+                                CaseFlag.AFTER_HOURS.value}
     assert draft.description.startswith("电话留言") and (voice.recordings / draft.recording_ref).is_file()
     assert number_heard(transcript) == draft.number
     assert [o.recipient for o in await voice.outbox(draft.id)] == [CALLER_E164]
@@ -209,7 +210,7 @@ async def test_voicemail_in_hours_is_not_flagged_after_hours(voice: Voice) -> No
     # The queue gave up (nobody answered): voicemail during staff hours.
     await voice.call(voice.peer("voicemail", ".#"))
     (draft,) = await voice.drafts()
-    assert draft.flags == [CaseFlag.NEEDS_TRANSCRIPTION.value]
+    assert draft.flags == [CaseFlag.NEEDS_TRANSCRIPTION.value, CaseFlag.VOICEMAIL.value]
 
 
 async def test_unknown_route_ends_cleanly_and_other_calls_go_on(voice: Voice, agi_logs: Any) -> None:

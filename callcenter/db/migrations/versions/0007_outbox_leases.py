@@ -17,6 +17,8 @@ def upgrade() -> None:
         batch.add_column(sa.Column("lease_owner", sa.String(length=64), nullable=True,
                                    comment="[node] id of the claiming sender"))
         batch.add_column(sa.Column("lease_expires_at", sa.DateTime(timezone=True), nullable=True))
+        # The claim's "earlier message to the same recipient" probe.
+        batch.create_index(batch.f("ix_outbox_recipient"), ["recipient"], unique=False)
     with op.batch_alter_table("sms_submits") as batch:
         batch.add_column(sa.Column("smsc_link", sa.String(length=96), nullable=True,
                                    comment="system_id@host:port that accepted it"))
@@ -44,5 +46,6 @@ def downgrade() -> None:
     with op.batch_alter_table("sms_submits") as batch:
         batch.drop_column("smsc_link")
     with op.batch_alter_table("outbox") as batch:
+        batch.drop_index(batch.f("ix_outbox_recipient"))
         batch.drop_column("lease_expires_at")
         batch.drop_column("lease_owner")

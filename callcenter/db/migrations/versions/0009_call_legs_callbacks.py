@@ -1,7 +1,7 @@
 """call record legs and AMI queue columns, staff queue interface, call-back requests
 
 Revision ID: 0009_call_legs_callbacks
-Revises: 0006_call_records
+Revises: 0008_sms_delivery_identity
 """
 import sqlalchemy as sa
 from alembic import op

@@ -1,13 +1,13 @@
 """cluster: node heartbeats, console events shared between nodes, job leases (issue 11)
 
 Revision ID: 0013_cluster_nodes
-Revises: 0009_call_legs_callbacks
+Revises: 0011_mask_case_log_phones
 """
 import sqlalchemy as sa
 from alembic import op
 
 revision = "0013_cluster_nodes"
-down_revision = "0009_call_legs_callbacks"
+down_revision = "0011_mask_case_log_phones"
 branch_labels = None
 depends_on = None
 
