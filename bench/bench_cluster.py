@@ -23,12 +23,8 @@ import json
 import statistics
 import sys
 import time
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from bench._table import print_markdown, print_table  # noqa: E402
+from bench._table import print_markdown, print_table
 
 
 def _percentile(values: list[float], q: float) -> float:
