@@ -173,7 +173,7 @@ class ClusterBus:
             try:
                 conn = await psycopg.AsyncConnection.connect(
                     self.conninfo, autocommit=True, application_name=f"callcenter-listen {self.node_id}"[:63],
-                    keepalives=1, keepalives_idle=10, keepalives_interval=5, keepalives_count=3)
+                    connect_timeout=10, keepalives=1, keepalives_idle=10, keepalives_interval=5, keepalives_count=3)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001

@@ -114,3 +114,20 @@ def test_two_serve_processes_see_each_other_and_a_killed_one_drops_out(pg_databa
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
+
+
+async def test_the_embedded_store_keeps_its_events_in_process(tmp_path: Path, make_node: NodeFactory) -> None:
+    """SQLite is one node: no bus, no event rows; the hub delivers in-process as before."""
+    from sqlalchemy import func
+
+    from callcenter.db.tables import ClusterEventRow
+
+    node = await make_node(f"sqlite:///{tmp_path / 'one.sqlite3'}", "only")
+    assert node.services.cluster is not None and node.services.cluster.bus is None
+    assert node.services.events.relay is None
+    with node.services.events.subscribe("wangfang") as sub:
+        node.services.events.publish("case_updated", {"number": "261203000019", "status": "submitted"})
+        event = await sub.next(1.0)
+    assert event is not None and event.data["number"] == "261203000019"
+    async with node.services.sessions() as session:
+        assert await session.scalar(select(func.count()).select_from(ClusterEventRow)) == 0

@@ -1,7 +1,7 @@
 """cluster: node heartbeats, console events shared between nodes, job leases (issue 11)
 
 Revision ID: 0013_cluster_nodes
-Revises: 0009_call_legs_callbacks
+Revises: 0011_mask_case_log_phones
 """
 import sqlalchemy as sa
 from alembic import op
