@@ -270,6 +270,7 @@ async def test_a_long_message_out_of_order_and_a_redelivery_make_one_case(live: 
     assert await deliver(live.smsc, CITIZEN, REPORT) == 0
     (last,) = [e["sequence"] for e in (await live.smsc.events("deliver_sm"))[-1:]]
     assert await resend(live.smsc, CITIZEN, REPORT, last) == 0  # retransmitted: same sequence
+    await wait_texts(live.smsc, CITIZEN_WIRE, 2)  # both acks out before the link drops
     await relink(live)
     assert await deliver(live.smsc, CITIZEN, REPORT) == 0  # delivered again on the new bind
     cases = await sms_cases(live.services)
@@ -285,6 +286,7 @@ async def test_a_store_failure_is_a_temporary_error_and_the_redelivery_lands_onc
     assert await sms_cases(live.services) == []
     await heal_inserts(live.services.engine, "sms_inbound")
     assert await deliver(live.smsc, CITIZEN, REPORT) == 0  # the SMSC delivers again
+    await wait_texts(live.smsc, CITIZEN_WIRE, 1)  # the ack is out: the drop cannot leave it in doubt
     await relink(live)
     assert await deliver(live.smsc, CITIZEN, REPORT) == 0  # and once more: our resp was lost with the link
     assert len(await sms_cases(live.services)) == 1
@@ -370,7 +372,7 @@ async def test_supervisor_notice_answer_and_escalation(live: Stack) -> None:
 
         # A second task nobody answers goes to the shift leader once the configured time has passed.
         response = await client.post("/api/v1/tasks", json={"case": case.number, "kind": "check"}, headers=auth)
-        assert response.status == 422 and (await response.json())["field"] == "grid"  # the case has no grid yet
+        assert response.status == 409 and (await response.json())["field"] == "grid"  # the case has no grid yet
         await services.cases.update_transcription(case.number, {"grid": GRID_BUJI}, actor="staff:x")
         response = await client.post("/api/v1/tasks", json={"case": case.number, "kind": "check"}, headers=auth)
         second = await response.json()
@@ -646,6 +648,7 @@ async def test_the_smsc_resending_or_redelivering_a_query_gets_no_second_answer(
     assert await deliver(live.smsc, CITIZEN, query) == 0
     (first,) = [e["sequence"] for e in (await live.smsc.events("deliver_sm"))[-1:]]
     assert await resend(live.smsc, CITIZEN, query, first) == 0  # same sequence: a retransmission
+    await wait_texts(live.smsc, CITIZEN_WIRE, 2)  # the replies are out before the link drops
     await relink(live)
     assert await deliver(live.smsc, CITIZEN, query) == 0  # a new bind: our ROK may have been lost
     await asyncio.sleep(0.3)
