@@ -10,7 +10,7 @@ import datetime as dt
 import functools
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, model_validator
 from phonenumbers import PhoneMetadata
 from pydantic_core import PydanticCustomError
 

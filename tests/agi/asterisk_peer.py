@@ -29,7 +29,6 @@ from __future__ import annotations
 import ast
 import asyncio
 import itertools
-import os
 import re
 from collections.abc import Callable, Collection, Mapping, Sequence
 from contextlib import suppress

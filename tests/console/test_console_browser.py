@@ -32,7 +32,7 @@ from callcenter.service.cases import DraftInput, PlatformEvent
 from callcenter.service.tasks import TaskKind
 from callcenter.settings import Settings, load_settings
 from sms.gateway import InboundMessage
-from tests.console.conftest import PASSWORD, SUPERVISOR_BANTIAN, SUPERVISOR_BUJI, create_staff, with_console_settings
+from tests.console.conftest import PASSWORD, SUPERVISOR_BUJI, create_staff, with_console_settings
 from tests.support.pg_fixtures import postgres_required
 
 T = TypeVar("T")
