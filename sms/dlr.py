@@ -266,29 +266,24 @@ def submit_id_for(receipt_id: str | bytes, relation: IdBases) -> str | None:
 
     Strict, unlike `message_id_keys`: a receipt id with hex letters has no decimal reading.
     """
-    canonical = normalise_message_id(receipt_id)
-    if not canonical:
-        return None
-    if relation is IdBases.SUBMIT_HEX_RECEIPT_DEC:
-        return _dec_to_hex(canonical)
-    if relation is IdBases.SUBMIT_DEC_RECEIPT_HEX:
-        return _hex_to_dec(canonical)
-    if relation is IdBases.SAME:
-        return canonical
-    raise ValueError("a concrete relation is needed, not AUTO")
+    return _translate(receipt_id, relation, to_submit=True)
 
 
 def receipt_id_for(submit_id: str | bytes, relation: IdBases) -> str | None:
     """The inverse of `submit_id_for`: how a receipt would write this submit id."""
-    canonical = normalise_message_id(submit_id)
+    return _translate(submit_id, relation, to_submit=False)
+
+
+def _translate(message_id: str | bytes, relation: IdBases, *, to_submit: bool) -> str | None:
+    """One id rewritten across a concrete relation, in either direction; None if it cannot be."""
+    canonical = normalise_message_id(message_id)
     if not canonical:
         return None
-    if relation is IdBases.SUBMIT_HEX_RECEIPT_DEC:
-        return _hex_to_dec(canonical)
-    if relation is IdBases.SUBMIT_DEC_RECEIPT_HEX:
-        return _dec_to_hex(canonical)
     if relation is IdBases.SAME:
         return canonical
+    if relation in (IdBases.SUBMIT_HEX_RECEIPT_DEC, IdBases.SUBMIT_DEC_RECEIPT_HEX):
+        receipt_is_dec = relation is IdBases.SUBMIT_HEX_RECEIPT_DEC
+        return _dec_to_hex(canonical) if receipt_is_dec == to_submit else _hex_to_dec(canonical)
     raise ValueError("a concrete relation is needed, not AUTO")
 
 
