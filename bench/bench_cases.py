@@ -294,7 +294,7 @@ class PostgresBackend(Backend):
     name = "postgresql"
 
     def __init__(self, durable: bool) -> None:
-        from tests.support.pg import PostgresCluster, find_pg_bindir
+        from callcenter.db.pgcluster import PostgresCluster, find_pg_bindir
 
         bindir = find_pg_bindir()
         if bindir is None:

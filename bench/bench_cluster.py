@@ -4,7 +4,7 @@
     .venv/bin/python -m bench.bench_cluster --events 2000
 
 Two nodes in one process, each with its own engine and cluster bus (the service's code,
-`callcenter/cluster/bus.py`), on a throwaway PostgreSQL (tests/support/pg.py). Rows:
+`callcenter/cluster/bus.py`), on a throwaway PostgreSQL (callcenter/db/pgcluster.py). Rows:
 
 - `bare NOTIFY (floor)`: one psycopg connection sends each event's JSON as the payload of its
   own `pg_notify` (autocommit), another LISTENs: the least PostgreSQL can do per event.
@@ -127,7 +127,7 @@ def main() -> int:
     parser.add_argument("--markdown", action="store_true")
     args = parser.parse_args()
 
-    from tests.support.pg import PostgresCluster, find_pg_bindir
+    from callcenter.db.pgcluster import PostgresCluster, find_pg_bindir
 
     bindir = find_pg_bindir()
     if bindir is None:

@@ -270,7 +270,7 @@ class Bench:
 
         configure_logging(LoggingSettings(level="WARNING"))
         if self.args.backend == "postgresql":
-            from tests.support.pg import PostgresCluster, find_pg_bindir
+            from callcenter.db.pgcluster import PostgresCluster, find_pg_bindir
 
             bindir = find_pg_bindir()
             if bindir is None:

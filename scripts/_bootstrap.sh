@@ -151,7 +151,7 @@ have_pg_server() {
     [[ -n ${CALLCENTER_TEST_POSTGRES_URL:-} ]] && return 0
     local py
     if py=$(find_python); then  # same lookup as the fixtures (stdlib only, no venv needed)
-        "$py" "$REPO_ROOT/tests/support/pg.py" --bindir >/dev/null 2>&1
+        "$py" "$REPO_ROOT/callcenter/db/pgcluster.py" --bindir >/dev/null 2>&1
     else
         compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null
     fi

@@ -1,4 +1,4 @@
-"""The test-suite's PostgreSQL harness (tests/support/pg.py, tests/support/pg_fixtures.py)."""
+"""The test-suite's PostgreSQL harness (callcenter/db/pgcluster.py, tests/support/pg_fixtures.py)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from tests.support import pg_fixtures
-from tests.support.pg import PostgresCluster, find_pg_bindir
+from callcenter.db.pgcluster import PostgresCluster, find_pg_bindir
 
 
 def _async_url(url: str) -> str:

@@ -13,7 +13,7 @@ from aiohttp import ClientResponse
 
 from tests.cluster.conftest import Node, NodeFactory, eventually
 from tests.console.conftest import read_sse_event
-from tests.support.pg import PostgresCluster
+from callcenter.db.pgcluster import PostgresCluster
 
 pytestmark = pytest.mark.postgres
 

@@ -13,7 +13,7 @@ import pytest
 from callcenter.service.tokens import Role, hash_token
 from tests.cluster.conftest import Node, NodeFactory, eventually
 from tests.cluster.test_events import kill_listener
-from tests.support.pg import PostgresCluster
+from callcenter.db.pgcluster import PostgresCluster
 
 pytestmark = pytest.mark.postgres
 ROOT = Path(__file__).resolve().parents[2]

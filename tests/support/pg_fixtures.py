@@ -30,7 +30,7 @@ from typing import NoReturn
 
 import pytest
 
-from .pg import ENV_URL, ExternalPostgres, PostgresCluster, _redact, find_pg_bindir
+from callcenter.db.pgcluster import ENV_URL, ExternalPostgres, PostgresCluster, _redact, find_pg_bindir
 
 ENV_MODE = "CALLCENTER_TEST_POSTGRES"
 

@@ -1,4 +1,4 @@
-"""A throwaway PostgreSQL cluster for the test-suite.
+"""A throwaway PostgreSQL cluster for the test-suite, the benchmarks and local trials.
 
 ``PostgresCluster`` runs ``initdb`` into a temporary directory, starts the server with
 ``pg_ctl`` on 127.0.0.1 and a free port (unix socket inside the temporary directory, never
@@ -21,7 +21,7 @@ handler (when SIGTERM is not otherwise handled) and, for a killed (-9) test run,
 start reaps clusters whose owning process is gone.
 
 Standard library only at import time (``psycopg`` is imported when first needed), so
-``python3 tests/support/pg.py --bindir`` works without the virtualenv.
+``python3 callcenter/db/pgcluster.py --bindir`` works without the virtualenv.
 """
 
 from __future__ import annotations
@@ -614,8 +614,8 @@ def throwaway_cluster(**kwargs: Any) -> Iterator[PostgresCluster]:
 
 
 if __name__ == "__main__":
-    # python3 tests/support/pg.py --bindir   -> print the server bindir, exit 1 if none
-    # python3 tests/support/pg.py            -> start a cluster, print its URL, wait for ^C
+    # python3 callcenter/db/pgcluster.py --bindir   -> print the server bindir, exit 1 if none
+    # python3 callcenter/db/pgcluster.py            -> start a cluster, print its URL, wait for ^C
     if sys.argv[1:] == ["--bindir"]:
         found = find_pg_bindir()
         if found is None:
