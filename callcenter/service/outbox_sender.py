@@ -185,7 +185,7 @@ class OutboxSender:
     _writer: asyncio.Task[None] | None = field(init=False, default=None)
     _lost: set[int] = field(init=False, default_factory=set)
     _refs_elsewhere: dict[str, set[int]] = field(init=False, default_factory=dict)
-    # Batches whose submits are done and whose outcomes are still being committed.
+    # Batches still being submitted or committed after their pass returned.
     _settling: set[asyncio.Task[None]] = field(init=False, default_factory=set)
     _new_pairs: dict[IdBases, int] = field(init=False, default_factory=dict)
 
@@ -279,9 +279,9 @@ class OutboxSender:
     async def _pass(self, *, housekeeping: bool, wait_settled: bool = True) -> int:
         """Housekeeping when due, then claim and submit one batch.
 
-        With `wait_settled` false (the loop) the pass returns once every submit of the batch has
-        its outcome, and the outcomes are committed by the group writer while the next batch is
-        claimed: a reply queued meanwhile does not wait for the previous batch's commit.
+        With `wait_settled` false (the loop) the pass returns once the batch's last message has
+        a window slot; its answers are awaited and committed by the group writer while the next
+        batch is claimed, so a reply queued meanwhile waits for neither.
         """
         now = self.now()
         if housekeeping:
@@ -506,45 +506,50 @@ class OutboxSender:
     # ---- sending ----------------------------------------------------------------------------------
 
     async def _send_batch(self, gateway: SmsGateway, batch: list[_Message], *, wait_settled: bool = True) -> None:
-        """Submit through the window; each message's outcome goes to the group writer when known."""
+        """Submit through the window; each message's outcome goes to the group writer when known.
+
+        With `wait_settled` false this returns as soon as the batch's last message has a window
+        slot: the next batch is claimed while the last submits of this one are answered and
+        committed (the client's own window still bounds what is in flight), so the window does
+        not drain between batches.
+        """
         limit = asyncio.Semaphore(max(1, self.smpp.window))
         in_flight = {m.id for m in batch}
         renewer = asyncio.create_task(self._renew(in_flight), name="sms-outbox-lease")
+        waiting = len(batch)
+        all_started = asyncio.Event()
 
         async def one(message: _Message) -> Any:
+            nonlocal waiting
             try:
                 async with limit:
+                    waiting -= 1
+                    if not waiting:
+                        all_started.set()
                     await self._send_message(gateway, message)
-            except BaseException:
+                return await self._commit(message)
+            finally:
                 in_flight.discard(message.id)
-                raise
-            commit = asyncio.ensure_future(self._commit(message))
-            commit.add_done_callback(lambda _: in_flight.discard(message.id))
-            return await asyncio.shield(commit) if wait_settled else commit
 
-        async def settle(pending: list[tuple[_Message, Any]]) -> None:
+        async def send_all() -> None:
             try:
-                results = await asyncio.gather(*(c for _, c in pending), return_exceptions=True)
-                for (message, _), result in zip(pending, results, strict=True):
+                results = await asyncio.gather(*(one(m) for m in batch), return_exceptions=True)
+                for message, result in zip(batch, results, strict=True):
                     if isinstance(result, BaseException):
                         log.error("sms.outbox.send_failed", outbox_id=message.id, error=repr(result)[:300])
             finally:
+                all_started.set()
                 renewer.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await renewer
 
-        submitted = await asyncio.gather(*(one(m) for m in batch), return_exceptions=True)
-        pending: list[tuple[_Message, Any]] = []
-        for message, result in zip(batch, submitted, strict=True):
-            if isinstance(result, asyncio.Future):
-                pending.append((message, result))
-            elif isinstance(result, BaseException):
-                log.error("sms.outbox.send_failed", outbox_id=message.id, error=repr(result)[:300])
-        task = asyncio.get_running_loop().create_task(settle(pending), name="sms-outbox-settle")
+        task = asyncio.get_running_loop().create_task(send_all(), name="sms-outbox-batch")
         self._settling.add(task)
         task.add_done_callback(self._settling.discard)
         if wait_settled:
             await task
+        else:
+            await all_started.wait()
 
     async def _send_message(self, gateway: SmsGateway, message: _Message) -> None:
         todo = [p for p in message.parts if p.status == "submitting"]
