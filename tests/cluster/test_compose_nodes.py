@@ -1,0 +1,128 @@
+"""docker-compose.yml runs two service nodes behind one Asterisk and one PostgreSQL (issue 11).
+
+Docker images cannot be pulled where the suite runs, so the file is parsed (PyYAML, merge keys
+resolved as Compose resolves them) and what two nodes depend on is checked: distinct node ids
+and host ports, one database and one SMPP account, health checks that gate Asterisk and the
+second node's start, and every node's FastAGI listener reachable through the address the
+dialplan uses. The single-file cross-references (volumes, AMI, prompts) are
+tests/voice/test_deployment_files.py's.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from callcenter.settings import Settings, load_settings
+from tests.voice.test_deployment_files import env, globals_, service, service_nodes
+
+yaml = pytest.importorskip("yaml")
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    data = yaml.safe_load((ROOT / "docker-compose.yml").read_text(encoding="utf-8"))
+    assert isinstance(data, dict)
+    return data
+
+
+def node_settings(compose: dict[str, Any]) -> dict[str, Settings]:
+    return {name: load_settings(environ=env(service(compose, name))) for name in service_nodes(compose)}
+
+
+def aliases(svc: dict[str, Any]) -> set[str]:
+    networks = svc.get("networks") or {}
+    if isinstance(networks, list):
+        return set()
+    return {alias for net in networks.values() if net for alias in net.get("aliases", [])}
+
+
+def host_port(item: Any) -> tuple[int, int]:
+    """(host port, container port) of a short-syntax TCP port mapping."""
+    spec = str(item).partition("/")[0]
+    host, sep, container = spec.rpartition(":")
+    assert sep and host, f"not published on a fixed host port: {item!r}"
+    return int(host.rsplit(":", 1)[-1]), int(container)  # host may be "ip:port"
+
+
+def test_two_nodes_with_distinct_ids_and_host_ports(compose: dict[str, Any]) -> None:
+    settings = node_settings(compose)
+    assert len(settings) >= 2, f"service nodes: {sorted(settings)}"
+    ids = [s.node.id for s in settings.values()]
+    assert all(ids) and len(set(ids)) == len(ids), f"node ids must be set and differ: {ids}"
+    published = {}
+    for name, s in settings.items():
+        ports = [host_port(p) for p in service(compose, name).get("ports", [])]
+        assert [c for _, c in ports] == [s.http.port], f"{name} publishes {ports}, HTTP is {s.http.port}"
+        published[name] = ports[0][0]
+        assert s.http.host == "0.0.0.0" and s.agi.host == "0.0.0.0"
+    assert len(set(published.values())) == len(published), f"host ports collide: {published}"
+
+
+def test_nodes_share_one_database_and_one_smpp_account(compose: dict[str, Any]) -> None:
+    settings = node_settings(compose)
+    urls = {s.database.url for s in settings.values()}
+    assert len(urls) == 1 and next(iter(urls)).startswith("postgresql://"), urls
+    assert re.search(r"@postgres(:5432)?/", next(iter(urls))), "not the compose PostgreSQL"
+    accounts = {(s.smpp.host, s.smpp.port, s.smpp.system_id) for s in settings.values()}
+    assert len(accounts) == 1, accounts  # one bind each on the carrier's account
+    # Identical nodes: the environment differs only in the node id.
+    envs = [env(service(compose, name)) for name in settings]
+    without_id = [{k: v for k, v in e.items() if k != "CALLCENTER_NODE__ID"} for e in envs]
+    assert all(e == without_id[0] for e in without_id), "nodes differ in more than their id"
+    builds = {repr(service(compose, name)["build"]) for name in settings}
+    volumes = {tuple(service(compose, name)["volumes"]) for name in settings}
+    assert len(builds) == 1 and len(volumes) == 1
+
+
+def test_health_checks_gate_asterisk_and_the_second_node(compose: dict[str, Any]) -> None:
+    settings = node_settings(compose)
+    nodes = list(settings)
+    for name, s in settings.items():
+        check = service(compose, name)["healthcheck"]
+        assert f"127.0.0.1:{s.http.port}/healthz" in " ".join(check["test"]), check
+        assert check.get("start_period") and check.get("retries")
+        assert service(compose, name)["depends_on"]["postgres"]["condition"] == "service_healthy"
+    asterisk_deps = service(compose, "asterisk")["depends_on"]
+    for name in nodes:
+        assert asterisk_deps[name]["condition"] == "service_healthy", f"Asterisk does not wait for {name}"
+    # The first node migrates the empty database and builds the prompts before the others start:
+    # two `callcenter db upgrade` at once on an empty database would race.
+    for name in nodes[1:]:
+        assert service(compose, name)["depends_on"][nodes[0]]["condition"] == "service_healthy"
+    assert "callcenter db upgrade" in (ROOT / "docker/service/entrypoint.sh").read_text(encoding="utf-8")
+
+
+def test_every_nodes_fastagi_listener_is_known_to_asterisk(compose: dict[str, Any]) -> None:
+    """The dialplan reaches every node: through a host name every node answers to (a network
+    alias resolving to all of them, which res_agi tries in turn), or a node list in [globals]."""
+    settings = node_settings(compose)
+    dialplan_globals = globals_()
+    named: set[str] = {dialplan_globals["CALLCENTER_AGI_HOST"]} if "CALLCENTER_AGI_HOST" in dialplan_globals else set()
+    ports: set[int] = set()
+    if "CALLCENTER_AGI_PORT" in dialplan_globals:
+        ports.add(int(dialplan_globals["CALLCENTER_AGI_PORT"]))
+    for key, value in dialplan_globals.items():
+        if "AGI" in key:  # a node list such as host-a:4573,host-b:4573 (or &-separated)
+            for host, port in re.findall(r"([A-Za-z][\w.-]*):(\d+)", value):
+                named.add(host)
+                ports.add(int(port))
+    assert named, "no FastAGI host in the dialplan's [globals]"
+    for name, s in settings.items():
+        reachable_as = {name} | aliases(service(compose, name))
+        assert reachable_as & named, f"{name} (known as {sorted(reachable_as)}) is not in the dialplan: {named}"
+        assert s.agi.port in ports, f"{name} listens on {s.agi.port}, the dialplan dials {ports}"
+        assert str(s.agi.port) in [str(p) for p in service(compose, name)["expose"]]
+    # Every name the dialplan dials is a service node (no stale host that fails every call first).
+    for host in named:
+        answering = [n for n in settings if n == host or host in aliases(service(compose, n))]
+        assert answering, f"the dialplan dials {host}, which no service node answers to"
+    # An alias shared with anything but the service nodes would send calls elsewhere.
+    for name, svc in compose["services"].items():
+        if name not in settings:
+            assert not (aliases(svc) | {name}) & named, f"{name} answers to a FastAGI host name"
