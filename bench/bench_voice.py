@@ -443,7 +443,7 @@ class Bench:
                            "w2.5", "d1"])
 
         async def batch(port: int, n: int, first: int) -> float:
-            await asterisk.set_global("CALLCENTER_AGI_PORT", str(port))
+            await asterisk.set_agi_nodes([port])
             started = time.perf_counter()
             for i in range(n):
                 asterisk.call(script, callerid=f"137{first + i:08d}")

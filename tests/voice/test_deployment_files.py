@@ -243,25 +243,30 @@ def test_service_environment_is_valid_settings(compose: dict[str, Any]) -> None:
         assert str(service(compose, node)["ports"][0]).endswith(f":{settings.http.port}")
 
 
-def test_agi_address_in_the_dialplan_is_the_service(compose: dict[str, Any]) -> None:
+def test_agi_nodes_in_the_dialplan_are_the_service_nodes(compose: dict[str, Any]) -> None:
     settings = service_settings(compose)
-    agi_steps = [s for s in dialplan() if s.app == "AGI"]
+    steps = dialplan()
+    # one AGI() in the file: the node loop of [callcenter-agi], which every IVR entry reaches
+    agi_steps = [(s.context, s.args) for s in steps if s.app == "AGI"]
+    assert agi_steps == [("callcenter-agi", "agi://${node}/${ARG1}")]
     scripts = set()
-    for step in agi_steps:
-        # host and port written once, in [globals]
-        match = re.fullmatch(r"agi://\$\{CALLCENTER_AGI_HOST\}:\$\{CALLCENTER_AGI_PORT\}/(\w+)", step.args)
-        assert match, f"[{step.context}] {step.exten}: AGI({step.args})"
-        scripts.add(match.group(1))
+    for step in steps:
+        if step.app == "Gosub" and step.args.startswith("callcenter-agi,"):
+            match = re.fullmatch(r"callcenter-agi,s,1\((\w+)\)", step.args)
+            assert match, f"[{step.context}] {step.exten}: Gosub({step.args})"
+            scripts.add(match.group(1))
     assert scripts == {"hotline", "status", "voicemail", "callback"}
-    assert int(globals_()["CALLCENTER_AGI_PORT"]) == settings.agi.port == AgiSettings().port
-    assert "4573" not in "".join(s.args for s in dialplan())
-    # CALLCENTER_AGI_HOST names the service nodes: the network alias every node carries
-    host = globals_()["CALLCENTER_AGI_HOST"]
-    named = [name for name, svc in compose["services"].items()
-             if name == host or host in ((svc.get("networks") or {}).get("default") or {}).get("aliases", [])]
-    assert named and set(named) <= set(service_nodes(compose)), f"CALLCENTER_AGI_HOST {host} names {named}"
-    for node in named:
-        assert str(settings.agi.port) in [str(p) for p in service(compose, node)["expose"]]
+    assert "4573" not in "".join(s.args for s in steps)
+    # host:port of each node, written once in [globals]: service nodes of the compose file
+    nodes = globals_()["CALLCENTER_AGI_NODES"].split("&")
+    assert nodes and len(set(nodes)) == len(nodes)
+    for node in nodes:
+        host, port = node.rsplit(":", 1)
+        assert int(port) == settings.agi.port == AgiSettings().port
+        built_from = service(compose, host)["build"]["dockerfile"]
+        assert built_from == "docker/service/Dockerfile", f"{host} of CALLCENTER_AGI_NODES is not a service node"
+        assert str(settings.agi.port) in [str(p) for p in service(compose, host)["expose"]]
+    assert globals_()["CALLCENTER_AGI_TURN"] == "0"
 
 
 def test_hotline_did_reaches_the_ivr() -> None:
@@ -270,12 +275,15 @@ def test_hotline_did_reaches_the_ivr() -> None:
     inbound = [s for s in steps if s.context == carrier.get("context") and s.exten == "12319"]
     assert inbound and inbound[0].app == "Goto" and inbound[0].args == "hotline,s,1"
     hotline = [s for s in steps if s.context == "hotline" and s.exten == "s"]
-    assert [s.app for s in hotline][:3] == ["NoOp", "Set", "AGI"]
+    assert [s.app for s in hotline][:3] == ["NoOp", "Set", "Gosub"]
     assert hotline[1].args == "CHANNEL(language)=zh"
-    assert hotline[2].args.endswith("/hotline")
-    # every value the IVR may put in CALLCENTER_NEXT is an extension of [hotline]
+    assert hotline[2].args == "callcenter-agi,s,1(hotline)"
+    # every value the IVR may put in CALLCENTER_NEXT is an extension of [hotline], and so are
+    # the two ways out when it says nothing: no node reached, or the node lost mid-call
     extens = {s.exten for s in steps if s.context == "hotline"}
-    assert {"agent", "voicemail", "hangup", "status", "i"} <= extens
+    assert {"agent", "voicemail", "hangup", "status", "i", "service-down", "ivr-lost"} <= extens
+    lost = [s for s in steps if s.context == "hotline" and s.exten == "ivr-lost"]
+    assert [s.app for s in lost][-2:] == ["Playback", "Goto"] and lost[-1].args == "agent,1"
 
 
 def test_dialplan_jumps_land_on_existing_contexts() -> None:
@@ -290,11 +298,13 @@ def test_dialplan_jumps_land_on_existing_contexts() -> None:
                 assert target.split(",")[0] in contexts, f"[{step.context}] GotoIf({step.args})"
         for predial in re.findall(r"\bb\(([\w-]+)\^", step.args):
             assert predial in contexts
+        if step.app == "Gosub":
+            assert step.args.split(",")[0] in contexts, f"[{step.context}] Gosub({step.args})"
     pjsip = conf("pjsip.conf")
     for endpoint in (s for s in pjsip if s.get("type") == "endpoint"):
         assert endpoint.get("context") in contexts, f"endpoint {endpoint.name}"
     callback = [s for s in steps if s.context == "callcenter-callback"]
-    assert any(s.app == "AGI" and s.args.endswith("/callback") for s in callback)
+    assert any(s.app == "Gosub" and s.args == "callcenter-agi,s,1(callback)" for s in callback)
 
 
 def test_queue_in_the_dialplan_exists_in_queues_conf() -> None:
