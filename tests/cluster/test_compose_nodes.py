@@ -119,3 +119,20 @@ def test_every_nodes_fastagi_listener_is_known_to_asterisk(compose: dict[str, An
     for host in dialled:
         answering = [n for n in settings if n == host or host in aliases(service(compose, n))]
         assert answering, f"the dialplan dials {host}, which no service node answers to"
+
+
+def seconds(duration: str) -> float:
+    """A Compose duration (`1m30s`, `110s`, `2m`) in seconds."""
+    parts = re.findall(r"(\d+(?:\.\d+)?)(h|ms|m|s|us)", str(duration))
+    assert parts and "".join(n + u for n, u in parts) == str(duration), f"not a duration: {duration!r}"
+    scale = {"h": 3600, "m": 60, "s": 1, "ms": 0.001, "us": 1e-6}
+    return sum(float(n) * scale[u] for n, u in parts)
+
+
+def test_stop_grace_period_lets_a_node_drain_its_calls(compose: dict[str, Any]) -> None:
+    """A stopped node drains its calls (SIGTERM); Docker kills it after stop_grace_period
+    (10 s unless set), which would cut every call still in the IVR."""
+    for name, s in node_settings(compose).items():
+        grace = service(compose, name).get("stop_grace_period", "10s")
+        needed = s.voice.drain_seconds + s.voice.drain_handover_seconds
+        assert seconds(grace) > needed, f"{name}: stop_grace_period {grace}, the drain takes up to {needed:.0f} s"
