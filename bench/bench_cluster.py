@@ -64,10 +64,11 @@ class Profile:
     in_flight: int        # calls in flight per node
     insert_seconds: float  # bare INSERT floor
     timeout: float
+    idle_seconds: float    # nodes left idle after the phases: their fixed cost
 
 
-FULL = Profile("full", texts=1200, calls=600, in_flight=50, insert_seconds=3.0, timeout=600.0)
-QUICK = Profile("quick", texts=300, calls=150, in_flight=30, insert_seconds=1.0, timeout=300.0)
+FULL = Profile("full", texts=1200, calls=600, in_flight=50, insert_seconds=3.0, timeout=600.0, idle_seconds=10.0)
+QUICK = Profile("quick", texts=300, calls=150, in_flight=30, insert_seconds=1.0, timeout=300.0, idle_seconds=4.0)
 
 
 # ---------------------------------------------------------------------------------------
@@ -511,13 +512,19 @@ async def configuration(ctx: Context, kind: str, n: int) -> list[Phase]:
         voice = await voice_phase(nodes, meter, ctx.profile.calls, ctx.profile.in_flight, ctx.callers,
                                   ctx.recordings, url if kind == "serve" else None, ctx.profile.timeout)
         ctx.callers += 10_000_000
+        # What a node costs with nothing to do (heartbeats, the bus's backstop read, outbox and
+        # housekeeping polls, leases): the floor under every node of a deployment.
+        before = meter.read()
+        await asyncio.sleep(ctx.profile.idle_seconds)
+        idle = CpuMeter.since(before, meter.read())
+        idle_phase = Phase("idle", kind, n, 0, idle.wall, idle)
         if kind == "serve":
             counts = dict(query(url, "SELECT channel, count(*) FROM cases GROUP BY channel"))  # warm-up included
             sms.notes.append(f"cases from SMS {counts.get('sms', 0)}")
             voice.notes.append(f"cases by channel {counts}")
             live = query(url, "SELECT count(*) FROM cluster_nodes WHERE stopped_at IS NULL")[0][0]
             sms.notes.append(f"{live} live nodes in cluster_nodes")
-        return [sms, voice]
+        return [sms, voice, idle_phase]
     except BaseException:
         for node in nodes:
             print(f"--- {node.name} ({node.log_path})\n{node.tail()}", file=sys.stderr)
@@ -552,7 +559,7 @@ def table(phases: list[Phase], insert: Phase) -> tuple[list[str], list[list[str]
                "postgres cpu ms/report", "store share", "smsc+callers ms/report", "busy cores"]
     floors = {(p.channel, p.nodes): p for p in phases if p.kind == "floor"}
     rows = []
-    for p in (p for p in phases if p.kind == "serve"):
+    for p in (p for p in phases if p.kind == "serve" and p.channel != "idle"):
         f = floors.get((p.channel, p.nodes))
         nodes_cpu = sum(p.cpu.nodes)
         per_node = " / ".join(f"{ms_per(c, p.count):.2f}" for c in p.cpu.nodes)
@@ -562,7 +569,7 @@ def table(phases: list[Phase], insert: Phase) -> tuple[list[str], list[list[str]
                      f"{p.rate / f.rate:.2f}" if f else "-", f"{per_node} (sum {ms_per(nodes_cpu, p.count):.2f})",
                      f"{ms_per(p.cpu.postgres, p.count):.2f}", f"{share:.0%}",
                      f"{ms_per(p.cpu.smsc + p.cpu.callers, p.count):.2f}", f"{busy:.2f}"])
-    for f in (p for p in phases if p.kind == "floor"):
+    for f in (p for p in phases if p.kind == "floor" and p.channel != "idle"):
         nodes_cpu = sum(f.cpu.nodes)
         per_node = " / ".join(f"{ms_per(c, f.count):.2f}" for c in f.cpu.nodes)
         share = f.cpu.postgres / max(nodes_cpu + f.cpu.postgres, 1e-9)
@@ -570,6 +577,10 @@ def table(phases: list[Phase], insert: Phase) -> tuple[list[str], list[list[str]
         rows.append([f"{f.channel} (bare nodes)", str(f.nodes), f"{f.rate:,.1f}", f"{f.rate:,.1f}", "1.00",
                      f"{per_node} (sum {ms_per(nodes_cpu, f.count):.2f})", f"{ms_per(f.cpu.postgres, f.count):.2f}",
                      f"{share:.0%}", f"{ms_per(f.cpu.smsc + f.cpu.callers, f.count):.2f}", f"{busy:.2f}"])
+    for i in (p for p in phases if p.kind == "serve" and p.channel == "idle"):
+        each = " / ".join(f"{100 * c / i.cpu.wall:.1f}%" for c in i.cpu.nodes)
+        rows.append(["idle (cpu % of a core)", str(i.nodes), "-", "-", "-", each,
+                     f"{100 * i.cpu.postgres / i.cpu.wall:.1f}%", "-", "-", f"{i.cpu.busy_cores:.2f}"])
     rows.append(["bare INSERT (16 clients, floor)", "-", f"{insert.rate:,.0f}", "-", "-",
                  f"bench {ms_per(insert.cpu.nodes[0], insert.count):.2f}",
                  f"{ms_per(insert.cpu.postgres, insert.count):.2f}", "-", "-",
@@ -623,6 +634,10 @@ async def run_nodes(profile: Profile, counts: Sequence[int], markdown: bool) -> 
                     for kind in ("serve", "floor"):
                         got = await configuration(ctx, kind, n)
                         for p in got:
+                            if p.channel == "idle":
+                                print(f"{kind:>5} x{n} idle  {p.cpu.wall:.0f} s: cpu s nodes "
+                                      f"{[round(c, 3) for c in p.cpu.nodes]} postgres {p.cpu.postgres:.3f}", flush=True)
+                                continue
                             print(f"{kind:>5} x{n} {p.channel:<5} {p.rate:8.1f}/s  {p.count} in {p.seconds:.1f} s; "
                                   f"cpu s nodes {[round(c, 2) for c in p.cpu.nodes]} postgres {p.cpu.postgres:.2f} "
                                   f"smsc {p.cpu.smsc:.2f} callers {p.cpu.callers:.2f}; failed {p.failed}; "
