@@ -106,6 +106,17 @@ def postgres_seconds(postmaster: int | None) -> float:
     return total / CLK_TCK
 
 
+def rss_bytes(pid: int) -> int:
+    """Resident memory of a process (0 when gone)."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
 def children_seconds() -> float:
     """CPU of this process's children that have been waited for (the caller processes)."""
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -518,6 +529,7 @@ async def configuration(ctx: Context, kind: str, n: int) -> list[Phase]:
         await asyncio.sleep(ctx.profile.idle_seconds)
         idle = CpuMeter.since(before, meter.read())
         idle_phase = Phase("idle", kind, n, 0, idle.wall, idle)
+        idle_phase.notes.append("rss MB " + str([round(rss_bytes(node.proc.pid) / 2**20) for node in nodes]))
         if kind == "serve":
             counts = dict(query(url, "SELECT channel, count(*) FROM cases GROUP BY channel"))  # warm-up included
             sms.notes.append(f"cases from SMS {counts.get('sms', 0)}")
@@ -636,7 +648,8 @@ async def run_nodes(profile: Profile, counts: Sequence[int], markdown: bool) -> 
                         for p in got:
                             if p.channel == "idle":
                                 print(f"{kind:>5} x{n} idle  {p.cpu.wall:.0f} s: cpu s nodes "
-                                      f"{[round(c, 3) for c in p.cpu.nodes]} postgres {p.cpu.postgres:.3f}", flush=True)
+                                      f"{[round(c, 3) for c in p.cpu.nodes]} postgres {p.cpu.postgres:.3f}; "
+                                      f"{'; '.join(p.notes)}", flush=True)
                                 continue
                             print(f"{kind:>5} x{n} {p.channel:<5} {p.rate:8.1f}/s  {p.count} in {p.seconds:.1f} s; "
                                   f"cpu s nodes {[round(c, 2) for c in p.cpu.nodes]} postgres {p.cpu.postgres:.2f} "
