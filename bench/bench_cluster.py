@@ -1,6 +1,6 @@
 """Reports per second, SMS and voice, with 1, 2 and 3 `callcenter serve` nodes on one PostgreSQL.
 
-    .venv/bin/python -m bench.bench_cluster                  # 1, 2, 3 nodes: about 6 minutes
+    .venv/bin/python -m bench.bench_cluster                  # 1, 2, 3 nodes: 5-10 minutes
     .venv/bin/python -m bench.bench_cluster --quick          # smaller bursts: about 2 minutes
     .venv/bin/python -m bench.bench_cluster --nodes 1,3 --markdown
     .venv/bin/python -m bench.bench_cluster --bus            # console events node A -> node B
