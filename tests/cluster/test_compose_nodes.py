@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from callcenter.settings import Settings, load_settings
-from tests.voice.test_deployment_files import env, globals_, service, service_nodes
+from tests.voice.test_deployment_files import env, globals_, service
 
 yaml = pytest.importorskip("yaml")
 
@@ -29,6 +29,12 @@ def compose() -> dict[str, Any]:
     data = yaml.safe_load((ROOT / "docker-compose.yml").read_text(encoding="utf-8"))
     assert isinstance(data, dict)
     return data
+
+
+def service_nodes(compose: dict[str, Any]) -> list[str]:
+    """The callcenter service nodes: every service built from the service image's Dockerfile."""
+    return [name for name, svc in compose["services"].items()
+            if isinstance(svc.get("build"), dict) and svc["build"].get("dockerfile") == "docker/service/Dockerfile"]
 
 
 def node_settings(compose: dict[str, Any]) -> dict[str, Settings]:
