@@ -1,0 +1,96 @@
+"""Flood and loop windows held in the store, so they hold across nodes (issue 11).
+
+Counters live in `rate_windows`, one row per key and time bucket (`sms.window_bucket_seconds`
+wide). An intake group counts its texts with one multi-row UPSERT (`count = count + n`) and
+reads its window sums with one SELECT, both inside the group's own transaction, so a text
+costs no round trip of its own:
+
+- `mo:<number>`: every text from the number. Its row is locked by the UPSERT until the
+  group commits, so two nodes' groups holding texts from one number take turns: the second
+  reads the first one's stored texts (the per-number flood count, `sms.rate_limit` in
+  `sms.rate_window`, is a count of stored `sms_inbound` rows read after this lock).
+- `loop:<number>:<text hash>`: the same text again (`sms.loop_threshold` in `sms.loop_window`),
+  redeliveries included, as the in-process deque counted before.
+
+Keys are written in sorted order, so two groups lock their rows in the same order and
+never deadlock. A window's sum takes whole buckets: an arrival up to one bucket older than
+the window may still count. Two nodes' groups for one number that straddle a bucket
+boundary lock different rows; that leaves a window of a few milliseconds in which both
+may count without seeing each other (one more text past the limit).
+
+Old buckets are deleted by a leased job (`[jobs] rate_windows_prune_seconds`).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import structlog
+from sqlalchemy import Connection, Table, delete, func, select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from callcenter.db.tables_sms import RateWindowRow
+
+log = structlog.get_logger(__name__)
+
+WINDOWS: Table = RateWindowRow.__table__  # type: ignore[assignment]
+
+
+@dataclass
+class SharedWindows:
+    sessions: async_sessionmaker[AsyncSession]
+    bucket_seconds: float
+    loop_window: float
+    horizon: float  # the longest window counted here: older buckets can go
+    now: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC)
+
+    def bucket(self, at: dt.datetime) -> int:
+        return int(at.timestamp() // self.bucket_seconds)
+
+    def arrive(self, conn: Connection, texts: Sequence[tuple[str, str]], now: dt.datetime) -> list[int]:
+        """Count a group's texts, (number, text hash) each, in its transaction; for each, how
+        many times that text came from that number within the loop window, itself included.
+
+        Two statements for the whole group: the UPSERT (which also serialises groups for the
+        same number across nodes) and the SELECT of the loop sums."""
+        if not texts:
+            return []
+        loop_keys = [f"loop:{sender[:40]}:{text_hash[:32]}" for sender, text_hash in texts]
+        increments = Counter(loop_keys)
+        increments.update(f"mo:{sender[:40]}" for sender, _ in texts)
+        bucket = self.bucket(now)
+        insert = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
+        statement = insert(WINDOWS).values(
+            [{"key": key, "bucket": bucket, "count": n} for key, n in sorted(increments.items())])
+        conn.execute(statement.on_conflict_do_update(
+            index_elements=[WINDOWS.c.key, WINDOWS.c.bucket], set_={"count": WINDOWS.c.count + statement.excluded.count}))
+        since = self.bucket(now - dt.timedelta(seconds=self.loop_window))
+        distinct = sorted(set(loop_keys))
+        totals: dict[str, int] = dict(conn.execute(  # type: ignore[arg-type]
+            select(WINDOWS.c.key, func.sum(WINDOWS.c.count))
+            .where(WINDOWS.c.key.in_(distinct), WINDOWS.c.bucket >= since).group_by(WINDOWS.c.key)).all())
+        # The group's own arrivals are in the totals: the k-th of n copies in the group saw
+        # total - n + k arrivals.
+        left = Counter(loop_keys)
+        out = []
+        for key in loop_keys:
+            out.append(int(totals.get(key, 0)) - left[key] + 1)
+            left[key] -= 1
+        return out
+
+    async def prune(self) -> int:
+        """Delete buckets older than the longest window; returns how many rows went."""
+        cutoff = self.bucket(self.now() - dt.timedelta(seconds=self.horizon)) - 1
+        async with self.sessions() as session, session.begin():
+            gone = (await session.execute(delete(WINDOWS).where(WINDOWS.c.bucket < cutoff))).rowcount  # type: ignore[attr-defined]
+        if gone:
+            log.info("sms.rate_windows.pruned", rows=gone)
+        return int(gone or 0)
+
+
+__all__ = ["SharedWindows"]
