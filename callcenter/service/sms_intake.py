@@ -1021,12 +1021,25 @@ class SmsIntakeService:
                                                           actor=f"{ACTOR}:flood")
         if storm is None:
             description, flags = self._description(row, prefix=texts.STORM_PREFIX)
-            view = await self.cases.create_draft(
-                DraftInput(channel=Channel.SMS, description=description, reporter_phone=_phone(row.sender),
-                           flags=[*flags, CaseFlag.FLOOD_FOLDED], source_ref=row.message_key), actor=ACTOR)
+            # Keyed by number and rate window: two nodes folding the first texts of one storm
+            # at once get the same draft (create_draft is idempotent on the key), not two.
+            window = int(row.received_at.timestamp() // self.settings.rate_window)
+            for source_ref in (f"flood:{row.sender}:{window}", row.message_key):
+                view = await self.cases.create_draft(
+                    DraftInput(channel=Channel.SMS, description=description, reporter_phone=_phone(row.sender),
+                               flags=[*flags, CaseFlag.FLOOD_FOLDED], source_ref=source_ref), actor=ACTOR)
+                if view.description == description:
+                    self._m_drafts.inc()
+                    self.on_outbox()
+                    break
+                if CaseStatus(view.status) in EDITABLE_STATES:  # another node's, a moment ago
+                    line = "\n" + row.text.strip()
+                    if len(view.description) + len(line) <= MAX_DESCRIPTION and not view.description.endswith(line):
+                        await self.cases.update_transcription(view.number, {"description": view.description + line},
+                                                              actor=f"{ACTOR}:flood")
+                    break
+                # that window's storm is already closed: this text starts a new one
             storm = view.number
-            self._m_drafts.inc()
-            self.on_outbox()
         self.metrics.counter("sms_mo_folded_total", "texts folded into a flood draft").inc()
         log.warning("sms.mo.folded", message_key=row.message_key, case_number=storm,
                     sender=mask_number(row.sender))
