@@ -1,8 +1,8 @@
 """Flood and loop windows held in the store, so they hold across nodes (issue 11).
 
 Counters live in `rate_windows`, one row per key and time bucket (`sms.window_bucket_seconds`
-wide). An intake group counts its texts with one multi-row UPSERT (`count = count + n`) and
-reads its window sums with one SELECT, both inside the group's own transaction, so a text
+wide). An intake group counts its texts with one UPSERT run over its keys (`count = count +
+n`, executemany) and reads its window sums with one SELECT, both inside the group's own transaction, so a text
 costs no round trip of its own:
 
 - `mo:<number>`: every text from the number. Its row is locked by the UPSERT until the
@@ -27,6 +27,7 @@ import datetime as dt
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import structlog
 from sqlalchemy import Connection, Table, delete, func, select
@@ -39,6 +40,18 @@ from callcenter.db.tables_sms import RateWindowRow
 log = structlog.get_logger(__name__)
 
 WINDOWS: Table = RateWindowRow.__table__  # type: ignore[assignment]
+
+
+def _upsert(insert: Any) -> Any:
+    statement = insert(WINDOWS)
+    return statement.on_conflict_do_update(index_elements=[WINDOWS.c.key, WINDOWS.c.bucket],
+                                           set_={"count": WINDOWS.c.count + statement.excluded.count})
+
+
+# One single-row statement run with the group's rows (executemany: psycopg pipelines it, the
+# rows keep their sorted order). A multi-row VALUES would be compiled anew for every group:
+# SQLAlchemy does not cache those, and the compile cost 3 ms of CPU per group in a profile.
+_UPSERT = {"postgresql": _upsert(pg_insert), "sqlite": _upsert(sqlite_insert)}
 
 
 @dataclass
@@ -64,11 +77,8 @@ class SharedWindows:
         increments = Counter(loop_keys)
         increments.update(f"mo:{sender[:40]}" for sender, _ in texts)
         bucket = self.bucket(now)
-        insert = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
-        statement = insert(WINDOWS).values(
-            [{"key": key, "bucket": bucket, "count": n} for key, n in sorted(increments.items())])
-        conn.execute(statement.on_conflict_do_update(
-            index_elements=[WINDOWS.c.key, WINDOWS.c.bucket], set_={"count": WINDOWS.c.count + statement.excluded.count}))
+        conn.execute(_UPSERT[conn.dialect.name],
+                     [{"key": key, "bucket": bucket, "count": n} for key, n in sorted(increments.items())])
         since = self.bucket(now - dt.timedelta(seconds=self.loop_window))
         distinct = sorted(set(loop_keys))
         totals: dict[str, int] = dict(conn.execute(  # type: ignore[arg-type]
