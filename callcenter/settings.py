@@ -68,7 +68,7 @@ class NodeSettings(_Section):
 
 class JobSettings(_Section):
     """[jobs]: how often each periodic job runs. Every one runs under a lease, on one node at a
-    time whatever the number of nodes (`callcenter/cluster/jobs.py`, docs/multi-node.md).
+    time whatever the number of nodes (`callcenter/jobs.py`, docs/multi-node.md).
     Rating call-backs poll at `[callback] poll_seconds`."""
 
     # Supervisor tasks (监督员任务) unanswered for `sms.task_escalation_minutes` go to the shift leader.

@@ -166,7 +166,7 @@ class OutboxSender:
     now: Callable[[], dt.datetime] = utcnow
     node: str = "node"
     # True while the in-doubt and sweep passes run as leased jobs, once across the nodes
-    # (callcenter/cluster/jobs.py); the loop then keeps its claims and what is per node.
+    # (callcenter/jobs.py); the loop then keeps its claims and what is per node.
     leased_sweeps: bool = False
     _wake: asyncio.Event = field(init=False, default_factory=asyncio.Event)
     # The writer's transaction and the in-doubt/sweep passes must not interleave in one

@@ -19,9 +19,9 @@ import structlog
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from callcenter import jobs
 from callcenter.cases.grids import GridIndex
 from callcenter.cases.phones import InvalidPhoneNumber, normalise_phone
-from callcenter.cluster import jobs
 from callcenter.metrics import MetricsRegistry
 from callcenter.service.cases import CaseService
 from callcenter.service.outbox_sender import OutboxSender
@@ -91,7 +91,7 @@ class SmsRuntime:
 
     With a `cluster` (what `serve` passes), supervisor escalation, the outbox's in-doubt and
     sweep passes and the flood-window pruning run as leased jobs, once across the nodes
-    (callcenter/cluster/jobs.py); without one (a bare runtime in tests and benchmarks) this
+    (callcenter/jobs.py); without one (a bare runtime in tests and benchmarks) this
     process runs them itself, as a single node would.
     """
 
@@ -143,7 +143,7 @@ class SmsRuntime:
         while not self._stop.is_set():
             try:
                 await self.sms.intake.expire_partials()
-                if self.cluster is None:  # otherwise leased jobs (callcenter/cluster/jobs.py)
+                if self.cluster is None:  # otherwise leased jobs (callcenter/jobs.py)
                     await self.sms.tasks.escalate_due()
                     await self.sms.intake.limits.prune()
             except (SQLAlchemyError, OSError, TimeoutError) as exc:

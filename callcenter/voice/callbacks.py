@@ -326,7 +326,7 @@ class CallbackService:
             await session.execute(update(CallbackRequestRow).where(CallbackRequestRow.id == request_id)
                                   .values(**values))
 
-    # ---- the loop: a leased job in `serve` (callcenter/cluster/jobs.py), or `start()` alone
+    # ---- the loop: a leased job in `serve` (callcenter/jobs.py), or `start()` alone
 
     @property
     def wake_event(self) -> asyncio.Event:

@@ -17,8 +17,8 @@ import structlog
 from twisted.internet.asyncioreactor import AsyncioSelectorReactor
 from twisted.internet.interfaces import IListeningPort
 
+from callcenter import jobs
 from callcenter.agi.server import AgiHandler, AgiServerFactory, start_agi_server
-from callcenter.cluster import jobs
 from callcenter.ivr import BusinessHours, Flow, HoursError, load_flows
 from callcenter.settings import Settings
 from callcenter.voice.actions import VoiceActions, utcnow

@@ -20,8 +20,8 @@ from callcenter.db import migrate
 from callcenter.db.tables import CaseRow
 from callcenter.db.tables_sms import RateWindowRow, SmsBlocklistRow, SmsInboundRow
 from callcenter.db.unit import run_in_transaction
-from callcenter.settings import Settings, load_settings
 from callcenter.service.rate_windows import SharedWindows
+from callcenter.settings import Settings, load_settings
 from sms.gateway import InboundMessage
 
 SERVICE = "12319"
