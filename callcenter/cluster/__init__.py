@@ -58,6 +58,13 @@ class Cluster:
                              poll_seconds=settings.node.event_poll_seconds)
         cluster = cls(node_id=node_id, settings=settings, engine=engine, nodes=nodes, bus=bus)
         cluster.add_job("cluster-housekeeping", cluster.housekeeping, settings.jobs.cluster_housekeeping_seconds)
+        held = metrics.gauge("cluster_job_held", "1 for each periodic job this node holds the lease of, else 0")
+
+        async def refresh() -> None:
+            held.clear()
+            for job in cluster.jobs:
+                held.set(1.0 if job.held else 0.0, job=job.name, node=node_id)
+        metrics.on_refresh(refresh)
         return cluster
 
     def add_job(self, name: str, work: Callable[[], Awaitable[object]], interval: float, *,

@@ -53,6 +53,9 @@ async def test_one_node_runs_the_sms_jobs_under_leases_and_hands_them_back(datab
         assert {name: leases.get(name) for name in (jobs.TASK_ESCALATION, jobs.OUTBOX_IN_DOUBT, jobs.OUTBOX_SWEEP,
                                                     jobs.RATE_WINDOWS_PRUNE)} == dict.fromkeys(
             (jobs.TASK_ESCALATION, jobs.OUTBOX_IN_DOUBT, jobs.OUTBOX_SWEEP, jobs.RATE_WINDOWS_PRUNE), "only")
+        metrics = {m["name"]: m for m in (await services.metrics.snapshot())["metrics"]}
+        held = {s["labels"]["job"]: s["value"] for s in metrics["cluster_job_held"]["samples"]}
+        assert held[jobs.TASK_ESCALATION] == 1.0
         await runtime.stop()
         assert {job.name for job in cluster.jobs} == {"cluster-housekeeping"}, "the channel's jobs left with it"
     finally:
