@@ -202,9 +202,9 @@ class SupervisorTaskRow(Base):
 class RateWindowRow(Base):
     """Arrivals per key and time bucket, shared by every node (flood and loop windows).
 
-    Keys: `mo:<number>` (every text from a number) and `loop:<number>:<text hash>` (the same
-    text again). A window's count is the sum of its buckets; the UPSERT of a group's keys
-    also serialises two nodes' groups for one number (callcenter/service/rate_windows.py).
+    Keys: `loop:<number>:<text hash>` (the same text again; a window's count is the sum of
+    its buckets) and `mo:<number>` (bucket 0: the number's lock, which serialises two nodes'
+    groups for one number; callcenter/service/rate_windows.py).
     """
 
     __tablename__ = "rate_windows"

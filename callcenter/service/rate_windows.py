@@ -5,18 +5,17 @@ wide). An intake group counts its texts with one UPSERT run over its keys (`coun
 n`, executemany) and reads its window sums with one SELECT, both inside the group's own transaction, so a text
 costs no round trip of its own:
 
-- `mo:<number>`: every text from the number. Its row is locked by the UPSERT until the
-  group commits, so two nodes' groups holding texts from one number take turns: the second
-  reads the first one's stored texts (the per-number flood count, `sms.rate_limit` in
-  `sms.rate_window`, is a count of stored `sms_inbound` rows read after this lock).
+- `mo:<number>`: one row per number (bucket 0), whatever the time: the number's lock. The
+  UPSERT holds it until the group commits, so two nodes' groups holding texts from one
+  number take turns: the second reads the first one's stored texts (the per-number flood
+  count, `sms.rate_limit` in `sms.rate_window`, is a count of stored `sms_inbound` rows read
+  after this lock). Its count is the number's texts since the prune last removed the row.
 - `loop:<number>:<text hash>`: the same text again (`sms.loop_threshold` in `sms.loop_window`),
   redeliveries included, as the in-process deque counted before.
 
-Keys are written in sorted order, so two groups lock their rows in the same order and
-never deadlock. A window's sum takes whole buckets: an arrival up to one bucket older than
-the window may still count. Two nodes' groups for one number that straddle a bucket
-boundary lock different rows; that leaves a window of a few milliseconds in which both
-may count without seeing each other (one more text past the limit).
+Rows are written in sorted order, so two groups take the rows they share (the numbers'
+locks) in the same order and never deadlock. A window's sum takes whole buckets: an
+arrival up to one bucket older than the window may still count.
 
 Old buckets are deleted by a leased job (`[jobs] rate_windows_prune_seconds`).
 """
@@ -40,6 +39,8 @@ from callcenter.db.tables_sms import RateWindowRow
 log = structlog.get_logger(__name__)
 
 WINDOWS: Table = RateWindowRow.__table__  # type: ignore[assignment]
+#: The bucket of the numbers' lock rows (`mo:<number>`): one row per number, not per time.
+LOCK_BUCKET = 0
 
 
 def _upsert(insert: Any) -> Any:
@@ -74,11 +75,11 @@ class SharedWindows:
         if not texts:
             return []
         loop_keys = [f"loop:{sender[:40]}:{text_hash[:32]}" for sender, text_hash in texts]
-        increments = Counter(loop_keys)
-        increments.update(f"mo:{sender[:40]}" for sender, _ in texts)
         bucket = self.bucket(now)
+        increments = Counter((key, bucket) for key in loop_keys)
+        increments.update((f"mo:{sender[:40]}", LOCK_BUCKET) for sender, _ in texts)
         conn.execute(_UPSERT[conn.dialect.name],
-                     [{"key": key, "bucket": bucket, "count": n} for key, n in sorted(increments.items())])
+                     [{"key": key, "bucket": at, "count": n} for (key, at), n in sorted(increments.items())])
         since = self.bucket(now - dt.timedelta(seconds=self.loop_window))
         distinct = sorted(set(loop_keys))
         totals: dict[str, int] = dict(conn.execute(  # type: ignore[arg-type]
