@@ -121,3 +121,25 @@ async def test_the_windows_count_a_group_in_order_and_forget_old_buckets(databas
         assert left == 0
     finally:
         await services.close()
+
+
+@pytest.mark.postgres
+async def test_pruning_skips_a_number_an_intake_group_holds(pg_database_url: str, tmp_path: Path) -> None:
+    """The prune never waits for (or deadlocks with) a group holding a number's lock row."""
+    migrate.upgrade(pg_database_url)
+    services = build_services(settings_for(pg_database_url, "only", tmp_path))
+    try:
+        then = dt.datetime.now(dt.UTC) - dt.timedelta(hours=2)
+        windows = SharedWindows(services.sessions, bucket_seconds=10, loop_window=60, horizon=60)
+        await run_in_transaction(services.engine, lambda conn: windows.arrive(
+            conn, [("+8613500000001", "h1"), ("+8613500000002", "h2")], then))
+        async with services.engine.connect() as held:
+            async with held.begin():
+                # A group in progress for the first number: its lock row is held.
+                await held.run_sync(lambda conn: windows.arrive(conn, [("+8613500000001", "h3")], then))
+                async with asyncio.timeout(10):
+                    gone = await windows.prune()
+                assert gone == 3  # both old loop buckets and the free number's lock row
+        assert await windows.prune() == 2  # the rest once the group has committed
+    finally:
+        await services.close()
