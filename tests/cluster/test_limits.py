@@ -133,13 +133,12 @@ async def test_pruning_skips_a_number_an_intake_group_holds(pg_database_url: str
         windows = SharedWindows(services.sessions, bucket_seconds=10, loop_window=60, horizon=60)
         await run_in_transaction(services.engine, lambda conn: windows.arrive(
             conn, [("+8613500000001", "h1"), ("+8613500000002", "h2")], then))
-        async with services.engine.connect() as held:
-            async with held.begin():
-                # A group in progress for the first number: its lock row is held.
-                await held.run_sync(lambda conn: windows.arrive(conn, [("+8613500000001", "h3")], then))
-                async with asyncio.timeout(10):
-                    gone = await windows.prune()
-                assert gone == 3  # both old loop buckets and the free number's lock row
+        async with services.engine.connect() as held, held.begin():
+            # A group in progress for the first number: its lock row is held.
+            await held.run_sync(lambda conn: windows.arrive(conn, [("+8613500000001", "h3")], then))
+            async with asyncio.timeout(10):
+                gone = await windows.prune()
+            assert gone == 3  # both old loop buckets and the free number's lock row
         assert await windows.prune() == 2  # the rest once the group has committed
     finally:
         await services.close()
