@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import structlog
 from sqlalchemy import case, or_, update
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from callcenter.cluster.store import store_now
@@ -102,6 +103,10 @@ class LeasedJob:
                 await self.tick()
             except asyncio.CancelledError:
                 raise
+            except (SQLAlchemyError, OSError, TimeoutError) as exc:
+                # The store is away (restart, failover): one line a tick, not a traceback.
+                log.error("cluster.job_store_failed", job=self.name, node=self.node_id,
+                          error=(str(exc).splitlines() or [type(exc).__name__])[0][:300])
             except Exception:  # noqa: BLE001 - logged; the next tick tries again
                 log.exception("cluster.job_failed", job=self.name, node=self.node_id)
             await self._pause()
