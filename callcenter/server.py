@@ -55,7 +55,7 @@ class Runtime:
             log.info("listening", service="console", address=f"http://{host}:{port}/console/")
         await self._first_account_hint()
         if self.services.sms is not None:
-            self.sms = SmsRuntime(self.services.sms, self.settings)
+            self.sms = SmsRuntime(self.services.sms, self.settings, cluster=self.services.cluster)
             await self.sms.start()
         if self.settings.agi.enabled:
             await self._start_voice(self.services)

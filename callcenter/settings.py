@@ -66,6 +66,23 @@ class NodeSettings(_Section):
     job_lease_seconds: float = Field(default=30.0, ge=1, le=3600)
 
 
+class JobSettings(_Section):
+    """[jobs]: how often each periodic job runs. Every one runs under a lease, on one node at a
+    time whatever the number of nodes (`callcenter/jobs.py`, docs/multi-node.md).
+    Rating call-backs poll at `[callback] poll_seconds`."""
+
+    # Supervisor tasks (监督员任务) unanswered for `sms.task_escalation_minutes` go to the shift leader.
+    task_escalation_seconds: float = Field(default=5.0, gt=0, le=3600)
+    # Outbox messages in doubt: settled by a receipt that proves them, or sent again after `sms.in_doubt_wait`.
+    outbox_in_doubt_seconds: float = Field(default=1.0, gt=0, le=3600)
+    # Outbox expiry (`smpp.validity_period`) and stored receipts whose part has become known.
+    outbox_sweep_seconds: float = Field(default=10.0, gt=0, le=3600)
+    # Old buckets of the shared flood/loop windows (`rate_windows`) are deleted.
+    rate_windows_prune_seconds: float = Field(default=60.0, gt=0, le=24 * 3600)
+    # The cluster's own: old console events and long-gone node rows.
+    cluster_housekeeping_seconds: float = Field(default=60.0, gt=0, le=24 * 3600)
+
+
 class HttpSettings(_Section):
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=0, le=65535)
@@ -218,6 +235,9 @@ class SmsSettings(_Section):
     loop_threshold: int = Field(default=20, ge=2)
     loop_window: float = Field(default=300.0, gt=0)
     loop_block: float = Field(default=3600.0, gt=0)
+    # The loop window is counted in the store (`rate_windows`, shared by every node) in buckets
+    # this wide: an arrival up to one bucket older than the window may still be counted.
+    window_bucket_seconds: float = Field(default=10.0, ge=1, le=3600)
     blocklist_file: str = "config/sms-blocklist.txt"
     roster_file: str = "config/roster.toml"
     task_escalation_minutes: float = Field(default=30.0, gt=0)
@@ -365,6 +385,7 @@ class Open311Settings(_Section):
 
 class Settings(_Section):
     node: NodeSettings = NodeSettings()
+    jobs: JobSettings = JobSettings()
     database: DatabaseSettings = DatabaseSettings()
     http: HttpSettings = HttpSettings()
     agi: AgiSettings = AgiSettings()

@@ -16,12 +16,14 @@ job under a lease: docs/multi-node.md ("Work done once").
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import structlog
 from sqlalchemy import case, or_, update
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from callcenter.cluster.store import store_now
@@ -34,7 +36,12 @@ LEASES = ClusterLeaseRow.__table__
 
 @dataclass
 class LeasedJob:
-    """`work` every `interval` seconds, on whichever node holds the lease named `name`."""
+    """`work` every `interval` seconds, on whichever node holds the lease named `name`.
+
+    `wake` (optional) starts the next tick early: something due was just written on this node.
+    `eligible` (optional) says whether this node can do the work now (call-backs need AMI): a
+    node that cannot neither takes the lease nor keeps it, so a node that can takes the job.
+    """
 
     name: str
     work: Callable[[], Awaitable[object]]
@@ -42,6 +49,8 @@ class LeasedJob:
     node_id: str
     engine: AsyncEngine
     lease_seconds: float = 30.0
+    wake: asyncio.Event | None = None
+    eligible: Callable[[], bool] | None = None
     held: bool = False
     runs: int = 0
 
@@ -79,6 +88,9 @@ class LeasedJob:
 
     async def tick(self) -> bool:
         """One round: run the job if this node holds the lease. True when it ran."""
+        if self.eligible is not None and not self.eligible():
+            await self.release()
+            return False
         if not await self.acquire():
             return False
         await self.work()
@@ -91,6 +103,19 @@ class LeasedJob:
                 await self.tick()
             except asyncio.CancelledError:
                 raise
+            except (SQLAlchemyError, OSError, TimeoutError) as exc:
+                # The store is away (restart, failover): one line a tick, not a traceback.
+                log.error("cluster.job_store_failed", job=self.name, node=self.node_id,
+                          error=(str(exc).splitlines() or [type(exc).__name__])[0][:300])
             except Exception:  # noqa: BLE001 - logged; the next tick tries again
                 log.exception("cluster.job_failed", job=self.name, node=self.node_id)
+            await self._pause()
+
+    async def _pause(self) -> None:
+        if self.wake is None:
             await asyncio.sleep(self.interval)
+            return
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self.interval):
+                await self.wake.wait()
+        self.wake.clear()

@@ -197,3 +197,20 @@ class SupervisorTaskRow(Base):
     escalated_at: Mapped[dt.datetime | None]
     escalation_phone: Mapped[str | None] = mapped_column(String(20))
     extra: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+
+
+class RateWindowRow(Base):
+    """Arrivals per key and time bucket, shared by every node (flood and loop windows).
+
+    Keys: `loop:<number>:<text hash>` (the same text again; a window's count is the sum of
+    its buckets) and `mo:<number>` (bucket 0: the number's lock, which serialises two nodes'
+    groups for one number; callcenter/service/rate_windows.py).
+    """
+
+    __tablename__ = "rate_windows"
+
+    key: Mapped[str] = mapped_column(String(128), primary_key=True)
+    bucket: Mapped[int] = mapped_column(BigInteger, primary_key=True, comment="epoch seconds // bucket width")
+    count: Mapped[int] = mapped_column(Integer)
+
+    __table_args__ = (Index("ix_rate_windows_bucket", "bucket"),)

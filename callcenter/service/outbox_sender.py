@@ -197,6 +197,9 @@ class OutboxSender:
     gateway: SmsGateway | None = None
     now: Callable[[], dt.datetime] = utcnow
     node: str = "node"
+    # True while the in-doubt and sweep passes run as leased jobs, once across the nodes
+    # (callcenter/jobs.py); the loop then keeps its claims and what is per node.
+    leased_sweeps: bool = False
     _wake: asyncio.Event = field(init=False, default_factory=asyncio.Event)
     # The writer's transaction and the in-doubt/sweep passes must not interleave in one
     # process: two overlapping transactions would each miss the other's row.
@@ -324,10 +327,11 @@ class OutboxSender:
             await self.take_back_expired()
             if self._last_sweep is None or now - self._last_sweep >= dt.timedelta(seconds=SWEEP_EVERY):
                 self._last_sweep = now
-                await self._expire(now)
                 await self.share_pairs()
-                await self.sweep_unmatched()
-            await self.resolve_in_doubt()
+                if not self.leased_sweeps:
+                    await self.sweep()
+            if not self.leased_sweeps:
+                await self.resolve_in_doubt()
         gateway = self.gateway
         if gateway is None or not gateway.ready:
             return 0
@@ -1052,6 +1056,11 @@ class OutboxSender:
             self._log_bases(before)
 
     # ---- expiry and in doubt ----------------------------------------------------------------------
+
+    async def sweep(self) -> int:
+        """Expire what was not sent in time, then match stored receipts; returns receipts matched."""
+        await self._expire(self.now())
+        return await self.sweep_unmatched()
 
     async def _expire(self, now: dt.datetime) -> None:
         cutoff = now - dt.timedelta(seconds=self.smpp.validity_period)

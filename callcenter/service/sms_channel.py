@@ -3,8 +3,9 @@
 `build_sms_services` runs in the composition root (no I/O, no event loop needed), so the
 HTTP routes and tests use the same objects. `SmsRuntime` is what `serve` starts and
 stops: the gateway (the SMPP client, or the console gateway when `smpp.host` is empty),
-the outbox sender loop, and a housekeeping loop that turns overdue partial long messages
-into drafts and escalates unanswered supervisor tasks.
+the outbox sender loop, a housekeeping loop that turns overdue partial long messages into
+drafts, and the channel's periodic jobs (supervisor escalation, the outbox's in-doubt and
+sweep passes), leased so that they run once across nodes.
 """
 
 from __future__ import annotations
@@ -12,12 +13,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from callcenter import jobs
 from callcenter.cases.grids import GridIndex
 from callcenter.cases.phones import InvalidPhoneNumber, normalise_phone
 from callcenter.metrics import MetricsRegistry
@@ -28,6 +30,9 @@ from callcenter.service.sms_roster import Roster, RosterError, load_blocklist
 from callcenter.service.tasks import TaskService
 from callcenter.settings import Settings, SmppSettings
 from sms.gateway import ConsoleGateway, SmppGateway, SmsGateway
+
+if TYPE_CHECKING:
+    from callcenter.cluster import Cluster
 
 log = structlog.get_logger(__name__)
 
@@ -83,14 +88,23 @@ def make_gateway(settings: SmppSettings, *, reactor: Any = None) -> SmsGateway:
 
 
 class SmsRuntime:
-    """Starts and stops the SMS gateway and the loops around it."""
+    """Starts and stops the SMS gateway and the loops around it.
 
-    def __init__(self, sms: SmsServices, settings: Settings, gateway: SmsGateway | None = None) -> None:
+    With a `cluster` (what `serve` passes), supervisor escalation, the outbox's in-doubt and
+    sweep passes and the flood-window pruning run as leased jobs, once across the nodes
+    (callcenter/jobs.py); without one (a bare runtime in tests and benchmarks) this
+    process runs them itself, as a single node would.
+    """
+
+    def __init__(self, sms: SmsServices, settings: Settings, gateway: SmsGateway | None = None, *,
+                 cluster: Cluster | None = None) -> None:
         self.sms = sms
         self.settings = settings
         self.gateway = gateway
+        self.cluster = cluster
         self._stop = asyncio.Event()
         self._loops: list[asyncio.Task[None]] = []
+        self._jobs: list[str] = []
 
     async def start(self) -> None:
         gateway = self.gateway or make_gateway(self.settings.smpp)
@@ -99,6 +113,9 @@ class SmsRuntime:
         await self.sms.outbox.recover()
         await self.sms.intake.load()
         await gateway.start(self.sms.intake.receive_verdict, self.sms.outbox.handle_receipt)
+        if self.cluster is not None:
+            self.sms.outbox.leased_sweeps = True
+            self._jobs = jobs.register(self.cluster, jobs.sms_jobs(self.settings, self.sms))
         self._loops = [
             asyncio.create_task(self.sms.outbox.run(self._stop), name="sms-outbox"),
             asyncio.create_task(self._housekeeping(), name="sms-housekeeping"),
@@ -115,6 +132,9 @@ class SmsRuntime:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+        if self.cluster is not None:
+            await jobs.unregister(self.cluster, self._jobs)
+            self._jobs = []
         if self.gateway is not None:
             await self.gateway.stop()
         log.info("sms.stopped")
@@ -124,7 +144,9 @@ class SmsRuntime:
         while not self._stop.is_set():
             try:
                 await self.sms.intake.expire_partials()
-                await self.sms.tasks.escalate_due()
+                if self.cluster is None:  # otherwise leased jobs (callcenter/jobs.py)
+                    await self.sms.tasks.escalate_due()
+                    await self.sms.intake.limits.prune()
             except (SQLAlchemyError, OSError, TimeoutError) as exc:
                 log.error("sms.housekeeping.store_failed", error=str(exc).splitlines()[0][:300])
             except Exception:  # noqa: BLE001 - keep the loop alive

@@ -13,7 +13,9 @@ The pipeline, for a message from the SMPP client or the HTTP gateway route:
    The raw text is committed (`sms_inbound`, outcome `received`) before anything else.
 4. Policy: blocklist (file and table), loop detection (the same text `loop_threshold`
    times within `loop_window` blocks the number for a while), rate limit (more than
-   `rate_limit` texts within `rate_window` are folded into one flagged draft).
+   `rate_limit` texts within `rate_window` are folded into one flagged draft). Both are
+   counted in the store inside the group's transaction (`rate_windows`, `sms_inbound`), so
+   they hold across nodes (callcenter/service/rate_windows.py).
 5. A keyword command (CX, PJ, TD, BZ, a supervisor's 1/2) is answered; anything else is
    a draft (channel sms) with a suggested category, whose receipt SMS carries the intake
    number. Every reply goes through the durable outbox with a key derived from the
@@ -31,7 +33,6 @@ import datetime as dt
 import hashlib
 import re
 import unicodedata
-from collections import deque
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
@@ -56,6 +57,7 @@ from callcenter.service import sms_texts as texts
 from callcenter.service.cases import MAX_DESCRIPTION, CaseService, DraftInput, PreparedDraft
 from callcenter.service.errors import CaseNotFound, InvalidInput, ServiceError, TransitionRefused
 from callcenter.service.outbox import OutgoingSms, enqueue, enqueue_sync, outbox_key
+from callcenter.service.rate_windows import SharedWindows
 from callcenter.service.sms_roster import normalise_sender
 from callcenter.service.tasks import TaskService
 from callcenter.settings import SmsSettings
@@ -199,7 +201,6 @@ class _Prepared:
     fingerprint: str
     text_hash: str
     gateway_key: str | None
-    arrivals: int
     part_key: tuple[str, str, int | None, int] | None
 
 
@@ -240,6 +241,7 @@ class _Decision:
     slow: bool = False
     replied: bool = False
     blocked_loop: bool = False
+    arrivals: int = 0  # this text from this number within the loop window (shared windows)
 
 
 @dataclass
@@ -259,12 +261,15 @@ class SmsIntakeService:
     _loaded: bool = field(init=False, default=False)
     _load_lock: asyncio.Lock = field(init=False, default_factory=asyncio.Lock)
     _locks: dict[str, list[Any]] = field(init=False, default_factory=dict)
-    _arrivals: dict[tuple[str, str], deque[float]] = field(init=False, default_factory=dict)
+    limits: SharedWindows = field(init=False)
     _queue: list[tuple[InboundMessage, asyncio.Future[IntakeResult]]] = field(init=False, default_factory=list)
     _worker: asyncio.Task[None] | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
         self._reassembler = self._new_reassembler()
+        self.limits = SharedWindows(self.sessions, self.settings.window_bucket_seconds, self.settings.loop_window,
+                                    horizon=max(self.settings.loop_window, self.settings.rate_window),
+                                    now=lambda: self.now())
         m = self.metrics
         self._m_received = m.counter("sms_mo_received_total", "inbound texts and parts received")
         self._m_parts = m.counter("sms_mo_parts_total", "parts of long inbound texts received")
@@ -623,10 +628,9 @@ class SmsIntakeService:
             if text.gateway_id:
                 gid = text.gateway_id.strip()
                 gateway_key = f"id:{text.source}:{gid}" if len(gid) <= 96 else f"id:{text.source}:sha:{_sha(gid)}"
-            arrivals = self._note_arrival(text.sender, text_hash, now)
             part_key = part_keys[index] if part_keys else None
             prepared.append(_Prepared(text=text, fingerprint=fingerprint, text_hash=text_hash,
-                                      gateway_key=gateway_key, arrivals=arrivals, part_key=part_key))
+                                      gateway_key=gateway_key, part_key=part_key))
         engine = self.cases.engine
         for attempt in range(2):
             try:
@@ -683,7 +687,7 @@ class SmsIntakeService:
                      text=mask_text(text.text), lossy=text.lossy, partial=text.partial,
                      resumed=decision.duplicate, source=text.source)
             async with self._sender_lock(text.sender):
-                result = await self._process(row, p.arrivals)
+                result = await self._process(row, decision.arrivals)
             if future is not None and not future.done():
                 future.set_result(result)
             results[index] = result
@@ -698,6 +702,9 @@ class SmsIntakeService:
         the inbound rows with their final outcome, blocks and opt-outs, copy counts.
         """
         settings = self.settings
+        # First: count the group in the shared windows; this also makes another node's group
+        # for the same numbers wait until this one commits, so the reads below see its rows.
+        arrivals = self.limits.arrive(conn, [(p.text.sender, p.text_hash) for p in items], now)
         cols = (INBOUND.c.id, INBOUND.c.message_key, INBOUND.c.fingerprint, INBOUND.c.generation,
                 INBOUND.c.outcome, INBOUND.c.command, INBOUND.c.case_number, INBOUND.c.received_at,
                 INBOUND.c.link_connection, INBOUND.c.link_sequence, INBOUND.c.link_tlv_digest)
@@ -731,14 +738,15 @@ class SmsIntakeService:
         blocks: list[dict[str, Any]] = []
         opt_outs: list[dict[str, Any]] = []
         slow_senders: set[str] = set()
-        for p in items:
+        for p, arrived in zip(items, arrivals, strict=True):
             text = p.text
             seen = by_key.get(p.gateway_key) if p.gateway_key else by_fp.get(p.fingerprint)
             if seen is not None and (p.gateway_key is not None or self._redelivery(seen, text, now)):
                 resume = seen.outcome == "received"
                 decisions.append(_Decision(
                     outcome=seen.outcome, message_key=seen.message_key, row_id=seen.id, case_number=seen.case_number,
-                    command=seen.command, duplicate=True, slow=resume, received_at=seen.received_at))
+                    command=seen.command, duplicate=True, slow=resume, received_at=seen.received_at,
+                    arrivals=arrived))
                 row_of.append(None)
                 if seen.id is not None:
                     n, _ = copies.get(seen.id, (0, None))
@@ -746,14 +754,14 @@ class SmsIntakeService:
                     copies[seen.id] = (n + 1, (text.connection, text.sequence) if text.connection else None)
                 if resume:
                     slow_senders.add(text.sender)
-                elif p.arrivals >= settings.loop_threshold and text.sender not in blocked:
+                elif arrived >= settings.loop_threshold and text.sender not in blocked:
                     blocked.add(text.sender)
                     blocks.append(self._loop_block(text.sender, now))
                     decisions[-1].blocked_loop = True
                 continue
             generation = seen.generation + 1 if seen is not None and p.gateway_key is None else 1
             key = p.gateway_key or f"fp:{p.fingerprint[:40]}:{generation}"
-            decision = _Decision(outcome="received", message_key=key, received_at=now)
+            decision = _Decision(outcome="received", message_key=key, received_at=now, arrivals=arrived)
             command: Command | None = None
             if text.sender in slow_senders:
                 decision.slow = True
@@ -763,8 +771,8 @@ class SmsIntakeService:
                 decision.outcome, decision.detail = "binary", f"data_coding 0x{text.data_coding or 0:02X}"
             elif not text.text.strip():
                 decision.outcome = "empty"
-            elif p.arrivals >= settings.loop_threshold:
-                decision.outcome, decision.detail = "loop", f"same text {p.arrivals} times"
+            elif arrived >= settings.loop_threshold:
+                decision.outcome, decision.detail = "loop", f"same text {arrived} times"
                 blocked.add(text.sender)
                 blocks.append(self._loop_block(text.sender, now))
                 decision.blocked_loop = True
@@ -876,19 +884,6 @@ class SmsIntakeService:
             source_ref=key), actor=ACTOR)
 
     # ---- step 4-5: policy, commands, drafts ------------------------------------------------
-
-    def _note_arrival(self, sender: str, text_hash: str, now: dt.datetime) -> int:
-        """Arrivals of this text from this sender within the loop window, this one included."""
-        stamp = now.timestamp()
-        window = self.settings.loop_window
-        queue = self._arrivals.setdefault((sender, text_hash), deque())
-        queue.append(stamp)
-        while queue and queue[0] < stamp - window:
-            queue.popleft()
-        if len(self._arrivals) > 20_000:
-            for key in [k for k, q in self._arrivals.items() if not q or q[-1] < stamp - window]:
-                del self._arrivals[key]
-        return len(queue)
 
     async def _process(self, row: SmsInboundRow, arrivals: int) -> IntakeResult:
         try:
@@ -1021,12 +1016,25 @@ class SmsIntakeService:
                                                           actor=f"{ACTOR}:flood")
         if storm is None:
             description, flags = self._description(row, prefix=texts.STORM_PREFIX)
-            view = await self.cases.create_draft(
-                DraftInput(channel=Channel.SMS, description=description, reporter_phone=_phone(row.sender),
-                           flags=[*flags, CaseFlag.FLOOD_FOLDED], source_ref=row.message_key), actor=ACTOR)
+            # Keyed by number and rate window: two nodes folding the first texts of one storm
+            # at once get the same draft (create_draft is idempotent on the key), not two.
+            window = int(row.received_at.timestamp() // self.settings.rate_window)
+            for source_ref in (f"flood:{row.sender}:{window}", row.message_key):
+                view = await self.cases.create_draft(
+                    DraftInput(channel=Channel.SMS, description=description, reporter_phone=_phone(row.sender),
+                               flags=[*flags, CaseFlag.FLOOD_FOLDED], source_ref=source_ref), actor=ACTOR)
+                if view.description == description:
+                    self._m_drafts.inc()
+                    self.on_outbox()
+                    break
+                if CaseStatus(view.status) in EDITABLE_STATES:  # another node's, a moment ago
+                    line = "\n" + row.text.strip()
+                    if len(view.description) + len(line) <= MAX_DESCRIPTION and not view.description.endswith(line):
+                        await self.cases.update_transcription(view.number, {"description": view.description + line},
+                                                              actor=f"{ACTOR}:flood")
+                    break
+                # that window's storm is already closed: this text starts a new one
             storm = view.number
-            self._m_drafts.inc()
-            self.on_outbox()
         self.metrics.counter("sms_mo_folded_total", "texts folded into a flood draft").inc()
         log.warning("sms.mo.folded", message_key=row.message_key, case_number=storm,
                     sender=mask_number(row.sender))

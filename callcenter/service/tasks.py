@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import structlog
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -245,20 +245,24 @@ class TaskService:
     # ---- escalation ------------------------------------------------------------------------
 
     async def escalate_due(self) -> int:
-        """Send every task unanswered for the configured time to the shift leader, once."""
+        """Send every task unanswered for the configured time to the shift leader, once.
+
+        One conditional UPDATE takes the due tasks (`escalated_at IS NULL`), so two runs at
+        once (a lease lost mid-run, or an operator's manual pass) escalate each task once;
+        the outbox key stops a second notice even then."""
         now = self.now()
         cutoff = now - dt.timedelta(minutes=self.escalation_minutes)
         leader = self.leader_phone
         count = 0
+        tasks = SupervisorTaskRow.__table__
         async with self.sessions() as session, session.begin():
-            due = (await session.scalars(
-                select(SupervisorTaskRow).where(SupervisorTaskRow.answered_at.is_(None),
-                                                SupervisorTaskRow.escalated_at.is_(None),
-                                                SupervisorTaskRow.created_at <= cutoff)
-                .order_by(SupervisorTaskRow.id))).all()
+            due = sorted((await session.execute(
+                update(tasks).where(tasks.c.answered_at.is_(None), tasks.c.escalated_at.is_(None),
+                                    tasks.c.created_at <= cutoff)
+                .values(escalated_at=now, escalation_phone=leader)
+                .returning(tasks.c.id, tasks.c.code, tasks.c.case_id, tasks.c.case_number, tasks.c.kind,
+                           tasks.c.supervisor_name))).all(), key=lambda task: task.id)
             for task in due:
-                task.escalated_at = now
-                task.escalation_phone = leader
                 changes: dict[str, Any] = {"task": task.code, "to": "shift_leader" if leader else None}
                 if leader:
                     body = texts.TASK_ESCALATION.format(

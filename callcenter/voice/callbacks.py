@@ -16,6 +16,12 @@ Calls are placed only within `[callback] hours_start`-`hours_end` local time. Th
 and the score are also written to the case's log (action `callback`), so staff see them
 on the case. While AMI is down nothing is counted as an attempt; a call whose outcome never
 arrives (Asterisk restarted) counts as failed after `stale_minutes`.
+
+With several nodes, `run_once` runs on the node holding the `voice-callbacks` lease, and
+only while its AMI link is up; each call is claimed with a conditional UPDATE (`waiting` ->
+`calling`) before its Originate, so a request is never called twice at once. The node that
+placed a call hears its outcome on its own AMI link; if that node dies, the call counts as
+failed after `stale_minutes` and is retried by the lease's next holder.
 """
 
 from __future__ import annotations
@@ -320,7 +326,16 @@ class CallbackService:
             await session.execute(update(CallbackRequestRow).where(CallbackRequestRow.id == request_id)
                                   .values(**values))
 
-    # ---- the loop
+    # ---- the loop: a leased job in `serve` (callcenter/jobs.py), or `start()` alone
+
+    @property
+    def wake_event(self) -> asyncio.Event:
+        """Set when a request may be due now (a new request, a failed attempt)."""
+        return self._wake
+
+    def can_call(self) -> bool:
+        """Whether this node can place call-backs now: its AMI link is up."""
+        return self.ami is not None and self.ami.connected
 
     def start(self) -> None:
         if self._task is None:

@@ -20,6 +20,7 @@ import structlog
 from twisted.internet.asyncioreactor import AsyncioSelectorReactor
 from twisted.internet.interfaces import IListeningPort
 
+from callcenter import jobs
 from callcenter.agi.server import AgiHandler, AgiServerFactory, start_agi_server
 from callcenter.ivr import BusinessHours, Flow, HoursError, load_flows
 from callcenter.settings import Settings
@@ -55,6 +56,8 @@ class VoiceChannel:
                  flows: dict[str, Flow] | None = None, hours: BusinessHours | None = None) -> None:
         settings = services.settings
         self.settings = settings
+        self.cluster = services.cluster
+        self._jobs: list[str] = []
         self.metrics = VoiceMetrics.register(services.metrics)
         self.recordings = RecordingStore.from_settings(settings)
         loaded = flows if flows is not None else load_flows(
@@ -131,7 +134,11 @@ class VoiceChannel:
         if self.ami is not None:
             await self.ami.start()
         if self.callbacks is not None and self.ami is not None:
-            self.callbacks.start()
+            if self.cluster is not None and self.cluster.running:
+                # Once across the nodes, on one whose AMI link is up.
+                self._jobs = jobs.register(self.cluster, jobs.voice_jobs(self.settings, self.callbacks))
+            else:
+                self.callbacks.start()
 
     async def stop(self) -> None:
         """Stop taking calls, drain the ones in progress, stop AMI."""
@@ -145,6 +152,9 @@ class VoiceChannel:
             self._listening = None
         voice = self.settings.voice
         await self.drain(voice.drain_seconds, voice.drain_handover_seconds)
+        if self.cluster is not None and self._jobs:
+            await jobs.unregister(self.cluster, self._jobs)
+            self._jobs = []
         if self.callbacks is not None:
             await self.callbacks.stop()
         if self.ami is not None:

@@ -4,16 +4,21 @@ or hands it back."""
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from callcenter.app import build_services
 from callcenter.cluster.leases import LeasedJob
 from callcenter.db import migrate
 from callcenter.db.engine import create_engine
+from callcenter.db.tables import ClusterLeaseRow
 from callcenter.settings import DatabaseSettings
-from tests.cluster.conftest import eventually
+from tests.cluster.conftest import eventually, node_settings
 
 
 @pytest.fixture
@@ -84,3 +89,61 @@ async def test_running_loops_share_the_work(engines: list[AsyncEngine]) -> None:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def test_a_node_that_cannot_do_the_work_leaves_it_to_one_that_can(engines: list[AsyncEngine]) -> None:
+    """Call-backs need AMI: a holder whose link drops hands the job over at its next tick."""
+    runs: list[str] = []
+    first, second, _ = jobs(engines, runs, lease=30)
+    link_up = {"node-1": True, "node-2": True}
+    first.eligible = lambda: link_up["node-1"]
+    second.eligible = lambda: link_up["node-2"]
+    assert await first.tick() and not await second.tick()
+    link_up["node-1"] = False
+    assert not await first.tick() and not first.held
+    assert await second.tick(), "taken at once, not a lease later"
+    link_up["node-1"] = True
+    assert not await first.tick(), "the link is back, but node-2 holds the job now"
+
+
+async def test_a_wake_runs_the_next_tick_early(engines: list[AsyncEngine]) -> None:
+    runs: list[str] = []
+    (job, *_) = jobs(engines, runs, lease=30)
+    job.interval, job.wake = 3600.0, asyncio.Event()
+    task = asyncio.create_task(job.run())
+    try:
+        await eventually(lambda: len(runs) == 1, timeout=10)
+        job.wake.set()
+        await eventually(lambda: len(runs) == 2, timeout=5)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_a_job_added_to_a_running_cluster_starts_and_stops_with_its_owner(
+        database_url: str, tmp_path: Path) -> None:
+    """Channels start after the web app: their jobs join a running cluster and leave it."""
+    migrate.upgrade(database_url)
+    services = build_services(node_settings(database_url, tmp_path, "only"))
+    cluster = services.cluster
+    assert cluster is not None
+    runs: list[str] = []
+
+    async def work() -> None:
+        runs.append("ran")
+    try:
+        await cluster.start()
+        cluster.add_job("late-job", work, 0.05)
+        await eventually(lambda: len(runs) >= 2, timeout=10)
+        await cluster.remove_job("late-job")
+        stopped_at = len(runs)
+        await asyncio.sleep(0.2)
+        assert len(runs) == stopped_at
+        async with services.sessions() as session:
+            expires = await session.scalar(select(ClusterLeaseRow.expires_at).where(ClusterLeaseRow.name == "late-job"))
+        assert expires is not None and expires < dt.datetime.now(dt.UTC), "handed back on removal"
+        with pytest.raises(ValueError):
+            cluster.add_job("cluster-housekeeping", work, 1.0)
+    finally:
+        await cluster.stop()
+        await services.close()

@@ -51,6 +51,8 @@ def serve_env(database_url: str, smsc: SmscSimulator) -> dict[str, str]:
         "CALLCENTER_SMPP__MAX_PARTS_PER_SECOND": "1000",
         "CALLCENTER_SMS__IN_DOUBT_WAIT": "8",
         "CALLCENTER_SMS__OUTBOX_POLL_INTERVAL": "0.1",
+        # The in-doubt and sweep jobs of a killed node move after this (leased jobs).
+        "CALLCENTER_NODE__JOB_LEASE_SECONDS": "3",
     })
     return env
 
