@@ -3,8 +3,9 @@
 `build_sms_services` runs in the composition root (no I/O, no event loop needed), so the
 HTTP routes and tests use the same objects. `SmsRuntime` is what `serve` starts and
 stops: the gateway (the SMPP client, or the console gateway when `smpp.host` is empty),
-the outbox sender loop, and a housekeeping loop that turns overdue partial long messages
-into drafts and escalates unanswered supervisor tasks.
+the outbox sender loop, and a housekeeping loop that escalates unanswered supervisor tasks.
+Overdue partial long messages become drafts in the `sms-reassembly` job, which runs on one
+node at a time under a cluster lease (registered in `callcenter.app.build_services`).
 """
 
 from __future__ import annotations
@@ -122,7 +123,6 @@ class SmsRuntime:
         interval = self.settings.sms.housekeeping_interval
         while not self._stop.is_set():
             try:
-                await self.sms.intake.expire_partials()
                 await self.sms.tasks.escalate_due()
             except (SQLAlchemyError, OSError, TimeoutError) as exc:
                 log.error("sms.housekeeping.store_failed", error=str(exc).splitlines()[0][:300])
