@@ -21,6 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from callcenter.cases.grids import GridIndex
 from callcenter.cases.phones import InvalidPhoneNumber, normalise_phone
+from callcenter.cluster.smpp import SmppAccountShare
 from callcenter.metrics import MetricsRegistry
 from callcenter.service.cases import CaseService
 from callcenter.service.outbox_sender import OutboxSender
@@ -91,11 +92,13 @@ class SmsRuntime:
         self.gateway = gateway
         self._stop = asyncio.Event()
         self._loops: list[asyncio.Task[None]] = []
+        self.share: SmppAccountShare | None = None
 
     async def start(self) -> None:
         gateway = self.gateway or make_gateway(self.settings.smpp)
         self.gateway = gateway
         self.sms.outbox.gateway = gateway
+        share = self._account_share(gateway)
         await self.sms.outbox.recover()
         await self.sms.intake.load()
         await gateway.start(self.sms.intake.receive_verdict, self.sms.outbox.handle_receipt)
@@ -103,6 +106,8 @@ class SmsRuntime:
             asyncio.create_task(self.sms.outbox.run(self._stop), name="sms-outbox"),
             asyncio.create_task(self._housekeeping(), name="sms-housekeeping"),
         ]
+        if share is not None:
+            self._loops.append(asyncio.create_task(share.run(self._stop), name="smpp-rate-share"))
         smpp = self.settings.smpp
         log.info("sms.started", gateway=gateway.name, smsc=f"{smpp.host}:{smpp.port}" if smpp.host else None,
                  bind_mode=smpp.bind_mode if smpp.host else None)
@@ -118,6 +123,24 @@ class SmsRuntime:
         if self.gateway is not None:
             await self.gateway.stop()
         log.info("sms.stopped")
+
+    def _account_share(self, gateway: SmsGateway) -> SmppAccountShare | None:
+        """Several nodes on one SMSC account: a bind gate (`smpp.max_binds`) and this node's
+        share of `smpp.max_parts_per_second` (callcenter/cluster/smpp.py). SMPP only."""
+        client = getattr(gateway, "client", None)
+        if not isinstance(gateway, SmppGateway) or client is None:
+            return None
+        smpp, node = self.settings.smpp, self.settings.node
+        share = SmppAccountShare(
+            node_id=self.settings.node_id(), engine=self.sms.intake.cases.engine,
+            account=f"{smpp.system_id}@{smpp.host}:{smpp.port}"[:128], binds=2 if smpp.bind_mode == "tx+rx" else 1,
+            cap=smpp.max_parts_per_second, max_binds=smpp.max_binds, dead_after=node.dead_after_seconds,
+            period=node.heartbeat_seconds, on_rate=lambda rate, hold: client.set_rate(rate, hold=hold))
+        share.register_metrics(self.sms.intake.metrics)
+        client.bind_gate = share
+        client.gate_retry = node.heartbeat_seconds
+        self.share = share
+        return share
 
     async def _housekeeping(self) -> None:
         interval = self.settings.sms.housekeeping_interval
