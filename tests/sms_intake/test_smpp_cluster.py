@@ -3,8 +3,8 @@
 Real processes, each with its own bind to the node-smpp SMSC; the numbers are read from the
 simulator's own event log.
 
-* The parts of long texts come through the binds of three nodes, out of order, one part
-  twice; one node is killed (SIGKILL) between parts. Every text is one draft and one reply.
+* The parts of long texts (UDH and SAR) come through the binds of three nodes, out of
+  order, one part twice; one node is killed (SIGKILL) between parts. Every text is one draft and one reply.
 * Two nodes work off a backlog on an account capped at CAP parts per second: their combined
   submits stay under the cap; when one is killed, the survivor takes the whole cap after the
   dead-after time.
@@ -40,10 +40,16 @@ def story(i: int) -> str:
     return f"第{i}条：布吉街道吉华路与中兴路交叉口的井盖缺失，夜间行人和电动车经过非常危险，请尽快处理。" * 2
 
 
-def udh_parts(i: int, per_part: int = 40) -> list[str]:
+def long_parts(i: int, per_part: int = 40) -> list[dict[str, Any]]:
+    """The deliver_sm fields of text i's parts: UDH (8-bit reference) for even i, SAR TLVs for odd."""
     raw = story(i).encode("utf-16-be")
     chunks = [raw[k:k + per_part * 2] for k in range(0, len(raw), per_part * 2)]
-    return [(bytes([5, 0, 3, 0x70 + i, len(chunks), seq]) + chunk).hex() for seq, chunk in enumerate(chunks, 1)]
+    if i % 2 == 0:
+        return [{"esm_class": 0x40, "short_message_hex": (bytes([5, 0, 3, 0x70 + i, len(chunks), seq]) + chunk).hex()}
+                for seq, chunk in enumerate(chunks, 1)]
+    return [{"short_message_hex": chunk.hex(), "tlvs": {"sar_msg_ref_num": 0x1200 + i,
+                                                        "sar_total_segments": len(chunks), "sar_segment_seqnum": seq}}
+            for seq, chunk in enumerate(chunks, 1)]
 
 
 def cluster_env(url: str, smsc: SmscSimulator, **extra: str) -> dict[str, str]:
@@ -83,10 +89,9 @@ def stop_all(nodes: list[Service], dead: set[int]) -> None:
             assert code == 0, node.tail()
 
 
-async def deliver_part(smsc: SmscSimulator, session: int, sender: str, hex_body: str) -> int:
+async def deliver_part(smsc: SmscSimulator, session: int, sender: str, fields: dict[str, Any]) -> int:
     """One deliver_sm on `session`; its deliver_sm_resp status (sent after the part is committed)."""
-    seq = await smsc.deliver(session=session, source_addr=sender, destination_addr=SERVICE, data_coding=8,
-                             esm_class=0x40, short_message_hex=hex_body)
+    seq = await smsc.deliver(session=session, source_addr=sender, destination_addr=SERVICE, data_coding=8, **fields)
     (resp,) = await smsc.wait_for("deliver_sm_resp", session=session, sequence=seq, of="deliver_sm", timeout=20)
     return int(resp["status"])
 
@@ -100,10 +105,10 @@ async def test_long_texts_through_three_nodes_one_killed_between_parts(
     texts = 6
     rng = random.Random(5)
     try:
-        first: list[tuple[int, str, str]] = []   # (session, sender, part): before the kill
-        rest: list[tuple[int, str, str]] = []    # after it, through the two survivors
+        first: list[tuple[int, str, dict[str, Any]]] = []   # (session, sender, part): before the kill
+        rest: list[tuple[int, str, dict[str, Any]]] = []    # after it, through the two survivors
         for i in range(texts):
-            parts = udh_parts(i)
+            parts = long_parts(i)
             assert len(parts) == 3
             order = rng.sample(parts, len(parts))                  # out of order
             first += [(sessions[(i + k) % 3], citizen(i), p) for k, p in enumerate(order[:2])]
