@@ -514,7 +514,7 @@ class SmsIntakeService:
             pending = await self._stored_parts(conn, key)
             if not pending:
                 return None  # joined meanwhile (another node, or a part that completed it)
-            sender, destination, ref, total = key
+            total = key[3]
             parts = {r.seq: (bytes.fromhex(r.payload_hex), r.data_coding) for r in pending}
             complete = all(seq in parts for seq in range(1, total + 1))
             if not complete and min(r.received_at for r in pending) > cutoff:

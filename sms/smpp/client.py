@@ -24,7 +24,8 @@ import sys
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol, Self
+from typing import Any, Literal, Self
+from typing import Protocol as Interface
 
 import structlog
 from twisted.internet.abstract import isIPAddress, isIPv6Address
@@ -121,7 +122,7 @@ class BindError(SmppError):
         self.status = status
 
 
-class BindGate(Protocol):
+class BindGate(Interface):
     """Asked before every connect: may this client hold its binds to the account now?
 
     Carriers cap the binds per account; a gate that counts the binds of other processes

@@ -23,7 +23,7 @@ import pytest
 
 from callcenter.db import migrate
 from tests.sms_intake.test_sms_kill import Service, query, serve_env
-from tests.sms_intake.test_sms_senders import enqueue, handset
+from tests.sms_intake.test_sms_senders import enqueue
 from tests.support.smsc import SmscSimulator
 
 SERVICE = "12319"
