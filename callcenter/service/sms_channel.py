@@ -136,6 +136,9 @@ class SmsRuntime:
             account=f"{smpp.system_id}@{smpp.host}:{smpp.port}"[:128], binds=2 if smpp.bind_mode == "tx+rx" else 1,
             cap=smpp.max_parts_per_second, max_binds=smpp.max_binds, dead_after=node.dead_after_seconds,
             period=node.heartbeat_seconds, on_rate=lambda rate, hold: client.set_rate(rate, hold=hold))
+        if share.max_binds and share.binds > share.max_binds:
+            log.error("smpp.max_binds_too_low", max_binds=share.max_binds, bind_mode=smpp.bind_mode,
+                      hint="tx+rx needs two binds per node; this node will never bind")
         share.register_metrics(self.sms.intake.metrics)
         client.bind_gate = share
         client.gate_retry = node.heartbeat_seconds
