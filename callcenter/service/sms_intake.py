@@ -41,6 +41,7 @@ from zoneinfo import ZoneInfo
 
 import structlog
 from sqlalchemy import Connection, Table, func, select, update
+from sqlalchemy import text as sql_text
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
@@ -550,7 +551,9 @@ class SmsIntakeService:
         insert = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
         stmt = insert(PARTS).values(**part, status="pending").on_conflict_do_nothing(
             index_elements=["sender", "destination", "concat_ref", "parts_total", "seq"],
-            index_where=PARTS.c.status == "pending").returning(PARTS.c.id)
+            # A literal predicate: with a bound parameter PostgreSQL cannot match the partial index
+            # once psycopg prepares the statement (generic plan), and refuses the ON CONFLICT.
+            index_where=sql_text("status = 'pending'")).returning(PARTS.c.id)
         return (await conn.execute(stmt)).first() is not None
 
     async def _late_part_target(self, conn: AsyncConnection, key: tuple[str, str, int, int], seq: int,

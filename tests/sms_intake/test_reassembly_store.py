@@ -138,3 +138,13 @@ async def test_a_part_completing_a_text_while_the_timeout_runs_makes_one_text(
                              .where(CaseRow.reporter_phone == citizen(round_)))
         assert drafts == 1
     assert await nodes[0].sms.intake.pending_long_messages() == 0
+
+
+async def test_many_long_texts_through_one_node(nodes: list[Services]) -> None:
+    """Enough parts on one pooled connection for psycopg to prepare the statements (and
+    PostgreSQL to plan them generically): the part's ON CONFLICT must still find its index."""
+    intake = nodes[0].sms.intake  # type: ignore[union-attr]
+    many = 40
+    results = [await intake.receive(part) for i in range(many) for part in parts_of(citizen(i), i, story(i))]
+    assert sum(r.outcome == "draft" for r in results) == many
+    assert all(r.verdict is MoVerdict.STORED for r in results)
