@@ -27,7 +27,9 @@ from tests.sms_intake.test_sms_senders import enqueue
 from tests.support.smsc import SmscSimulator
 
 SERVICE = "12319"
-CAP = 20.0
+# Low enough that each node's token bucket, not its sender's own pace on a loaded machine, is
+# what limits it, so the survivor's rate doubling shows.
+CAP = 6.0
 DEAD_AFTER = 3.0
 HEARTBEAT = 0.5
 
@@ -172,11 +174,11 @@ async def test_two_senders_share_the_account_cap_and_the_survivor_takes_it_all(
     await asyncio.sleep(2 * HEARTBEAT + 0.5)  # node-0 has seen node-1 and halved its rate
     try:
         enqueue(pg_database_url, 220)
-        await smsc.wait_for("submit_sm", count=60, timeout=30)
+        await smsc.wait_for("submit_sm", count=40, timeout=60)
         (sim_now,) = [e["t"] / 1000.0 for e in (await smsc.events("submit_sm"))[-1:]]
         killed_at = sim_now
         nodes[0].kill()
-        await smsc.wait_for("submit_sm", count=len(await smsc.events("submit_sm")) + 110, timeout=30)
+        await smsc.wait_for("submit_sm", count=len(await smsc.events("submit_sm")) + 45, timeout=60)
     except BaseException:
         for node in nodes:
             print(f"--- {node.log_path.name}\n{node.tail()}")
@@ -186,15 +188,15 @@ async def test_two_senders_share_the_account_cap_and_the_survivor_takes_it_all(
 
     submits = await smsc.events("submit_sm")
     both = submit_times([e for e in submits if e["t"] / 1000.0 <= killed_at])
-    assert len(both) >= 60
+    assert len(both) >= 40
     assert {e["session"] for e in submits if e["t"] / 1000.0 <= killed_at} == set(sessions)
     shared_rate = (len(both) - 1) / (both[-1] - both[0])
     # Each node's bucket holds at most one token: a one-second window may see one part more per node.
     assert busiest_second(both) <= CAP + 2, busiest_second(both)
-    assert shared_rate <= CAP * 1.05, shared_rate
+    assert shared_rate <= CAP * 1.1, shared_rate  # without the share: twice the cap
     after = submit_times([e for e in submits if e["t"] / 1000.0 > killed_at], session=sessions[1])
     settled = [t for t in after if t > killed_at + DEAD_AFTER + 2 * HEARTBEAT + 0.5]
-    assert len(settled) >= 30
+    assert len(settled) >= 20
     alone_rate = (len(settled) - 1) / (settled[-1] - settled[0])
     print(f"shared {shared_rate:.1f}/s (busiest second {busiest_second(both)}), survivor alone {alone_rate:.1f}/s,"
           f" cap {CAP}/s")
