@@ -191,7 +191,12 @@ class SmppSettings(_Section):
     enquire_link_timeout: float = Field(default=10.0, gt=0)
     response_timeout: float = Field(default=30.0, gt=0)
     window: int = Field(default=10, ge=1, le=1000)
+    # The account's cap at the carrier, over every bind: with several nodes bound, each paces
+    # itself at this divided by the live nodes holding binds (callcenter/cluster/smpp.py).
     max_parts_per_second: float = Field(default=50.0, gt=0)
+    # Binds the carrier allows on the account (a trx link is one, tx+rx two); a node binds only
+    # while the live nodes' binds stay within it. 0: no cap.
+    max_binds: int = Field(default=0, ge=0, le=1000)
     throttle_pause: float = Field(default=1.0, ge=0)
     tls: bool = False
     reconnect_min: float = Field(default=1.0, gt=0)

@@ -18,7 +18,7 @@ timers or threads.  The rules that come from what goes wrong in real gateways:
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Final, Literal
 
@@ -40,8 +40,10 @@ __all__ = [
     "UdhError",
     "UserDataHeader",
     "concat_from_sar",
+    "decode_parts",
     "default_gap_marker",
     "extract_segment",
+    "join_parts",
     "parse_udh",
 ]
 
@@ -253,6 +255,68 @@ Reassembled = CompleteMessage | PartialMessage
 _Key = tuple[str, str, int, int]
 
 
+def decode_parts(parts: Sequence[tuple[bytes, int]], gbk_codings: frozenset[int] = DEFAULT_GBK_CODINGS,
+                 ) -> DecodedText:
+    """Decode runs of parts with one data_coding as a single byte string (pairs cut across parts join)."""
+    texts: list[str] = []
+    lossy = False
+    run = bytearray()
+    run_coding: int | None = None
+    for payload, coding in [*parts, (b"", -1)]:
+        if coding != run_coding and run_coding is not None:
+            decoded = decode_short_message(bytes(run), run_coding, gbk_codings=gbk_codings)
+            texts.append(decoded.text)
+            lossy |= decoded.lossy
+            run.clear()
+        run_coding = coding
+        run += payload
+    return DecodedText("".join(texts), lossy)
+
+
+def join_parts(
+    sender: str,
+    destination: str,
+    ref: int,
+    total: int,
+    parts: Mapping[int, tuple[bytes, int]],
+    *,
+    reason: str | None = None,
+    gbk_codings: frozenset[int] = DEFAULT_GBK_CODINGS,
+    gap_marker: Callable[[int, int], str] = default_gap_marker,
+) -> Reassembled:
+    """The message the stored ``parts`` (seq -> (payload, data_coding)) make.
+
+    Every part present and no ``reason``: a `CompleteMessage`. Otherwise a `PartialMessage`
+    (``reason`` "timeout", "evicted", "flushed") with ``gap_marker`` where a part is missing.
+    The store-backed reassembly (callcenter.service.sms_intake) and `Reassembler` share it.
+    """
+    if reason is None and all(seq in parts for seq in range(1, total + 1)):
+        text = decode_parts([parts[s] for s in range(1, total + 1)], gbk_codings)
+        return CompleteMessage(sender, destination, text.text, text.lossy, ref, total)
+    pieces: list[str] = []
+    run: list[tuple[bytes, int]] = []
+    for seq in range(1, total + 1):
+        part = parts.get(seq)
+        if part is not None:
+            run.append(part)
+            continue
+        if run:
+            pieces.append(decode_parts(run, gbk_codings).text)
+            run = []
+        pieces.append(gap_marker(seq, total))
+    if run:
+        pieces.append(decode_parts(run, gbk_codings).text)
+    return PartialMessage(
+        sender=sender,
+        destination=destination,
+        ref=ref,
+        total=total,
+        text="".join(pieces),
+        parts_present=tuple(sorted(s for s in parts if 1 <= s <= total)),
+        reason=reason or "timeout",
+    )
+
+
 @dataclass(slots=True)
 class _Pending:
     first_seen: float
@@ -367,22 +431,7 @@ class Reassembler:
     # -- internals --
 
     def _decode(self, parts: list[tuple[bytes, int]]) -> DecodedText:
-        """Decode runs of parts with one data_coding as a single byte string."""
-        texts: list[str] = []
-        lossy = False
-        run = bytearray()
-        run_coding: int | None = None
-        for payload, coding in [*parts, (b"", -1)]:
-            if coding != run_coding and run_coding is not None:
-                decoded = decode_short_message(
-                    bytes(run), run_coding, gbk_codings=self._gbk_codings
-                )
-                texts.append(decoded.text)
-                lossy |= decoded.lossy
-                run.clear()
-            run_coding = coding
-            run += payload
-        return DecodedText("".join(texts), lossy)
+        return decode_parts(parts, self._gbk_codings)
 
     def _make_room(self, sender: str) -> list[PartialMessage]:
         out: list[PartialMessage] = []
@@ -404,28 +453,10 @@ class Reassembler:
         pending = self._pending[key]
         self._forget(key)
         sender, destination, ref, total = key
-        pieces: list[str] = []
-        run: list[tuple[bytes, int]] = []
-        for seq in range(1, total + 1):
-            part = pending.parts.get(seq)
-            if part is not None:
-                run.append(part)
-                continue
-            if run:
-                pieces.append(self._decode(run).text)
-                run = []
-            pieces.append(self._gap_marker(seq, total))
-        if run:
-            pieces.append(self._decode(run).text)
-        return PartialMessage(
-            sender=sender,
-            destination=destination,
-            ref=ref,
-            total=total,
-            text="".join(pieces),
-            parts_present=tuple(sorted(pending.parts)),
-            reason=reason,
-        )
+        partial = join_parts(sender, destination, ref, total, pending.parts, reason=reason,
+                             gbk_codings=self._gbk_codings, gap_marker=self._gap_marker)
+        assert isinstance(partial, PartialMessage)
+        return partial
 
     def _forget(self, key: _Key) -> None:
         del self._pending[key]

@@ -8,6 +8,7 @@ import datetime as dt
 from typing import Any
 
 from sqlalchemy import JSON, BigInteger, Boolean, ForeignKey, Index, Integer, String, Text
+from sqlalchemy import text as sql_text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from callcenter.db.base import Base
@@ -63,7 +64,13 @@ class SmsInboundRow(Base):
 
 
 class SmsInboundPartRow(Base):
-    """One part of a long MO, stored before its deliver_sm_resp so a restart loses none."""
+    """One part of a long MO, stored before its deliver_sm_resp so a restart loses none.
+
+    Parts are joined in the store, so the parts of one text may arrive through the binds of
+    different nodes: at most one `pending` row per (sender, destination, reference, total,
+    seq) (a redelivered part is not counted twice); the transaction that stores the last
+    missing one writes the whole text and marks the set `assembled`.
+    """
 
     __tablename__ = "sms_inbound_parts"
 
@@ -77,9 +84,14 @@ class SmsInboundPartRow(Base):
     seq: Mapped[int] = mapped_column(Integer)
     data_coding: Mapped[int] = mapped_column(Integer)
     payload_hex: Mapped[str] = mapped_column(Text)
-    status: Mapped[str] = mapped_column(String(16), index=True, comment="pending | assembled")
+    status: Mapped[str] = mapped_column(String(16), index=True, comment="pending | assembled | duplicate")
     received_at: Mapped[dt.datetime]
     inbound_id: Mapped[int | None] = mapped_column(ForeignKey("sms_inbound.id"), index=True)
+
+    __table_args__ = (
+        Index("uq_sms_inbound_parts_pending", "sender", "destination", "concat_ref", "parts_total", "seq",
+              unique=True, sqlite_where=sql_text("status = 'pending'"), postgresql_where=sql_text("status = 'pending'")),
+    )
 
 
 class SmsOptOutRow(Base):
@@ -214,3 +226,17 @@ class RateWindowRow(Base):
     count: Mapped[int] = mapped_column(Integer)
 
     __table_args__ = (Index("ix_rate_windows_bucket", "bucket"),)
+
+
+class SmppBindRow(Base):
+    """A node's claim on binds to one SMSC account (issue 11). Carriers cap the binds per
+    account and the account's parts per second: live nodes' claims (joined with their
+    `cluster_nodes` heartbeat) are counted against `smpp.max_binds`, and each claiming node
+    paces itself at `smpp.max_parts_per_second` divided by their number."""
+
+    __tablename__ = "smpp_binds"
+
+    node_id: Mapped[str] = mapped_column(String(64), primary_key=True, comment="[node] id")
+    account: Mapped[str] = mapped_column(String(128), index=True, comment="system_id@host:port")
+    binds: Mapped[int] = mapped_column(Integer, comment="connections: 1 (trx) or 2 (tx+rx)")
+    claimed_at: Mapped[dt.datetime]

@@ -3,9 +3,10 @@
 `build_sms_services` runs in the composition root (no I/O, no event loop needed), so the
 HTTP routes and tests use the same objects. `SmsRuntime` is what `serve` starts and
 stops: the gateway (the SMPP client, or the console gateway when `smpp.host` is empty),
-the outbox sender loop, a housekeeping loop that turns overdue partial long messages into
-drafts, and the channel's periodic jobs (supervisor escalation, the outbox's in-doubt and
-sweep passes), leased so that they run once across nodes.
+the outbox sender loop, a housekeeping loop, and the channel's periodic jobs (supervisor
+escalation, the outbox's in-doubt and sweep passes), leased so that they run once across
+nodes. Overdue partial long messages become drafts in the `sms-reassembly` job, which runs on
+one node at a time under a cluster lease (registered in `callcenter.app.build_services`).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from callcenter import jobs
 from callcenter.cases.grids import GridIndex
 from callcenter.cases.phones import InvalidPhoneNumber, normalise_phone
+from callcenter.cluster.smpp import SmppAccountShare
 from callcenter.metrics import MetricsRegistry
 from callcenter.service.cases import CaseService
 from callcenter.service.outbox_sender import OutboxSender
@@ -105,11 +107,13 @@ class SmsRuntime:
         self._stop = asyncio.Event()
         self._loops: list[asyncio.Task[None]] = []
         self._jobs: list[str] = []
+        self.share: SmppAccountShare | None = None
 
     async def start(self) -> None:
         gateway = self.gateway or make_gateway(self.settings.smpp)
         self.gateway = gateway
         self.sms.outbox.gateway = gateway
+        share = self._account_share(gateway)
         await self.sms.outbox.recover()
         await self.sms.intake.load()
         await gateway.start(self.sms.intake.receive_verdict, self.sms.outbox.handle_receipt)
@@ -120,6 +124,8 @@ class SmsRuntime:
             asyncio.create_task(self.sms.outbox.run(self._stop), name="sms-outbox"),
             asyncio.create_task(self._housekeeping(), name="sms-housekeeping"),
         ]
+        if share is not None:
+            self._loops.append(asyncio.create_task(share.run(self._stop), name="smpp-rate-share"))
         smpp = self.settings.smpp
         log.info("sms.started", gateway=gateway.name, smsc=f"{smpp.host}:{smpp.port}" if smpp.host else None,
                  bind_mode=smpp.bind_mode if smpp.host else None)
@@ -139,14 +145,35 @@ class SmsRuntime:
             await self.gateway.stop()
         log.info("sms.stopped")
 
+    def _account_share(self, gateway: SmsGateway) -> SmppAccountShare | None:
+        """Several nodes on one SMSC account: a bind gate (`smpp.max_binds`) and this node's
+        share of `smpp.max_parts_per_second` (callcenter/cluster/smpp.py). SMPP only."""
+        client = getattr(gateway, "client", None)
+        if not isinstance(gateway, SmppGateway) or client is None:
+            return None
+        smpp, node = self.settings.smpp, self.settings.node
+        share = SmppAccountShare(
+            node_id=self.settings.node_id(), engine=self.sms.intake.cases.engine,
+            account=f"{smpp.system_id}@{smpp.host}:{smpp.port}"[:128], binds=2 if smpp.bind_mode == "tx+rx" else 1,
+            cap=smpp.max_parts_per_second, max_binds=smpp.max_binds, dead_after=node.dead_after_seconds,
+            period=node.heartbeat_seconds, on_rate=lambda rate, hold: client.set_rate(rate, hold=hold))
+        if share.max_binds and share.binds > share.max_binds:
+            log.error("smpp.max_binds_too_low", max_binds=share.max_binds, bind_mode=smpp.bind_mode,
+                      hint="tx+rx needs two binds per node; this node will never bind")
+        share.register_metrics(self.sms.intake.metrics)
+        client.bind_gate = share
+        client.gate_retry = node.heartbeat_seconds
+        self.share = share
+        return share
+
     async def _housekeeping(self) -> None:
         interval = self.settings.sms.housekeeping_interval
         while not self._stop.is_set():
             try:
-                await self.sms.intake.expire_partials()
-                if self.cluster is None:  # otherwise leased jobs (callcenter/jobs.py)
+                if self.cluster is None:  # otherwise leased jobs (callcenter/jobs.py, app.py)
                     await self.sms.tasks.escalate_due()
                     await self.sms.intake.limits.prune()
+                    await self.sms.intake.expire_partials()
             except (SQLAlchemyError, OSError, TimeoutError) as exc:
                 log.error("sms.housekeeping.store_failed", error=str(exc).splitlines()[0][:300])
             except Exception:  # noqa: BLE001 - keep the loop alive

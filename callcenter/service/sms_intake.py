@@ -3,9 +3,10 @@
 The pipeline, for a message from the SMPP client or the HTTP gateway route:
 
 1. Split off the UDH (or read the SAR TLVs). A part of a long message is stored
-   (`sms_inbound_parts`) and handed to the `Reassembler`; parts survive a restart because
-   pending ones are reloaded. An incomplete message becomes a flagged draft after
-   `sms.reassembly_timeout`; a part that arrives after that is appended to that draft.
+   (`sms_inbound_parts`) and joined in the store, so the parts may come through the binds
+   of different nodes; the transaction that stores the last missing part writes the whole
+   text. An incomplete message becomes a flagged draft after `sms.reassembly_timeout` (a
+   job under a cluster lease); a part that arrives after that is appended to that draft.
 2. Decode (data_coding 0/3/8, GBK by configuration); undecodable bytes become U+FFFD and
    the draft is flagged `lossy_text`.
 3. De-duplicate: by the gateway's id when it gives one, otherwise by a fingerprint of
@@ -41,10 +42,11 @@ from zoneinfo import ZoneInfo
 
 import structlog
 from sqlalchemy import Connection, Table, func, select, update
+from sqlalchemy import text as sql_text
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession, async_sessionmaker
 
 from callcenter.cases.lifecycle import EDITABLE_STATES, CaseStatus
 from callcenter.cases.model import CaseFlag, CaseView, Channel
@@ -66,10 +68,9 @@ from sms.concat import (
     CompleteMessage,
     ConcatError,
     ConcatInfo,
-    Reassembled,
-    Reassembler,
     Segment,
     extract_segment,
+    join_parts,
 )
 from sms.gateway import InboundMessage, MoVerdict
 from sms.keywords import (
@@ -103,6 +104,8 @@ ACTOR = "sms"
 FINISHED_OUTCOMES = ("draft", "binary", "folded", "command", "blocked", "loop", "empty", "rate_limited", "error")
 NOT_COUNTED = ("blocked", "loop", "empty")
 MAX_FOLDS_APPENDED = 50
+# Pending long messages kept (timed out) per run of the reassembly job at most.
+EXPIRE_BATCH = 500
 
 
 def utcnow() -> dt.datetime:
@@ -257,16 +260,12 @@ class SmsIntakeService:
     blocklist: frozenset[str] = frozenset()
     now: Callable[[], dt.datetime] = utcnow
     on_outbox: Callable[[], None] = lambda: None
-    _reassembler: Reassembler = field(init=False)
-    _loaded: bool = field(init=False, default=False)
-    _load_lock: asyncio.Lock = field(init=False, default_factory=asyncio.Lock)
     _locks: dict[str, list[Any]] = field(init=False, default_factory=dict)
     limits: SharedWindows = field(init=False)
     _queue: list[tuple[InboundMessage, asyncio.Future[IntakeResult]]] = field(init=False, default_factory=list)
     _worker: asyncio.Task[None] | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
-        self._reassembler = self._new_reassembler()
         self.limits = SharedWindows(self.sessions, self.settings.window_bucket_seconds, self.settings.loop_window,
                                     horizon=max(self.settings.loop_window, self.settings.rate_window),
                                     now=lambda: self.now())
@@ -281,9 +280,6 @@ class SmsIntakeService:
         self._m_groups = m.counter("sms_mo_groups_total", "transactions that stored a group of whole texts")
         self._m_group_size = m.summary("sms_mo_group_texts", "whole texts per stored group",
                                        buckets=(1, 2, 5, 10, 20, 50, 100))
-
-    def _new_reassembler(self) -> Reassembler:
-        return Reassembler(timeout=self.settings.reassembly_timeout, gbk_codings=self.gbk_codings)
 
     # ---- entry points -------------------------------------------------------------------
 
@@ -319,7 +315,6 @@ class SmsIntakeService:
             group = self._queue[:limit]
             del self._queue[:limit]
             try:
-                await self._ensure_loaded()
                 await self._handle_group(group)
             except (SQLAlchemyError, OSError, StoreFailed, TimeoutError) as exc:
                 self._store_failed(group, exc)
@@ -334,7 +329,6 @@ class SmsIntakeService:
         self._m_failures.inc(len(waiting))
         log.error("sms.mo.store_failed", texts=len(waiting), error=str(exc).splitlines()[0][:300] if str(exc) else
                   type(exc).__name__)
-        self._reset_reassembler()
         for _, future in waiting:
             future.set_result(IntakeResult(verdict=MoVerdict.RETRY_LATER, outcome="store_failed"))
 
@@ -358,59 +352,43 @@ class SmsIntakeService:
             await self._store_texts(texts)
 
     async def expire_partials(self) -> int:
-        """Turn long messages still incomplete after the timeout into flagged drafts."""
-        await self._ensure_loaded()
-        partials = self._reassembler.expire(self.now().timestamp())
+        """Turn long messages still incomplete after the timeout into flagged drafts.
+
+        Run by one node at a time (the `sms-reassembly` job under a cluster lease), and at
+        start-up. Also joins a set found complete (stored before an upgrade, by the
+        per-process reassembler). Each set is decided again under its lock, so a part that
+        completes it meanwhile on another node wins and the set is not kept twice.
+        """
+        now = self.now()
+        cutoff = now - dt.timedelta(seconds=self.settings.reassembly_timeout)
+        key_cols = (PARTS.c.sender, PARTS.c.destination, PARTS.c.concat_ref, PARTS.c.parts_total)
+        done = 0
         try:
-            for partial in partials:
-                async with self._sender_lock(partial.sender):
-                    await self._finish_reassembled(partial, source="smpp")
+            async with self.cases.engine.connect() as conn:
+                due = (await conn.execute(
+                    select(*key_cols).where(PARTS.c.status == "pending").group_by(*key_cols)
+                    .having((func.min(PARTS.c.received_at) <= cutoff) | (func.count() >= PARTS.c.parts_total))
+                    .limit(EXPIRE_BATCH))).all()
+            for sender, destination, ref, total in due:
+                async with self._sender_lock(sender):
+                    result = await self._join_in_store((sender, destination, ref, total), now, cutoff=cutoff)
+                done += result is not None
         except (SQLAlchemyError, OSError, StoreFailed, TimeoutError) as exc:
             log.error("sms.mo.expire_failed", error=str(exc).splitlines()[0][:300])
-            self._reset_reassembler()  # the parts are still pending in the store
-            return 0
-        return len(partials)
+        return done
 
     async def load(self) -> None:
-        """Reload stored pending parts (start-up)."""
-        await self._ensure_loaded()
+        """Start-up: join what a crash left complete and what timed out while the node was down."""
+        await self.expire_partials()
 
-    @property
-    def pending_long_messages(self) -> int:
-        return self._reassembler.pending_count
+    async def pending_long_messages(self) -> int:
+        """Long messages waiting for more parts, across every node (the store's count)."""
+        key_cols = (PARTS.c.sender, PARTS.c.destination, PARTS.c.concat_ref, PARTS.c.parts_total)
+        async with self.cases.engine.connect() as conn:
+            keys = select(*key_cols).where(PARTS.c.status == "pending").group_by(*key_cols).subquery()
+            return int((await conn.execute(select(func.count()).select_from(keys))).scalar_one())
 
-    # ---- internals: loading and locks ----------------------------------------------------
-
-    def _reset_reassembler(self) -> None:
-        """Forget in-memory parts; they are reloaded from the store on the next message."""
-        self._reassembler = self._new_reassembler()
-        self._loaded = False
-
-    async def _ensure_loaded(self) -> None:
-        if self._loaded:
-            return
-        ready: list[Reassembled] = []
-        async with self._load_lock:
-            if self._loaded:
-                return
-            reassembler = self._new_reassembler()
-            async with self.sessions() as session:
-                rows = (await session.scalars(
-                    select(SmsInboundPartRow).where(SmsInboundPartRow.status == "pending")
-                    .order_by(SmsInboundPartRow.id))).all()
-            for row in rows:
-                segment = Segment(ConcatInfo(ref=row.concat_ref, total=row.parts_total, seq=row.seq,
-                                             ref_bits=16 if row.ref_bits == 16 else 8),
-                                  bytes.fromhex(row.payload_hex))
-                ready.extend(reassembler.add(sender=row.sender, destination=row.destination, segment=segment,
-                                             data_coding=row.data_coding, now=row.received_at.timestamp()))
-            self._reassembler = reassembler
-            self._loaded = True
-            if rows:
-                log.info("sms.mo.parts_reloaded", parts=len(rows), pending=reassembler.pending_count)
-        for item in ready:  # complete before the crash, never finished
-            async with self._sender_lock(item.sender):
-                await self._finish_reassembled(item, source="smpp")
+    # ---- internals: locks ------------------------------------------------------------------
 
     @contextlib.asynccontextmanager
     async def _sender_lock(self, sender: str) -> AsyncIterator[None]:
@@ -474,76 +452,145 @@ class SmsIntakeService:
 
     async def _receive_part(self, message: InboundMessage, sender: str, destination: str,
                             segment: Segment) -> IntakeResult:
+        """Store one part; the transaction that stores the last missing one writes the whole text.
+
+        The parts of one text may come through the binds of different nodes: they meet in
+        `sms_inbound_parts`. Under a lock on the text's key (PostgreSQL: an advisory
+        transaction lock; SQLite has one writer) the transaction reads the set, refuses a
+        part it already has (the unique index over pending parts is the backstop), stores
+        this one and, if the set is now complete, decodes it and writes the text, its draft
+        and its reply (`_write_texts`) before it commits. So exactly one node, once, makes
+        the draft, and this part's deliver_sm_resp leaves only after the commit.
+        """
         concat = segment.concat
         assert concat is not None
         self._m_parts.inc()
         now = self.now()
+        payload_hex = segment.payload.hex()
         part_fp = _sha(f"{sender}\x1f{destination}\x1f{concat.ref}\x1f{concat.total}\x1f{concat.seq}"
-                       f"\x1f{message.data_coding}\x1f{segment.payload.hex()}")
+                       f"\x1f{message.data_coding}\x1f{payload_hex}")
+        key = (sender, destination, concat.ref, concat.total)
         since = now - dt.timedelta(seconds=self.settings.redelivery_window)
-        late: SmsInboundRow | None = None
+        part = {"part_fp": part_fp, "sender": sender, "destination": destination, "concat_ref": concat.ref,
+                "ref_bits": concat.ref_bits, "parts_total": concat.total, "seq": concat.seq,
+                "data_coding": message.data_coding, "payload_hex": payload_hex, "received_at": now}
         late_case: str | None = None
-        async with self.sessions() as session, session.begin():
-            seen = await session.scalar(
-                select(SmsInboundPartRow.id).where(SmsInboundPartRow.part_fp == part_fp,
-                                                   SmsInboundPartRow.received_at >= since).limit(1))
-            if seen is not None:
-                duplicate = True
+        joined: tuple[Any, ...] | None = None
+        async with self.cases.engine.begin() as conn:
+            stored = await self._stored_parts(conn, key, part_fp=part_fp, since=since)
+            if any(r.part_fp == part_fp or (r.status == "pending" and r.seq == concat.seq) for r in stored):
+                outcome = "duplicate"  # a redelivery (also after completion), or another copy of a part we have
             else:
-                duplicate = False
-                late = await self._late_part_target(session, sender, destination, concat, since)
-                row = SmsInboundPartRow(
-                    part_fp=part_fp, sender=sender, destination=destination, concat_ref=concat.ref,
-                    ref_bits=concat.ref_bits, parts_total=concat.total, seq=concat.seq,
-                    data_coding=message.data_coding, payload_hex=segment.payload.hex(),
-                    status="assembled" if late is not None else "pending", received_at=now,
-                    inbound_id=late.id if late is not None else None)
-                session.add(row)
+                pending = [r for r in stored if r.status == "pending"]
+                late = None if pending else await self._late_part_target(conn, key, concat.seq, since)
                 if late is not None:
-                    late.parts_present = sorted({*(late.parts_present or []), concat.seq})
-                    late.last_seen_at = now
-                    late_case = late.case_number
-        if duplicate:
+                    outcome, late_case = "late", late.case_number
+                    await conn.execute(PARTS.insert().values(**part, status="assembled", inbound_id=late.id))
+                    await conn.execute(update(INBOUND).where(INBOUND.c.id == late.id).values(
+                        parts_present=sorted({*(late.parts_present or []), concat.seq}), last_seen_at=now))
+                elif not await self._insert_part(conn, part):
+                    outcome = "duplicate"
+                elif len(pending) + 1 < concat.total:
+                    outcome = "part"
+                else:
+                    outcome = "joined"
+                    parts = {r.seq: (bytes.fromhex(r.payload_hex), r.data_coding) for r in pending}
+                    parts[concat.seq] = (segment.payload, message.data_coding)
+                    joined = await self._write_joined(conn, key, parts, now, source=message.source, reason=None)
+        if outcome == "duplicate":
             self._m_duplicates.inc(kind="part")
             log.info("sms.mo.duplicate_part", sender=mask_number(sender), ref=concat.ref, seq=concat.seq,
                      total=concat.total)
             return IntakeResult(verdict=MoVerdict.STORED, outcome="part", duplicate=True)
-        if late is not None:
+        if outcome == "late":
             await self._append_late_part(late_case, concat, segment.payload, message.data_coding)
             return IntakeResult(verdict=MoVerdict.STORED, outcome="late_part", case_number=late_case)
-        results = self._reassembler.add(sender=sender, destination=destination, segment=segment,
-                                        data_coding=message.data_coding, now=now.timestamp())
-        outcome = IntakeResult(verdict=MoVerdict.STORED, outcome="part")
-        for item in results:
-            if item.sender != sender:  # evicted for room: another sender's message, under its lock
-                async with self._sender_lock(item.sender):
-                    await self._finish_reassembled(item, source=message.source)
-                continue
-            result = await self._finish_reassembled(item, source=message.source)
-            if isinstance(item, CompleteMessage):
-                outcome = result
-        return outcome
+        if joined is None:
+            return IntakeResult(verdict=MoVerdict.STORED, outcome="part")
+        (result,) = await self._after_commit(*joined)
+        return result
 
-    async def _late_part_target(self, session: AsyncSession, sender: str, destination: str,
-                                concat: ConcatInfo, since: dt.datetime) -> SmsInboundRow | None:
-        """A message already kept as partial that lacks this part and has no pending set."""
-        collecting = await session.scalar(
-            select(SmsInboundPartRow.id).where(
-                SmsInboundPartRow.sender == sender, SmsInboundPartRow.destination == destination,
-                SmsInboundPartRow.concat_ref == concat.ref, SmsInboundPartRow.parts_total == concat.total,
-                SmsInboundPartRow.status == "pending").limit(1))
-        if collecting is not None:
+    async def _join_in_store(self, key: tuple[str, str, int, int], now: dt.datetime, *,
+                             cutoff: dt.datetime) -> IntakeResult | None:
+        """Keep a pending set as one text: whole if complete, else (first part older than
+        `cutoff`) a partial one with its gaps marked. None when there was nothing to do."""
+        async with self.cases.engine.begin() as conn:
+            pending = await self._stored_parts(conn, key)
+            if not pending:
+                return None  # joined meanwhile (another node, or a part that completed it)
+            total = key[3]
+            parts = {r.seq: (bytes.fromhex(r.payload_hex), r.data_coding) for r in pending}
+            complete = all(seq in parts for seq in range(1, total + 1))
+            if not complete and min(r.received_at for r in pending) > cutoff:
+                return None
+            joined = await self._write_joined(conn, key, parts, now, source="smpp",
+                                              reason=None if complete else "timeout")
+        (result,) = await self._after_commit(*joined)
+        return result
+
+    async def _stored_parts(self, conn: AsyncConnection, key: tuple[str, str, int, int], *,
+                            part_fp: str | None = None, since: dt.datetime | None = None) -> list[Any]:
+        """Lock the text's key for this transaction, then read its pending parts (and, with
+        `part_fp`, an earlier copy of this very part still within the redelivery window)."""
+        if conn.dialect.name == "postgresql":
+            digest = hashlib.sha256("\x1f".join(map(str, key)).encode()).digest()
+            await conn.execute(select(func.pg_advisory_xact_lock(int.from_bytes(digest[:8], "big", signed=True))))
+        elif conn.dialect.name == "sqlite":  # take the one write lock before reading (another process)
+            await conn.exec_driver_sql("BEGIN IMMEDIATE")
+        sender, destination, ref, total = key
+        wanted = PARTS.c.status == "pending"
+        if part_fp is not None and since is not None:
+            wanted = wanted | ((PARTS.c.part_fp == part_fp) & (PARTS.c.received_at >= since))
+        return list((await conn.execute(
+            select(PARTS.c.seq, PARTS.c.status, PARTS.c.part_fp, PARTS.c.data_coding, PARTS.c.payload_hex,
+                   PARTS.c.received_at)
+            .where(PARTS.c.sender == sender, PARTS.c.destination == destination, PARTS.c.concat_ref == ref,
+                   PARTS.c.parts_total == total, wanted)
+            .order_by(PARTS.c.id))).all())
+
+    @staticmethod
+    async def _insert_part(conn: AsyncConnection, part: dict[str, Any]) -> bool:
+        """Insert a pending part; False when the set already has one with this seq."""
+        insert = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
+        stmt = insert(PARTS).values(**part, status="pending").on_conflict_do_nothing(
+            index_elements=["sender", "destination", "concat_ref", "parts_total", "seq"],
+            # A literal predicate: with a bound parameter PostgreSQL cannot match the partial index
+            # once psycopg prepares the statement (generic plan), and refuses the ON CONFLICT.
+            index_where=sql_text("status = 'pending'")).returning(PARTS.c.id)
+        return (await conn.execute(stmt)).first() is not None
+
+    async def _late_part_target(self, conn: AsyncConnection, key: tuple[str, str, int, int], seq: int,
+                                since: dt.datetime) -> Any:
+        """A message already kept as partial (no pending set left) that lacks this part."""
+        sender, destination, ref, total = key
+        row = (await conn.execute(
+            select(INBOUND.c.id, INBOUND.c.case_number, INBOUND.c.parts_present).where(
+                INBOUND.c.sender == sender, INBOUND.c.destination == destination, INBOUND.c.concat_ref == ref,
+                INBOUND.c.parts_total == total, INBOUND.c.partial.is_(True), INBOUND.c.received_at >= since)
+            .order_by(INBOUND.c.id.desc()).limit(1))).first()
+        if row is None or seq in (row.parts_present or []):
             return None
-        candidates = (await session.scalars(
-            select(SmsInboundRow).where(
-                SmsInboundRow.sender == sender, SmsInboundRow.destination == destination,
-                SmsInboundRow.concat_ref == concat.ref, SmsInboundRow.parts_total == concat.total,
-                SmsInboundRow.partial.is_(True), SmsInboundRow.received_at >= since)
-            .order_by(SmsInboundRow.id.desc()).limit(1))).all()
-        for row in candidates:
-            if concat.seq not in (row.parts_present or []):
-                return row
-        return None
+        return row
+
+    async def _write_joined(self, conn: AsyncConnection, key: tuple[str, str, int, int],
+                            parts: dict[int, tuple[bytes, int]], now: dt.datetime, *, source: str,
+                            reason: str | None) -> tuple[Any, ...]:
+        """Inside the part's transaction: the joined text through the whole-text store step
+        (`_write_texts`, which also marks the set assembled). Returns what `_after_commit` takes."""
+        sender, destination, ref, total = key
+        item = join_parts(sender, destination, ref, total, parts, reason=reason, gbk_codings=self.gbk_codings)
+        text, changed = clean_text(item.text)
+        if isinstance(item, CompleteMessage):
+            present, is_partial = tuple(range(1, total + 1)), False
+        else:
+            present, is_partial = item.parts_present, True
+            log.warning("sms.mo.partial", sender=mask_number(sender), ref=ref, total=total,
+                        present=list(present), reason=item.reason)
+        items = [(_Text(sender=sender, destination=destination, text=text, lossy=item.lossy or changed,
+                        partial=is_partial, source=source, ref=ref, total=total, parts_present=present), None)]
+        prepared = self._prepare_texts(items, now, [key])
+        decisions, views = await conn.run_sync(partial(self._write_texts, prepared, now))
+        return items, prepared, decisions, views
 
     async def _append_late_part(self, case_number: str | None, concat: ConcatInfo, payload: bytes,
                                 coding: int) -> None:
@@ -561,31 +608,12 @@ class SmsIntakeService:
         except ServiceError as exc:  # the part itself is stored; staff see it in the SMS record
             log.warning("sms.mo.late_part_not_appended", case_number=case_number, error=exc.message)
 
-    async def _finish_reassembled(self, item: Reassembled, *, source: str) -> IntakeResult:
-        text, changed = clean_text(item.text)
-        if isinstance(item, CompleteMessage):
-            ref, total, present, partial = item.ref, item.total, tuple(range(1, item.total + 1)), False
-        else:
-            ref, total, present, partial = item.ref, item.total, item.parts_present, True
-            log.warning("sms.mo.partial", sender=mask_number(item.sender), ref=item.ref, total=item.total,
-                        present=list(item.parts_present), reason=item.reason)
-        return await self._receive_text(
-            _Text(sender=item.sender, destination=item.destination, text=text, lossy=item.lossy or changed,
-                  partial=partial, source=source, ref=ref, total=total, parts_present=present),
-            part_key=(item.sender, item.destination, ref, total) if ref is not None else None)
-
     # ---- step 3-5: the store, a group of whole texts per transaction -----------------------
 
     def _window(self, command: str | None) -> float:
         if command is not None:
             return self.settings.command_redelivery_window
         return self.settings.redelivery_window
-
-    async def _receive_text(self, message: _Text, *,
-                            part_key: tuple[str, str, int | None, int] | None = None) -> IntakeResult:
-        """One whole text (a reassembled long one) through the same store path as a group of one."""
-        (result,) = await self._store_texts([(message, None)], part_keys=[part_key])
-        return result
 
     def _redelivery(self, seen: _Seen, text: _Text, now: dt.datetime) -> bool:
         """Is this arrival the SMSC delivering `seen` again, or the citizen sending the same again?
@@ -619,6 +647,21 @@ class SmsIntakeService:
         of the same sender in the group waits for it, so replies keep the sender's order).
         """
         now = self.now()
+        prepared = self._prepare_texts(items, now, part_keys)
+        engine = self.cases.engine
+        for attempt in range(2):
+            try:
+                decisions, views = await run_in_transaction(engine, partial(self._write_texts, prepared, now))
+                break
+            except IntegrityError:  # another node stored the same key meanwhile: decide again
+                if attempt:
+                    raise
+        return await self._after_commit(items, prepared, decisions, views)
+
+    def _prepare_texts(self, items: Sequence[tuple[_Text, asyncio.Future[IntakeResult] | None]], now: dt.datetime,
+                       part_keys: Sequence[tuple[str, str, int | None, int] | None] | None = None,
+                       ) -> list[_Prepared]:
+        """What the store step needs of each text, computed on the loop before the transaction."""
         prepared = []
         for index, (text, _) in enumerate(items):
             fingerprint = _sha(f"{text.sender}\x1f{text.destination}\x1f{text.ref}\x1f{text.total}"
@@ -631,14 +674,12 @@ class SmsIntakeService:
             part_key = part_keys[index] if part_keys else None
             prepared.append(_Prepared(text=text, fingerprint=fingerprint, text_hash=text_hash,
                                       gateway_key=gateway_key, part_key=part_key))
-        engine = self.cases.engine
-        for attempt in range(2):
-            try:
-                decisions, views = await run_in_transaction(engine, partial(self._write_texts, prepared, now))
-                break
-            except IntegrityError:  # another node stored the same key meanwhile: decide again
-                if attempt:
-                    raise
+        return prepared
+
+    async def _after_commit(self, items: Sequence[tuple[_Text, asyncio.Future[IntakeResult] | None]],
+                            prepared: Sequence[_Prepared], decisions: Sequence[_Decision],
+                            views: Sequence[CaseView]) -> list[IntakeResult]:
+        """After the group's commit: count, log, answer each text; then finish the slow ones in order."""
         self._m_groups.inc()
         self._m_group_size.observe(len(items))
         self.cases.drafts_created(views)

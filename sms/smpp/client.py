@@ -26,6 +26,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Literal, Self
+from typing import Protocol as Interface
 
 import structlog
 from twisted.internet.abstract import isIPAddress, isIPv6Address
@@ -122,6 +123,19 @@ class BindError(SmppError):
         self.status = status
 
 
+class BindGate(Interface):
+    """Asked before every connect: may this client hold its binds to the account now?
+
+    Carriers cap the binds per account; a gate that counts the binds of other processes
+    (callcenter.cluster.smpp) says no while the cap is reached, and the link asks again
+    after `SmppClient.gate_retry` seconds. `release` hands the claim back at `stop`.
+    """
+
+    async def acquire(self) -> bool: ...
+
+    async def release(self) -> None: ...
+
+
 class BindState(enum.IntEnum):
     """Link state for metrics; ordered so the weakest link wins in tx+rx."""
 
@@ -179,6 +193,15 @@ class TokenBucket:
             self._tokens -= 1.0
             return 0.0
         return (1.0 - self._tokens) / self.rate
+
+    def set_rate(self, rate: float, now: float) -> None:
+        """Change the rate from `now` on (tokens earned so far at the old rate are kept)."""
+        if rate <= 0:
+            raise ValueError("rate must be positive")
+        if now > self._stamp:
+            self._tokens = min(self.burst, self._tokens + (now - self._stamp) * self.rate)
+            self._stamp = now
+        self.rate = rate
 
     def pause_until(self, until: float) -> None:
         """Hold every send until `until` (SMSC asked us to slow down)."""
@@ -396,6 +419,9 @@ class _Link:
         """Connect, bind, wait for the connection to end, back off, repeat."""
         client = self.client
         while not client._stopping:
+            if not await client._admitted(self):
+                await client._pause(client.gate_retry)
+                continue
             self._set_state(BindState.CONNECTING)
             loop = asyncio.get_running_loop()
             self._bind_waiter = loop.create_future()
@@ -616,6 +642,8 @@ class SmppClient:
         reactor: Any = None,
         clock: Callable[[], float] = time.monotonic,
         rng: random.Random | None = None,
+        bind_gate: BindGate | None = None,
+        gate_retry: float = 2.0,
     ) -> None:
         if bind_mode not in ("trx", "tx+rx"):
             raise ValueError(f"bind_mode must be 'trx' or 'tx+rx', got {bind_mode!r}")
@@ -638,6 +666,8 @@ class SmppClient:
         self.first_sequence = first_sequence
         self.drain_timeout = drain_timeout
         self.on_deliver = on_deliver
+        self.bind_gate = bind_gate
+        self.gate_retry = gate_retry
         self.stats = SmppStats()
         self._reactor = reactor if reactor is not None else _default_reactor()
         self._clock = clock
@@ -683,6 +713,11 @@ class SmppClient:
         await asyncio.gather(*(link.shutdown(timeout) for link in self._links))
         for task in list(self._deliver_tasks):
             task.cancel()
+        if self.bind_gate is not None:
+            try:
+                await self.bind_gate.release()
+            except Exception as exc:  # noqa: BLE001 - the claim lapses with the node's heartbeat anyway
+                log.warning("smpp.bind_release_failed", error=str(exc))
 
     async def __aenter__(self) -> Self:
         await self.start()
@@ -854,6 +889,32 @@ class SmppClient:
         if self._waiters is None:
             self._waiters = asyncio.get_running_loop().create_future()
         return self._waiters
+
+    def set_rate(self, parts_per_second: float, *, hold: float = 0.0) -> None:
+        """Pace submits at a new rate (this node's share of the account's cap); with `hold`,
+        send nothing for that long first (the other binds have not slowed down yet)."""
+        now = self._clock()
+        self._bucket.set_rate(parts_per_second, now)
+        if hold > 0:
+            self._bucket.pause_until(now + hold)
+
+    @property
+    def rate(self) -> float:
+        """Parts per second this client paces submits at."""
+        return self._bucket.rate
+
+    async def _admitted(self, link: _Link) -> bool:
+        """The bind gate's answer (no gate: yes); a failing gate means not now."""
+        if self.bind_gate is None:
+            return True
+        try:
+            admitted = await self.bind_gate.acquire()
+        except Exception as exc:  # noqa: BLE001 - the store may be away: ask again later
+            link._log.warning("smpp.bind_gate_failed", error=str(exc))
+            return False
+        if not admitted:
+            link._log.info("smpp.bind_cap_reached", retry=self.gate_retry)
+        return admitted
 
     async def _pause(self, delay: float) -> None:
         """Sleep, but wake at once when the client is stopped."""

@@ -21,6 +21,19 @@ def test_token_bucket_spacing() -> None:
     assert bucket.take(1.1) == 0
 
 
+def test_token_bucket_rate_change_keeps_what_was_earned() -> None:
+    """A node's share of the account's rate changes (callcenter/cluster/smpp.py): tokens earned
+    at the old rate stay, the spacing from then on is the new rate's."""
+    bucket = TokenBucket(rate=10, burst=1, now=0.0)
+    assert bucket.take(0.0) == 0
+    bucket.set_rate(5, 0.05)  # half a token earned at 10/s
+    assert bucket.take(0.05) == pytest.approx(0.1)  # the other half at 5/s
+    assert bucket.take(0.15) == 0
+    assert bucket.take(0.15) == pytest.approx(0.2)
+    with pytest.raises(ValueError):
+        bucket.set_rate(0, 1.0)
+
+
 def test_backoff_doubles_with_jitter_and_caps() -> None:
     """Delays double per attempt within [1, 1.5] x base, stop at the maximum, reset to the minimum."""
     backoff = Backoff(1.0, 10.0, random.Random(1))

@@ -196,7 +196,7 @@ async def test_a_redelivered_part_is_ignored_even_after_completion(services: Ser
         await receive(services, udh_part(CITIZEN, 9, 3, seq, chunks[seq - 1]))
     again = await receive(services, udh_part(CITIZEN, 9, 3, 3, chunks[2]))
     assert again.duplicate
-    assert len(await sms_cases(services)) == 1 and sms(services).intake.pending_long_messages == 0
+    assert len(await sms_cases(services)) == 1 and await sms(services).intake.pending_long_messages() == 0
 
 
 async def test_an_incomplete_message_becomes_a_flagged_draft_and_a_late_part_joins_it(

@@ -277,7 +277,7 @@ async def test_a_long_message_out_of_order_and_a_redelivery_make_one_case(live: 
     assert [c.description for c in cases] == [story, REPORT]
     acks = await wait_texts(live.smsc, CITIZEN_WIRE, 2)
     assert [a[4:16] for a in acks] == [c.number for c in cases]
-    assert live.sms.intake.pending_long_messages == 1  # OTHER's part 1/2 waits for its part 2
+    assert await live.sms.intake.pending_long_messages() == 1  # OTHER's part 1/2 waits for its part 2
 
 
 async def test_a_store_failure_is_a_temporary_error_and_the_redelivery_lands_once(live: Stack) -> None:
