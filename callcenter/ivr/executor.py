@@ -79,7 +79,7 @@ log = structlog.get_logger(__name__)
 SAMPLES_PER_MS = 8
 NEXT_VARIABLE = "CALLCENTER_NEXT"
 CASE_VARIABLE = "CALLCENTER_CASE_NUMBER"
-# Set right after ANSWER: the dialplan then knows this node took the call, and never starts
+# Set first thing (before ANSWER): the dialplan then knows this node took the call, and never starts
 # it again on another node when this one is lost (config/asterisk/extensions.conf).
 NODE_VARIABLE = "CALLCENTER_NODE"
 BEEP_PROMPT = "beep"
@@ -231,6 +231,8 @@ class CallExecutor:
 
     def _call(self) -> Script:
         try:
+            if self.node:
+                yield from self._command(commands.set_variable(NODE_VARIABLE, self.node))
             answered: AgiResult = yield Command(commands.answer())
             if answered.failed:
                 self.log.info("voice.gone_before_answer")
@@ -238,8 +240,6 @@ class CallExecutor:
                 return
             self.answered = True
             self.hooks.answered()
-            if self.node:
-                yield from self._command(commands.set_variable(NODE_VARIABLE, self.node))
             context = yield from self._context()
             yield from self._drive(self.engine.start(context))
         except AgiHangup:
