@@ -260,6 +260,13 @@ def test_agi_nodes_in_the_dialplan_are_the_service_nodes(compose: dict[str, Any]
     assert globals_()["CALLCENTER_AGI_TURN"] == "0"
 
 
+def test_service_nodes_may_drain_their_calls_before_docker_kills_them(compose: dict[str, Any]) -> None:
+    settings = service_settings(compose)
+    grace = re.fullmatch(r"(\d+)s", str(service(compose, "callcenter").get("stop_grace_period", "10s")))
+    assert grace, "stop_grace_period in seconds, e.g. 110s"
+    assert int(grace.group(1)) > settings.voice.drain_seconds + settings.voice.drain_handover_seconds
+
+
 def test_hotline_did_reaches_the_ivr() -> None:
     steps = dialplan()
     carrier = section(conf("pjsip.conf"), "carrier", "endpoint")
