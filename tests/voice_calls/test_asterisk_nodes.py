@@ -238,14 +238,18 @@ async def test_a_node_that_is_down_is_skipped(start_cluster: ClusterFactory) -> 
     down = closed_port()
     await asterisk.set_agi_nodes([down, node_b.agi_port], first=0)  # the call starts on the dead one
     tag = asterisk.call(cluster.report("w2.5", "d1"), callerid=A)
+    await eventually(lambda: asterisk.agi_ports_tried(tag), 30, "the first call reached AGI()")
+    turn = asterisk.call(cluster.report("w2.5", "d1"), callerid=B)  # round robin: starts on node-b
     await asterisk.wait_idle(150)
 
     assert asterisk.agi_ports_tried(tag) == [down, node_b.agi_port]
-    (draft,) = await cluster.drafts(A)
-    assert cluster.number_heard(tag) == draft.number  # served in full by node-b
-    assert len(await cluster.outbox(draft.id)) == 1
-    assert node_b.logged("agi.call_started") == 1
-    assert "service_unavailable" not in asterisk.log_of(tag)
+    assert asterisk.agi_ports_tried(turn) == [node_b.agi_port]
+    for call, phone in ((tag, A), (turn, B)):
+        (draft,) = await cluster.drafts(phone)
+        assert cluster.number_heard(call) == draft.number  # served in full by node-b
+        assert len(await cluster.outbox(draft.id)) == 1
+        assert "service_unavailable" not in asterisk.log_of(call)
+    assert node_b.logged("agi.call_started") == 2
 
 
 async def test_kill_9_mid_ivr_hands_callers_to_the_queue_with_their_draft(start_cluster: ClusterFactory) -> None:
