@@ -178,4 +178,3 @@ class VoiceChannel:
         tasks = factory.cancel_all()
         log.warning("voice.drain_timeout", cancelled=len(tasks))
         await asyncio.gather(*tasks, return_exceptions=True)
-
