@@ -36,9 +36,9 @@ from callcenter.cases.model import CaseView, Channel, LogEntry
 from callcenter.cases.numbering import CaseNumber, InvalidCaseNumber
 from callcenter.cases.phones import InvalidPhoneNumber, is_mobile, normalise_phone
 from callcenter.db.tables import CaseLogRow, CaseRow, IntakeCounterRow
-from callcenter.db.unit import run_in_transaction
-from callcenter.service.errors import CaseNotFound, Conflict, InvalidInput, TransitionRefused
+from callcenter.db.unit import insert_ids, run_in_transaction
 from callcenter.privacy import is_number_search, log_changes, mask_number
+from callcenter.service.errors import CaseNotFound, Conflict, InvalidInput, TransitionRefused
 from callcenter.service.outbox import OutgoingSms, enqueue, enqueue_sync, outbox_key
 
 log = structlog.get_logger(__name__)
@@ -51,8 +51,6 @@ CASES: Table = CaseRow.__table__  # type: ignore[assignment]
 CASE_LOG: Table = CaseLogRow.__table__  # type: ignore[assignment]
 # Statements built once: building and keying them per call was a tenth of a draft's CPU.
 _SERIALS_UPSERT: dict[str, Any] = {}  # per dialect
-_INSERT_CASE = CASES.insert().returning(CASES.c.id)
-_INSERT_CASES = CASES.insert().returning(CASES.c.id, sort_by_parameter_order=True)
 _INSERT_LOG = CASE_LOG.insert()
 
 
@@ -363,10 +361,7 @@ class CaseService:
         numbers = self._take_serials(conn, day, len(drafts))
         rows = [{**d.values, "number": n.value, "created_at": now, "updated_at": now}
                 for d, n in zip(drafts, numbers, strict=True)]
-        if len(rows) == 1:
-            ids = [conn.execute(_INSERT_CASE, rows[0]).scalar_one()]
-        else:
-            ids = list(conn.execute(_INSERT_CASES, rows).scalars())
+        ids = insert_ids(conn, CASES, rows, ("number",))
         logs = [{"case_id": case_id, "at": now, "actor": d.actor, "action": "created", "from_status": None,
                  "to_status": CaseStatus.DRAFT.value, "changes": {"channel": d.values["channel"]}, "reason": None,
                  "event_id": None} for case_id, d in zip(ids, drafts, strict=True)]
