@@ -144,6 +144,10 @@ class CaseService:
     # Told of every new draft after its commit (not of a replayed source_ref): the console's
     # live queue and screen-pop listen here. Must not raise or block.
     on_draft_created: Callable[[CaseView], None] | None = None
+    # Told that an SMS was queued (the sender looks now instead of at its next poll). Called
+    # after the commit for drafts, and possibly just before it for notices: the sender looks
+    # once more shortly after a wake that found nothing. Must not raise or block.
+    on_outbox: Callable[[], None] = lambda: None
     _tz: ZoneInfo = field(init=False)
     _draft_queue: list[tuple[PreparedDraft, asyncio.Future[CaseView | str]]] = field(init=False, default_factory=list)
     _draft_writer: asyncio.Task[None] | None = field(init=False, default=None)
@@ -462,6 +466,8 @@ class CaseService:
     def _settle(self, group: Sequence[tuple[PreparedDraft, asyncio.Future[CaseView | str]]],
                 outcomes: Sequence[CaseView | str]) -> None:
         self.drafts_created([o for o in outcomes if isinstance(o, CaseView)])
+        if any(p.notify and isinstance(o, CaseView) for (p, _), o in zip(group, outcomes, strict=True)):
+            self.on_outbox()
         for (_, future), outcome in zip(group, outcomes, strict=True):
             if not future.done():
                 future.set_result(outcome)
@@ -502,6 +508,8 @@ class CaseService:
             queued = await enqueue(session, [OutgoingSms(key=outbox_key("receipt", row.number), recipient=recipient,
                                                          template="received", body=body, case_id=row.id)],
                                    self.now())
+        if queued:
+            self.on_outbox()
         return queued > 0
 
     async def update_transcription(
@@ -743,7 +751,8 @@ class CaseService:
                                 else outbox_key("case", row.number, template, row.version, phone),
                                 recipient=phone, template=template, body=body, case_id=row.id)
                     for phone in recipients]
-        await enqueue(session, messages, self.now())
+        if await enqueue(session, messages, self.now()):
+            self.on_outbox()
 
     async def _master_numbers(self, session: AsyncSession, rows: Sequence[CaseRow]) -> dict[int, str]:
         ids = {row.master_id for row in rows if row.master_id is not None}

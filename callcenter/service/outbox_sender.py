@@ -37,6 +37,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import zlib
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
@@ -91,6 +92,8 @@ HOUSEKEEPING_EVERY = 1.0
 # Seconds between sweeps of stored receipts for parts whose id has become known (and expiry,
 # and sharing the learned id-base pairs with the other nodes).
 SWEEP_EVERY = 10.0
+# Seconds until another look after a wake that found nothing due.
+WAKE_RECHECK = 0.05
 _PAIR_COLUMNS = {IdBases.SAME: "same_pairs", IdBases.SUBMIT_HEX_RECEIPT_DEC: "hex_dec_pairs",
                  IdBases.SUBMIT_DEC_RECEIPT_HEX: "dec_hex_pairs"}
 _PART_COLUMNS = (SUBMITS.c.id, SUBMITS.c.outbox_id, SUBMITS.c.recipient, SUBMITS.c.seq, SUBMITS.c.total,
@@ -181,6 +184,7 @@ class OutboxSender:
     _queue: list[tuple[_Item, asyncio.Future[Any]]] = field(init=False, default_factory=list)
     _writer: asyncio.Task[None] | None = field(init=False, default=None)
     _lost: set[int] = field(init=False, default_factory=set)
+    _refs_elsewhere: dict[str, set[int]] = field(init=False, default_factory=dict)
     # Batches whose submits are done and whose outcomes are still being committed.
     _settling: set[asyncio.Task[None]] = field(init=False, default_factory=set)
     _new_pairs: dict[IdBases, int] = field(init=False, default_factory=dict)
@@ -237,6 +241,7 @@ class OutboxSender:
         """Poll until `stop` is set; woken early by `wake()`."""
         while not stop.is_set():
             # Cleared before the pass, so a wake() that arrives during it is not lost.
+            woken = self._wake.is_set()
             self._wake.clear()
             sent = 0
             try:
@@ -251,8 +256,11 @@ class OutboxSender:
             if sent >= self.settings.outbox_batch:
                 await asyncio.sleep(0)  # a full batch means a backlog: next pass at once
                 continue
+            wait = self.settings.outbox_poll_interval
+            if woken and not sent:  # the wake may have come just before its writer's commit
+                wait = min(wait, WAKE_RECHECK)
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self.settings.outbox_poll_interval):
+                async with asyncio.timeout(wait):
                     waiters = [asyncio.ensure_future(self._wake.wait()), asyncio.ensure_future(stop.wait())]
                     try:
                         await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
@@ -303,8 +311,9 @@ class OutboxSender:
             last_ref = await session.scalar(
                 select(SUBMITS.c.concat_ref).where(SUBMITS.c.concat_ref.is_not(None))
                 .order_by(SUBMITS.c.id.desc()).limit(1))
-        if last_ref is not None:
-            self._allocator = ReferenceAllocator(bits=8, state=last_ref + 1)
+        # Nodes start their counters apart, so two nodes rarely propose the same reference.
+        offset = zlib.crc32(self.node.encode()) % 256
+        self._allocator = ReferenceAllocator(bits=8, state=(last_ref or 0) + 1 + offset)
         log.info("sms.outbox.recovered", node=self.node, taken_back=taken, bases=getattr(self.bases, "value", None))
 
     async def take_back_expired(self, *, own: bool = False) -> int:
@@ -363,6 +372,9 @@ class OutboxSender:
         messages: list[_Message] = []
         new_rows: list[dict[str, Any]] = []
         new_owner: list[_Message] = []
+        long_to = {r.recipient for r in claimed if r.id not in existing and r.id not in suppressed
+                   and segment_count(r.body, allow_gsm7=False) > 1}
+        self._refs_elsewhere = self._references_in_flight(conn, long_to, now) if long_to else {}
         for row in claimed:
             if row.id in suppressed:
                 continue
@@ -464,9 +476,27 @@ class OutboxSender:
                     log.info("sms.outbox.suppressed", outbox_id=r.id, case_id=r.case_id, to=mask_number(r.recipient))
         return out
 
+    def _references_in_flight(self, conn: Connection, recipients: set[str], now: dt.datetime) -> dict[str, set[int]]:
+        """Concatenation references of long messages to these handsets not yet finished, by any node.
+
+        A handset joins parts by (sender, reference): two long messages in flight to it with one
+        reference would be mixed up, whichever node sent them.
+        """
+        since = now - dt.timedelta(seconds=2 * self.settings.in_doubt_wait)
+        found: dict[str, set[int]] = {}
+        for recipient, ref in conn.execute(
+                select(SUBMITS.c.recipient, SUBMITS.c.concat_ref).distinct()
+                .where(SUBMITS.c.recipient.in_(recipients), SUBMITS.c.concat_ref.is_not(None),
+                       SUBMITS.c.submitted_at >= since, SUBMITS.c.status != "failed",
+                       or_(SUBMITS.c.receipt_state.is_(None),
+                           SUBMITS.c.receipt_state.not_in([s.value for s in DeliveryState if s.is_final])))):
+            found.setdefault(recipient, set()).add(ref)
+        return found
+
     def _plan(self, outbox_id: int, recipient: str, body: str, now: dt.datetime) -> list[dict[str, Any]]:
         """Split into UCS-2 parts; multi-part messages get a reference free for this recipient."""
-        reference = self._allocator.allocate(recipient) if segment_count(body, allow_gsm7=False) > 1 else None
+        reference = (self._allocator.allocate(recipient, self._refs_elsewhere.get(recipient, ()))
+                     if segment_count(body, allow_gsm7=False) > 1 else None)
         parts = split_text(body, reference=reference, ref_bits=8, allow_gsm7=False)
         return [{"outbox_id": outbox_id, "recipient": recipient, "seq": p.seq, "total": p.total,
                  "concat_ref": p.ref, "data_coding": p.data_coding, "esm_class": p.esm_class,

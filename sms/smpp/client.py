@@ -20,8 +20,8 @@ import contextvars
 import enum
 import random
 import secrets
-import sys
 import socket
+import sys
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
