@@ -279,7 +279,8 @@ async def test_kill_9_mid_ivr_hands_callers_to_the_queue_with_their_draft(start_
     for tag in (reporter, listener):
         call_log = asterisk.log_of(tag)
         assert asterisk.agi_ports_tried(tag) == [node_a.agi_port], call_log[-3000:]  # never restarted
-        assert "IVR lost mid-call on node node-a" in call_log, call_log[-3000:]
+        # what docs/multi-node.md says a real Asterisk reports for a FastAGI server that died
+        assert "IVR lost mid-call on node node-a (AGISTATUS=SUCCESS)" in call_log, call_log[-3000:]
         assert "Playing 'callcenter/zh/service_unavailable" in call_log
         assert "Queue(" in call_log
     assert f"AGENT_ANSWERS case={draft.number}" in log  # the person is told which draft it is
