@@ -157,9 +157,16 @@ def mounts(svc: dict[str, Any]) -> dict[str, str]:
     return result
 
 
-def service_settings(compose: dict[str, Any]) -> Settings:
-    """What the service container starts with: defaults + the compose environment."""
-    return load_settings(environ=env(service(compose, "callcenter")))
+def service_nodes(compose: dict[str, Any]) -> list[str]:
+    """The callcenter service nodes: every service built from the service image's Dockerfile."""
+    return [name for name, svc in compose["services"].items()
+            if isinstance(svc.get("build"), dict) and svc["build"].get("dockerfile") == "docker/service/Dockerfile"]
+
+
+def service_settings(compose: dict[str, Any], node: str | None = None) -> Settings:
+    """What a service node's container starts with (the first node's unless named): defaults +
+    the compose environment."""
+    return load_settings(environ=env(service(compose, node or service_nodes(compose)[0])))
 
 
 def published(svc: dict[str, Any]) -> set[tuple[int, str]]:
@@ -181,10 +188,11 @@ def under(path: str, directory: str) -> bool:
 # --- the checks ------------------------------------------------------------------------------
 
 def test_compose_defines_the_four_services_with_buildable_contexts(compose: dict[str, Any]) -> None:
-    assert set(compose["services"]) == {"asterisk", "postgres", "smsc", "callcenter"}
+    nodes = service_nodes(compose)
+    assert set(compose["services"]) == {"asterisk", "postgres", "smsc", *nodes} and len(nodes) >= 2
     assert service(compose, "postgres")["image"].startswith("postgres:16")
     assert service(compose, "asterisk")["image"].startswith("andrius/asterisk:22")
-    for name in ("callcenter", "smsc"):
+    for name in (*nodes, "smsc"):
         build = service(compose, name)["build"]
         context = ROOT / build["context"]
         dockerfile = (context / build["dockerfile"]).resolve()
@@ -229,9 +237,10 @@ def test_service_environment_is_valid_settings(compose: dict[str, Any]) -> None:
     assert (user, password, database) == (postgres["POSTGRES_USER"], postgres["POSTGRES_PASSWORD"],
                                           postgres["POSTGRES_DB"])
     assert host == "postgres" and port in (None, "5432")
-    depends = service(compose, "callcenter")["depends_on"]
-    assert depends["postgres"]["condition"] == "service_healthy"
-    assert str(settings.http.port) in str(service(compose, "callcenter")["ports"])
+    for node in service_nodes(compose):
+        depends = service(compose, node)["depends_on"]
+        assert depends["postgres"]["condition"] == "service_healthy"
+        assert str(service(compose, node)["ports"][0]).endswith(f":{settings.http.port}")
 
 
 def test_agi_nodes_in_the_dialplan_are_the_service_nodes(compose: dict[str, Any]) -> None:
@@ -340,7 +349,8 @@ def test_recording_directory_is_the_shared_volume(compose: dict[str, Any]) -> No
     recording_dir = globals_()["CALLCENTER_RECORDING_DIR"]
     assert recording_dir == "/var/spool/asterisk/recording/callcenter"
     assert mounts(service(compose, "asterisk"))["recordings"] == recording_dir
-    assert mounts(service(compose, "callcenter"))["recordings"] == recording_dir
+    for node in service_nodes(compose):
+        assert mounts(service(compose, node))["recordings"] == recording_dir
     assert "recordings" in compose["volumes"]
     settings = service_settings(compose)
     console = getattr(settings, "console", None)
@@ -356,7 +366,8 @@ def test_prompts_are_built_where_asterisk_plays_them(compose: dict[str, Any]) ->
     sounds = PromptSettings().asterisk_sounds_dir
     assert settings.prompts.asterisk_sounds_dir == sounds
     assert settings.prompts.output == sounds  # the service writes into the shared volume
-    assert under(sounds, mounts(service(compose, "callcenter"))["prompts"])
+    for node in service_nodes(compose):
+        assert under(sounds, mounts(service(compose, node))["prompts"])
     assert under(sounds, mounts(service(compose, "asterisk"))["prompts"])
     # every prompt the Asterisk configuration plays exists
     ids = set(prompt_ids(PROMPTS))
