@@ -34,6 +34,10 @@ What one command does (the contract both drivers used to carry twice):
     Transfer      SET VARIABLE CALLCENTER_CASE_NUMBER, CALLCENTER_NEXT=agent|voicemail
     HangUp        SET VARIABLE CALLCENTER_NEXT=hangup (the dialplan hangs up)
 
+With a `node` (the FastAGI driver), the call starts with SET VARIABLE CALLCENTER_NODE <node>
+and a committed draft's number goes on the channel at once (CALLCENTER_CASE_NUMBER), so the
+dialplan can hand a caller whose node died to a person, with the draft, never to a second IVR.
+
 A hang-up anywhere is fed to the engine as `Hangup()` (during RECORD FILE as a recording
 ended by hangup, so what the caller said is filed); the engine then asks only for the
 service calls still owed. Any other failure ends the IVR's part with the owed work done
@@ -79,8 +83,9 @@ log = structlog.get_logger(__name__)
 SAMPLES_PER_MS = 8
 NEXT_VARIABLE = "CALLCENTER_NEXT"
 CASE_VARIABLE = "CALLCENTER_CASE_NUMBER"
-# Set right after ANSWER: the dialplan then knows this node took the call, and never starts
-# it again on another node when this one is lost (config/asterisk/extensions.conf).
+# Set first thing (before ANSWER) when the driver names its node: the dialplan then knows this
+# node took the call and never starts it again on another node when this one is lost
+# (config/asterisk/extensions.conf, [callcenter-agi] and ivr-lost).
 NODE_VARIABLE = "CALLCENTER_NODE"
 BEEP_PROMPT = "beep"
 # A recording that stopped on its own this close to max_seconds hit the limit.
@@ -231,6 +236,8 @@ class CallExecutor:
 
     def _call(self) -> Script:
         try:
+            if self.node:
+                yield from self._command(commands.set_variable(NODE_VARIABLE, self.node))
             answered: AgiResult = yield Command(commands.answer())
             if answered.failed:
                 self.log.info("voice.gone_before_answer")
@@ -238,8 +245,6 @@ class CallExecutor:
                 return
             self.answered = True
             self.hooks.answered()
-            if self.node:
-                yield from self._command(commands.set_variable(NODE_VARIABLE, self.node))
             context = yield from self._context()
             yield from self._drive(self.engine.start(context))
         except AgiHangup:

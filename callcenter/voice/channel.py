@@ -142,13 +142,14 @@ class VoiceChannel:
 
     async def stop(self) -> None:
         """Stop taking calls, drain the ones in progress, stop AMI."""
+        loop = asyncio.get_running_loop()
         self._draining = True
         if self._listening is not None:
             from twisted.internet.defer import Deferred
 
             stopped = self._listening.stopListening()
             if isinstance(stopped, Deferred):
-                await stopped.asFuture(asyncio.get_running_loop())
+                await stopped.asFuture(loop)
             self._listening = None
         voice = self.settings.voice
         await self.drain(voice.drain_seconds, voice.drain_handover_seconds)
@@ -188,4 +189,3 @@ class VoiceChannel:
         tasks = factory.cancel_all()
         log.warning("voice.drain_timeout", cancelled=len(tasks))
         await asyncio.gather(*tasks, return_exceptions=True)
-

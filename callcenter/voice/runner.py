@@ -65,7 +65,7 @@ class RunnerDeps:
     # True once calls must be handed to a person at their next step (end of a drain).
     draining: Callable[[], bool] = lambda: False
     call_records: records.CallRecords | None = None
-    # This node's id, set on the channel as CALLCENTER_NODE once the call is answered.
+    # This node's id, set on the channel as CALLCENTER_NODE first thing on every call.
     node: str | None = None
 
 

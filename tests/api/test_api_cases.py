@@ -9,6 +9,7 @@ import pytest
 from openapi_spec_validator import validate
 
 from callcenter.api.openapi import document
+from callcenter.app import Services
 from callcenter.cases.numbering import damm_valid
 from callcenter.service.tokens import Role
 from tests.conftest import ApiClient
@@ -40,6 +41,15 @@ async def test_healthz_and_openapi_need_no_token(api: ApiClient) -> None:
     check(await response.json(), "HealthOut")
     response = await api.http.get("/api/v1/openapi.json")
     assert response.status == 200 and (await response.json())["openapi"].startswith("3.1")
+
+
+async def test_healthz_says_draining_once_the_node_is_stopping(api: ApiClient, services: Services) -> None:
+    services.state.draining = True  # what `serve` sets on SIGTERM (callcenter/server.py)
+    response = await api.http.get("/healthz")
+    assert response.status == 503
+    body = await response.json()
+    check(body, "HealthOut")
+    assert body["status"] == "draining" and body["node"] == services.settings.node_id()
 
 
 async def test_create_draft_answers_201_with_a_valid_number(api: ApiClient) -> None:

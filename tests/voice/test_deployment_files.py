@@ -269,6 +269,26 @@ def test_agi_nodes_in_the_dialplan_are_the_service_nodes(compose: dict[str, Any]
     assert globals_()["CALLCENTER_AGI_TURN"] == "0"
 
 
+def _seconds(duration: str) -> float:
+    """A compose duration (`110s`, `2m`, `1m30s`) in seconds."""
+    parts = re.findall(r"(\d+(?:\.\d+)?)(h|ms|m|s|us)", duration)
+    assert parts and "".join(n + u for n, u in parts) == duration, f"not a duration: {duration!r}"
+    scale = {"h": 3600, "m": 60, "s": 1, "ms": 0.001, "us": 0.000001}
+    return sum(float(n) * scale[u] for n, u in parts)
+
+
+def test_service_nodes_may_drain_their_calls_before_docker_kills_them(compose: dict[str, Any]) -> None:
+    """On `docker compose stop` a node drains its calls (docs/multi-node.md, Voice); docker's
+    default stop timeout (10 s) would kill it first."""
+    nodes = [name for name, svc in compose["services"].items() if isinstance(svc.get("build"), dict)
+             and svc["build"].get("dockerfile") == "docker/service/Dockerfile"]
+    assert nodes
+    for node in nodes:
+        voice = load_settings(environ=env(service(compose, node))).voice
+        grace = service(compose, node).get("stop_grace_period", "10s")
+        assert _seconds(str(grace)) > voice.drain_seconds + voice.drain_handover_seconds, node
+
+
 def test_hotline_did_reaches_the_ivr() -> None:
     steps = dialplan()
     carrier = section(conf("pjsip.conf"), "carrier", "endpoint")

@@ -186,7 +186,8 @@ async def test_service_down_the_caller_hears_an_apology(real_voice: RealVoice, i
     today = dt.datetime.now(dt.timezone(dt.timedelta(hours=8))).strftime("%a").lower()
     other_day = "sun" if today != "sun" else "mon"
     hours = "*,*,*,*" if in_hours else f"*,{other_day},*,*"
-    await asterisk.set_agi_nodes([closed_port(), closed_port()])
+    down = [closed_port(), closed_port()]  # every node down
+    await asterisk.set_agi_nodes(down)
     await asterisk.set_global("CALLCENTER_STAFF_HOURS", hours)
     try:
         tag = real_voice.place("w25|h")
@@ -195,6 +196,7 @@ async def test_service_down_the_caller_hears_an_apology(real_voice: RealVoice, i
         await asterisk.set_agi_nodes([real_voice.port])
         await asterisk.set_global("CALLCENTER_STAFF_HOURS", "08:30-17:30,mon-fri,*,*,Asia/Shanghai")
     log = asterisk.log_of(tag)
+    assert sorted(asterisk.agi_ports_tried(tag)) == sorted(down), log[-3000:]  # each node once
     assert "Playing 'callcenter/zh/service_unavailable" in log, log[-3000:]
     assert ("Queue(" in log) is in_hours  # in hours the caller still tries for a person
     assert "Playing 'callcenter/zh/system_busy" in log

@@ -252,12 +252,12 @@ async def test_shutdown_hands_callers_to_a_person_with_owed_work_done(voice: Voi
 
 async def test_the_call_is_marked_with_its_node_and_its_draft_at_once(voice: Voice) -> None:
     """What the dialplan needs when this node dies mid-call (config/asterisk/extensions.conf):
-    CALLCENTER_NODE right after ANSWER (never start this call again elsewhere), and the
+    CALLCENTER_NODE first thing (never start this call again elsewhere), and the
     draft's number as soon as it is committed (the person it goes to sees it)."""
     node = voice.services.settings.node_id()
     transcript = await voice.call(voice.peer("hotline", "121.#1"))
     (draft,) = await voice.drafts()
-    assert transcript.commands[:2] == ["ANSWER", f'SET VARIABLE "CALLCENTER_NODE" "{node}"']
+    assert transcript.commands[:2] == [f'SET VARIABLE "CALLCENTER_NODE" "{node}"', "ANSWER"]
     case_set = f'SET VARIABLE "CALLCENTER_CASE_NUMBER" "{draft.number}"'
     assert transcript.commands.count(case_set) == 1
     record = next(i for i, line in enumerate(transcript.commands) if line.startswith("RECORD FILE"))
