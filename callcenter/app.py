@@ -83,8 +83,6 @@ def build_services(settings: Settings) -> Services:
     sms = build_sms_services(settings, sessions=sessions, cases=cases, grids=grids, metrics=metrics)
     tokens = TokenStore(sessions, origin=settings.node_id())
     cluster = Cluster.build(settings, engine, events, tokens, metrics)
-    # Long MO texts still incomplete after sms.reassembly_timeout: kept as drafts once, by one node.
-    cluster.add_job("sms-reassembly", sms.intake.expire_partials, settings.sms.housekeeping_interval)
     return Services(settings=settings, engine=engine, sessions=sessions, catalogue=catalogue, grids=grids,
                     templates=templates, cases=cases, tokens=tokens, metrics=metrics, sms=sms,
                     events=events, cluster=cluster)

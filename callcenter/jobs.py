@@ -6,9 +6,9 @@ its jobs with the node's cluster when it starts and removes them when it stops; 
 runs them as `LeasedJob`s (callcenter/cluster/leases.py). On the embedded SQLite store the
 one node takes every lease, so the jobs run exactly as on a cluster of one.
 
-Not here, on purpose: the outbox sender's claim loop (its claims are leased per message), MO
-reassembly time-outs (with the reassembly store), and what belongs to one process only (AMI
-keep-alive, the queue follower, the console's draft watcher, the event bus's reader).
+Not here, on purpose: the outbox sender's claim loop (its claims are leased per message), and
+what belongs to one process only (AMI keep-alive, the queue follower, the console's draft
+watcher, the event bus's reader).
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ TASK_ESCALATION = "sms-task-escalation"
 OUTBOX_IN_DOUBT = "sms-outbox-in-doubt"
 OUTBOX_SWEEP = "sms-outbox-sweep"
 RATE_WINDOWS_PRUNE = "sms-rate-windows-prune"
+REASSEMBLY = "sms-reassembly"
 CALLBACKS = "voice-callbacks"
 
 
@@ -43,13 +44,15 @@ class JobSpec:
 
 
 def sms_jobs(settings: Settings, sms: SmsServices) -> list[JobSpec]:
-    """The SMS channel's jobs: supervisor escalation, the outbox's sweeps, the flood windows."""
+    """The SMS channel's jobs: supervisor escalation, the outbox's sweeps, the flood windows,
+    and long MO texts still incomplete after `sms.reassembly_timeout` (kept as drafts once)."""
     jobs = settings.jobs
     return [
         JobSpec(TASK_ESCALATION, sms.tasks.escalate_due, jobs.task_escalation_seconds),
         JobSpec(OUTBOX_IN_DOUBT, sms.outbox.resolve_in_doubt, jobs.outbox_in_doubt_seconds),
         JobSpec(OUTBOX_SWEEP, sms.outbox.sweep, jobs.outbox_sweep_seconds),
         JobSpec(RATE_WINDOWS_PRUNE, sms.intake.limits.prune, jobs.rate_windows_prune_seconds),
+        JobSpec(REASSEMBLY, sms.intake.expire_partials, settings.sms.housekeeping_interval),
     ]
 
 

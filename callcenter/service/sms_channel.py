@@ -5,8 +5,7 @@ HTTP routes and tests use the same objects. `SmsRuntime` is what `serve` starts 
 stops: the gateway (the SMPP client, or the console gateway when `smpp.host` is empty),
 the outbox sender loop, a housekeeping loop, and the channel's periodic jobs (supervisor
 escalation, the outbox's in-doubt and sweep passes), leased so that they run once across
-nodes. Overdue partial long messages become drafts in the `sms-reassembly` job, which runs on
-one node at a time under a cluster lease (registered in `callcenter.app.build_services`).
+nodes (overdue partial long messages become drafts in one of them, `sms-reassembly`).
 """
 
 from __future__ import annotations
@@ -170,7 +169,7 @@ class SmsRuntime:
         interval = self.settings.sms.housekeeping_interval
         while not self._stop.is_set():
             try:
-                if self.cluster is None:  # otherwise leased jobs (callcenter/jobs.py, app.py)
+                if self.cluster is None:  # otherwise leased jobs (callcenter/jobs.py)
                     await self.sms.tasks.escalate_due()
                     await self.sms.intake.limits.prune()
                     await self.sms.intake.expire_partials()

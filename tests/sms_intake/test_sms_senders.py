@@ -67,13 +67,18 @@ async def test_three_senders_one_killed_mid_burst_submit_every_message_exactly_o
                                        "route": "round_robin"})
     migrate.upgrade(pg_database_url)
     base = serve_env(pg_database_url, smsc)
+    # The three binds share the account's 250 parts/s; a node joining the account holds its
+    # submits for one heartbeat (callcenter/cluster/smpp.py), kept short so every node sends
+    # before the kill.
     base.update({"CALLCENTER_SMS__IN_DOUBT_WAIT": "4", "CALLCENTER_SMS__OUTBOX_LEASE": "3",
-                 "CALLCENTER_SMPP__MAX_PARTS_PER_SECOND": "250"})
+                 "CALLCENTER_SMPP__MAX_PARTS_PER_SECOND": "250", "CALLCENTER_NODE__HEARTBEAT_SECONDS": "0.3",
+                 "CALLCENTER_NODE__DEAD_AFTER_SECONDS": "3"})
     nodes = [Service({**base, "CALLCENTER_NODE__ID": f"node-{n}"}, tmp_path / f"node-{n}.log")
              for n in range(NODES)]
     victim = nodes[1]
     try:
         sessions = await bound_sessions(smsc, nodes, NODES)
+        await asyncio.sleep(1.0)  # past every node's join hold
         enqueue(pg_database_url, BURST)
         await smsc.wait_for("submit_sm", count=BURST // 3, timeout=60)
         victim.kill()
