@@ -1,0 +1,448 @@
+"""Three `callcenter serve` nodes on one PostgreSQL; one is killed (SIGKILL) mid-burst and mid-call.
+
+What runs (issue 11, "Tests"): three whole serve processes, each with its own SMPP bind to the
+node-smpp SMSC, its own FastAGI listener and its own HTTP listener, on one throwaway
+PostgreSQL. A console (a browser's cookie jar, signed in, reading Server-Sent Events) is open
+on each node. Then, at once:
+
+- an SMS burst: citizens' reports delivered by the SMSC over all three binds in turn;
+- calls: a scripted Asterisk (tests/voice_calls) plays callers who file a report by voice,
+  ask for the number by SMS and then press 0 for a person, spread over the three FastAGI
+  listeners; when a node refuses the connection the next one is tried, as the dialplan does;
+- once a third of the victim's texts are answered and a call is in its IVR, the victim gets
+  SIGKILL. The SMSC delivers again whatever the victim left unanswered, on the other binds;
+  its console's browser opens the stream again on a survivor (same cookie);
+- after the kill, supervisor tasks are sent through a survivor's API and left unanswered, so
+  they escalate to the shift leader under whichever node runs escalation then.
+
+Counted at the end, from the store and the SMSC's own log: every report made one draft (none
+lost, none doubled), every message the SMSC accepted was accepted once, every task escalated
+once (one log entry, one text to the shift leader), and every console saw every event owed to
+it: every draft and every screen-pop, from every node, including those published after the
+kill by the survivors, and the escalation notices.
+
+The SMSC's MO redelivery and the dialplan's "next node" are played by the test (node-smpp and
+the scripted Asterisk leave them out); everything on the service side is the real process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import itertools
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from sqlalchemy import create_engine, text
+
+from callcenter.app import build_services
+from callcenter.db import migrate
+from callcenter.db.engine import sync_url
+from callcenter.service.tokens import Role
+from callcenter.settings import load_settings
+from tests.agi.asterisk_peer import CallTranscript
+from tests.console.conftest import PASSWORD, ROSTER, create_staff
+from tests.support.serve_nodes import (
+    ALWAYS_OPEN_HOURS,
+    PacedCaller,
+    ServeNode,
+    SseConsole,
+    local_tcp_ports,
+    serve_environment,
+)
+from tests.support.smsc import SmscSimulator, smsc, smsc_simulator  # noqa: F401 - fixtures
+from tests.voice_calls.conftest import number_heard
+
+pytestmark = pytest.mark.postgres
+
+NODES = 3
+SMS_BURST = 240                # one report per sender, spread over the binds
+SMS_CHUNK = 12                 # deliver_sm sent together (the SMSC's window)
+LINES_PER_NODE = 2             # calls in progress at once per node
+CALLS_PER_LINE = 5
+TASKS = 3                      # supervisor tasks left unanswered after the kill
+SERVICE = "12319"
+SHIFT_LEADER = "8613800000000"
+GRID_BUJI = "44030700100101"   # 布吉: 张伟 on the roster
+# Report (1), an event (2) of major 01 (1), speak until # (.#), text me the number (1), then a person (0).
+REPORT_AND_AGENT = "121.#10"
+STAFF = ("wangfang", "lijun", "zhaomin")
+
+
+def sender(i: int) -> str:
+    return f"1350000{i:04d}"
+
+
+def report(i: int) -> str:
+    return f"第{i}号反映：坂田街道五和大道{i}号门前井盖缺失，行人容易踩空，请尽快处理。"
+
+
+def caller(i: int) -> str:
+    return f"137{i:08d}"
+
+
+def query(url: str, sql: str, **params: Any) -> list[Any]:
+    engine = create_engine(sync_url(url))
+    try:
+        with engine.connect() as conn:
+            return list(conn.execute(text(sql), params).all())
+    finally:
+        engine.dispose()
+
+
+@dataclass
+class Call:
+    index: int
+    line: int
+    order: list[int]                       # node indexes the "dialplan" tries, in turn
+    node: int | None = None                # where the call was answered
+    trying: int | None = None              # the node being tried now
+    refused: list[int] = field(default_factory=list)
+    started: float = 0.0
+    transcript: CallTranscript | None = None
+    peer: PacedCaller | None = None
+
+    @property
+    def completed(self) -> bool:
+        return self.transcript is not None and "CALLCENTER_NEXT" in self.transcript.variables
+
+    @property
+    def cut(self) -> bool:
+        """Ended by the node's death: no decision came back, Asterisk sends it to the queue."""
+        return self.transcript is not None and not self.completed
+
+    @property
+    def in_ivr(self) -> bool:
+        return self.peer is not None and self.transcript is None and self.peer.answered >= 3
+
+
+@dataclass
+class Cluster:
+    url: str
+    nodes: list[ServeNode]
+    smsc: SmscSimulator
+    rec_dir: Path
+    victim: int = 1
+    calls: list[Call] = field(default_factory=list)
+    killed: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def live(self) -> list[int]:
+        return [n for n, node in enumerate(self.nodes) if node.alive]
+
+
+async def place_call(cluster: Cluster, call: Call) -> None:
+    """One call as Asterisk with the multi-node dialplan places it: FastAGI to the first node,
+    the next one when the connection is refused. A call cut mid-IVR is not retried (Asterisk
+    hands it to the staff queue)."""
+    for n in call.order:
+        peer = PacedCaller(script="hotline", dtmf=REPORT_AND_AGENT, env={"callerid": caller(call.index)},
+                           service_dir=cluster.rec_dir, pace=0.04, read_timeout=30.0)
+        call.peer, call.started, call.trying = peer, time.monotonic(), n
+        try:
+            transcript = await peer.run("127.0.0.1", cluster.nodes[n].agi_port)
+        except ConnectionRefusedError:
+            call.refused.append(n)
+            continue
+        call.node, call.transcript = n, transcript
+        return
+    raise AssertionError(f"call {call.index}: no node answered ({call.refused})")
+
+
+async def call_line(cluster: Cluster, node: int, line: int, numbering: Any) -> None:
+    for _ in range(CALLS_PER_LINE):
+        order = [(node + k) % NODES for k in range(NODES)]
+        call = Call(next(numbering), line, order)
+        cluster.calls.append(call)
+        await place_call(cluster, call)
+
+
+async def until(check: Any, what: str, timeout: float) -> None:
+    """Wait until `check()` is true; fail naming `what` after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {timeout} s: {what}")
+        await asyncio.sleep(0.05)
+
+
+async def smpp_sessions(cluster: Cluster, timeout: float = 90.0) -> dict[int, int]:
+    """node index -> its SMPP session at the SMSC, matched by the bind's TCP port."""
+    async with asyncio.timeout(timeout):
+        while True:
+            for node in cluster.nodes:
+                assert node.alive, f"{node.name} exited:\n{node.tail()}"
+            bound = {s["id"] for s in await cluster.smsc.sessions() if s["mode"] == "transceiver"}
+            if len(bound) >= NODES:
+                break
+            await asyncio.sleep(0.05)
+    port_of = {e["session"]: e["remote_port"] for e in await cluster.smsc.events("connect")}
+    mapping = {}
+    for n, node in enumerate(cluster.nodes):
+        ports = local_tcp_ports(node.proc.pid)
+        (session,) = [s for s in bound if port_of.get(s) in ports]
+        mapping[n] = session
+    return mapping
+
+
+def deliver(smsc: SmscSimulator, session: int, source: str, body_hex: str, dcs: int = 8) -> Any:
+    return smsc.deliver(session=session, source_addr=source, destination_addr=SERVICE, data_coding=dcs,
+                        short_message_hex=body_hex)
+
+
+def drafts_in_store(url: str) -> dict[str, int]:
+    return {number: case_id for number, case_id in query(url, "SELECT number, id FROM cases WHERE status = 'draft'")}
+
+
+def agent_pops(calls: list[Call], where: Any = lambda call: True) -> set[str]:
+    """Call ids of the calls that were handed to a person (each publishes one screen-pop)."""
+    return {call.transcript.env["agi_uniqueid"] for call in calls
+            if call.transcript is not None and call.transcript.variables.get("CALLCENTER_NEXT") == "agent"
+            and where(call)}
+
+
+@dataclass
+class KillPoint:
+    """What the victim's console was owed before its node died, and when its browser came back."""
+
+    drafts: set[str]
+    pops: set[str]
+    max_case_id: int = 0            # after the browser's stream is open again on a survivor
+    reconnected_at: float = 0.0
+    unanswered: int = 0             # MO the victim left without deliver_sm_resp
+
+
+async def kill_victim(cluster: Cluster, sessions: dict[int, int], consoles: list[SseConsole],
+                      last: range) -> KillPoint:
+    """SIGKILL the victim while texts `last` are arriving on its bind and a caller is in its IVR."""
+    v = cluster.victim
+    victim = cluster.nodes[v]
+    # The victim has put callers through to a person (screen-pops it published),
+    await until(lambda: len(agent_pops(cluster.calls, lambda c: c.node == v)) >= LINES_PER_NODE,
+                "calls completed on the victim", 60)
+    # everything published so far reached the victim's console (the relay works both ways),
+    point = KillPoint(set(drafts_in_store(cluster.url)), agent_pops(cluster.calls))
+    await until(lambda: point.drafts <= consoles[v].drafts() and point.pops <= consoles[v].pops(),
+                "the victim's console caught up before the kill", 30)
+    # a caller is in the victim's IVR right now, and texts are on their way to it.
+    await until(lambda: any(c.in_ivr and c.trying == v for c in cluster.calls), "a call in the victim's IVR", 30)
+    await asyncio.gather(*(deliver(cluster.smsc, sessions[v], sender(i), report(i).encode("utf-16-be").hex())
+                           for i in last))
+    victim.kill()
+    cluster.killed.set()
+    # The SMSC delivers again, on the binds still up, every MO the dead bind left unanswered.
+    smsc = cluster.smsc
+    answered = {r["sequence"] for r in await smsc.events("deliver_sm_resp", session=sessions[v]) if r["status"] == 0}
+    unanswered = [d for d in await smsc.events("deliver_sm", session=sessions[v]) if d["sequence"] not in answered]
+    survivors = [sessions[n] for n in cluster.live()]
+    await asyncio.gather(*(deliver(smsc, survivors[k % len(survivors)], d["source_addr"], d["short_message_hex"],
+                                   d["data_coding"]) for k, d in enumerate(unanswered)))
+    point.unanswered = len(unanswered)
+    # The victim's browser opens its stream again through the load balancer: a survivor.
+    await consoles[v].follow(cluster.nodes[cluster.live()[0]])
+    point.reconnected_at = time.monotonic()
+    point.max_case_id = query(cluster.url, "SELECT coalesce(max(id), 0) FROM cases")[0][0]
+    return point
+
+
+async def sms_burst(cluster: Cluster, sessions: dict[int, int], consoles: list[SseConsole]) -> KillPoint:
+    """The burst over every live bind in turn; the kill once the victim answered a third of its share."""
+    v, smsc = cluster.victim, cluster.smsc
+    point: KillPoint | None = None
+    for start in range(0, SMS_BURST, SMS_CHUNK):
+        chunk = range(start, min(start + SMS_CHUNK, SMS_BURST))
+        if point is None and start >= SMS_BURST // 3:
+            await smsc.wait_for("deliver_sm_resp", count=SMS_BURST // 12, session=sessions[v], timeout=60)
+            point = await kill_victim(cluster, sessions, consoles, chunk)
+            continue
+        live = [sessions[n] for n in cluster.live()]
+        await asyncio.gather(*(deliver(smsc, live[i % len(live)], sender(i), report(i).encode("utf-16-be").hex())
+                               for i in chunk))
+    assert point is not None
+    return point
+
+
+async def create_tasks(cluster: Cluster, token: str) -> list[str]:
+    """Supervisor tasks (核实) on SMS drafts, sent through the survivors' APIs, never answered."""
+    numbers = [row[0] for row in query(cluster.url, "SELECT number FROM cases WHERE channel = 'sms' "
+                                                    f"ORDER BY id LIMIT {TASKS}")]
+    codes = []
+    async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {token}"}) as http:
+        for k, number in enumerate(numbers):
+            node = cluster.nodes[cluster.live()[k % len(cluster.live())]]
+            async with http.post(node.http + "api/v1/tasks", json={"case": number, "kind": "verify",
+                                                                    "grid": GRID_BUJI, "request_id": f"e2e-{k}"}) as r:
+                assert r.status == 201, await r.text()
+                codes.append((await r.json())["code"])
+    return codes
+
+
+async def prepare_store(url: str) -> str:
+    """Schema, console accounts and a platform token, as an operator sets them up; the token."""
+    migrate.upgrade(url)
+    base = load_settings(environ={})
+    services = build_services(base.model_copy(update={"database": base.database.model_copy(update={"url": url})}))
+    try:
+        await create_staff(services)
+        return await services.tokens.create(Role.PLATFORM, "e2e-platform")
+    finally:
+        await services.close()
+
+
+def node_environment(cluster_url: str, smsc: SmscSimulator, tmp_path: Path) -> dict[str, str]:
+    roster, hours, recordings = tmp_path / "roster.toml", tmp_path / "hours.toml", tmp_path / "recordings"
+    roster.write_text(ROSTER, encoding="utf-8")
+    hours.write_text(ALWAYS_OPEN_HOURS, encoding="utf-8")
+    recordings.mkdir(exist_ok=True)
+    return serve_environment(
+        CALLCENTER_DATABASE__URL=cluster_url,
+        CALLCENTER_AGI__PORT="0",
+        CALLCENTER_NODE__HEARTBEAT_SECONDS="1", CALLCENTER_NODE__DEAD_AFTER_SECONDS="4",
+        CALLCENTER_NODE__EVENT_POLL_SECONDS="1", CALLCENTER_NODE__JOB_LEASE_SECONDS="3",
+        CALLCENTER_SMPP__HOST=smsc.host, CALLCENTER_SMPP__PORT=str(smsc.port),
+        CALLCENTER_SMPP__SYSTEM_ID="callcenter", CALLCENTER_SMPP__PASSWORD="secret",
+        CALLCENTER_SMPP__RECONNECT_MIN="0.05", CALLCENTER_SMPP__RECONNECT_MAX="0.3",
+        CALLCENTER_SMPP__MAX_PARTS_PER_SECOND="250",
+        CALLCENTER_SMS__IN_DOUBT_WAIT="4", CALLCENTER_SMS__OUTBOX_LEASE="3",
+        CALLCENTER_SMS__OUTBOX_POLL_INTERVAL="0.1", CALLCENTER_SMS__HOUSEKEEPING_INTERVAL="0.5",
+        CALLCENTER_SMS__ROSTER_FILE=str(roster), CALLCENTER_SMS__TASK_ESCALATION_MINUTES="0.05",
+        CALLCENTER_VOICE__HOURS_FILE=str(hours),
+        CALLCENTER_RECORDINGS__SERVICE_DIR=str(recordings), CALLCENTER_CONSOLE__RECORDINGS_DIR=str(recordings),
+        CALLCENTER_CONSOLE__POLL_SECONDS="0.5",
+    )
+
+
+async def test_three_nodes_one_killed_mid_burst_and_mid_call_lose_nothing_and_double_nothing(
+        smsc: SmscSimulator, pg_database_url: str, tmp_path: Path) -> None:
+    began = time.monotonic()
+    url = pg_database_url
+    # Receipts spread over every bind: one often reaches another node than the sender.
+    await smsc.configure(auto_receipt={"stat": "DELIVRD", "form": "both", "route": "round_robin"})
+    token = await prepare_store(url)
+    env = node_environment(url, smsc, tmp_path)
+    nodes = [ServeNode(f"node-{n}", {**env, "CALLCENTER_NODE__ID": f"node-{n}"}, tmp_path / f"node-{n}.log")
+             for n in range(NODES)]
+    cluster = Cluster(url, nodes, smsc, tmp_path / "recordings")
+    v = cluster.victim
+    consoles = [SseConsole(STAFF[n], PASSWORD) for n in range(NODES)]
+    try:
+        await asyncio.gather(*(node.listening() for node in nodes))
+        sessions = await smpp_sessions(cluster)
+        for n, console in enumerate(consoles):
+            await console.sign_in(nodes[n])
+            await console.follow(nodes[n])
+        started = time.monotonic()
+        numbering = itertools.count()
+        lines = [asyncio.create_task(call_line(cluster, n, line, numbering))
+                 for n in range(NODES) for line in range(LINES_PER_NODE)]
+        point = await sms_burst(cluster, sessions, consoles)
+        await asyncio.gather(*lines)
+        codes = await create_tasks(cluster, token)
+        burst_done = time.monotonic()
+
+        def settled() -> bool:
+            sms_cases = query(url, "SELECT count(*) FROM cases WHERE channel = 'sms'")[0][0]
+            open_ = query(url, "SELECT count(*) FROM outbox WHERE status IN ('pending', 'sending', 'in_doubt')")[0][0]
+            escalated = query(url, "SELECT count(*) FROM supervisor_tasks WHERE escalated_at IS NOT NULL")[0][0]
+            return sms_cases >= SMS_BURST and open_ == 0 and escalated >= TASKS
+
+        await until(settled, "every report stored, every text sent, every task escalated", 120)
+        drafts = drafts_in_store(url)
+        survivors_owed = point.pops | agent_pops(cluster.calls, lambda c: c.node != v)
+        browser_owed_drafts = point.drafts | {n for n, case_id in drafts.items() if case_id > point.max_case_id}
+        browser_owed_pops = point.pops | agent_pops(cluster.calls, lambda c: c.started > point.reconnected_at)
+
+        def escalations_seen(console: SseConsole) -> bool:
+            return any(e.data.get("counts", {}).get("escalated") == TASKS for e in console.of_type("notice"))
+
+        def consoles_caught_up() -> bool:
+            for n, console in enumerate(consoles):
+                owed_drafts = set(drafts) if n != v else browser_owed_drafts
+                owed_pops = survivors_owed if n != v else browser_owed_pops
+                if not (owed_drafts <= console.drafts() and owed_pops <= console.pops()
+                        and escalations_seen(console)):
+                    return False
+            return True
+
+        try:
+            await until(consoles_caught_up, "every console saw every event owed to it", 30)
+        except AssertionError:
+            for n, console in enumerate(consoles):
+                owed_drafts = set(drafts) if n != v else browser_owed_drafts
+                owed_pops = survivors_owed if n != v else browser_owed_pops
+                print(f"console {n} ({console.username}, streams {console.streams}, ended {console.ended}): "
+                      f"missing drafts {sorted(owed_drafts - console.drafts())[:10]} "
+                      f"({len(owed_drafts - console.drafts())}), missing pops {len(owed_pops - console.pops())}, "
+                      f"notices {[e.data.get('counts') for e in console.of_type('notice')]}, "
+                      f"resyncs {console.resyncs()}")
+            raise
+        settled_at = time.monotonic()
+    except BaseException:
+        for node in nodes:
+            print(f"--- {node.name}\n{node.tail()}")
+        raise
+    finally:
+        for console in consoles:
+            await console.close()
+        codes_rc = {node.name: node.stop() for node in nodes}
+    assert all(rc == 0 for name, rc in codes_rc.items() if name != nodes[v].name), codes_rc
+
+    # --- the SMS burst: one draft per sender, with its own text; none lost, none doubled.
+    rows = query(url, "SELECT reporter_phone, description FROM cases WHERE channel = 'sms'")
+    by_phone = collections.Counter(phone for phone, _ in rows)
+    assert len(rows) == SMS_BURST and set(by_phone) == {f"+86{sender(i)}" for i in range(SMS_BURST)}, \
+        f"{len(rows)} SMS drafts, doubled: {[p for p, c in by_phone.items() if c > 1][:5]}"
+    assert {description for _, description in rows} == {report(i) for i in range(SMS_BURST)}
+    assert query(url, "SELECT count(*) FROM sms_inbound")[0][0] == SMS_BURST
+
+    # --- calls: spread over the three listeners; the victim's went to the next node after its death.
+    calls = cluster.calls
+    assert len(calls) == NODES * LINES_PER_NODE * CALLS_PER_LINE
+    answered_by = collections.Counter(call.node for call in calls)
+    assert set(answered_by) == set(range(NODES)), answered_by
+    cut = [call for call in calls if call.cut]
+    assert cut and all(call.node == v for call in cut), "the kill cut a call in the victim's IVR"
+    moved = [call for call in calls if call.refused == [v] and call.completed]
+    assert moved, "calls to the dead node went to the next one"
+    # Every caller who heard a number has that draft, with the recording; none has two.
+    voice = query(url, "SELECT reporter_phone, number, recording_ref FROM cases WHERE channel = 'phone'")
+    per_caller = collections.Counter(phone for phone, _, _ in voice)
+    assert all(count == 1 for count in per_caller.values()), per_caller.most_common(3)
+    by_caller = {phone: (number, ref) for phone, number, ref in voice}
+    for call in calls:
+        if call.completed:
+            heard = number_heard(call.transcript)  # type: ignore[arg-type]
+            assert heard and by_caller[f"+86{caller(call.index)}"][0] == heard, call.index
+            assert (cluster.rec_dir / by_caller[f"+86{caller(call.index)}"][1]).is_file()
+
+    # --- the SMSC's own log: every part it accepted, accepted once.
+    ok = {(r["session"], r["sequence"]) for r in await smsc.events("submit_sm_resp") if r["status"] == 0}
+    accepted = collections.Counter((s["destination_addr"], s["short_message_hex"])
+                                   for s in await smsc.events("submit_sm") if (s["session"], s["sequence"]) in ok)
+    twice = {key: count for key, count in accepted.items() if count > 1}
+    assert not twice, f"{len(twice)} texts submitted more than once"
+    per_destination = collections.Counter(dest for dest, _ in accepted)
+    for i in range(SMS_BURST):
+        assert per_destination[f"86{sender(i)}"] == 1, sender(i)
+    for phone in by_caller:
+        assert per_destination[phone.removeprefix("+")] == 1, phone
+    sent = query(url, "SELECT status, count(*) FROM outbox GROUP BY status")
+    assert dict(sent) == {"sent": SMS_BURST + len(voice) + 2 * TASKS}, sent
+    assert query(url, "SELECT count(*) FROM (SELECT outbox_id, seq FROM sms_submits "
+                      "GROUP BY outbox_id, seq HAVING count(*) > 1) AS d")[0][0] == 0
+
+    # --- escalation: each task once, whichever node ran it (one log entry, one text to the leader).
+    log_entries = query(url, "SELECT count(*) FROM case_log WHERE action = 'task_escalated'")[0][0]
+    assert log_entries == TASKS, f"{log_entries} escalation log entries for {TASKS} tasks"
+    assert per_destination[SHIFT_LEADER] == TASKS
+    assert all(any(code in bytes.fromhex(h).decode("utf-16-be", errors="replace") for d, h in accepted
+                   if d == SHIFT_LEADER) for code in codes)
+
+    print(f"\nthree nodes: {SMS_BURST} texts, {len(calls)} calls ({len(cut)} cut by the kill, {len(moved)} moved "
+          f"to the next node), {point.unanswered} MO delivered again; per node {dict(answered_by)}; "
+          f"events seen per console {[len(c.events) for c in consoles]}; "
+          f"burst+calls {burst_done - started:.1f} s, settled {settled_at - burst_done:.1f} s, "
+          f"whole test {time.monotonic() - began:.1f} s")
