@@ -64,6 +64,7 @@ SMS_BURST = 240                # one report per sender, spread over the binds
 SMS_CHUNK = 12                 # deliver_sm sent together (the SMSC's window)
 LINES_PER_NODE = 2             # calls in progress at once per node
 CALLS_PER_LINE = 5
+LONG = 12                      # long texts in two parts, each part through another bind
 TASKS = 3                      # supervisor tasks left unanswered after the kill
 SERVICE = "12319"
 SHIFT_LEADER = "8613800000000"
@@ -79,6 +80,23 @@ def sender(i: int) -> str:
 
 def report(i: int) -> str:
     return f"第{i}号反映：坂田街道五和大道{i}号门前井盖缺失，行人容易踩空，请尽快处理。"
+
+
+def long_sender(j: int) -> str:
+    return f"1360000{j:04d}"
+
+
+def long_report(j: int) -> str:
+    return (f"第{j}号长短信反映：布吉街道吉华路{j}号附近的人行道上有一段护栏被车撞倒，已经倒在路中间两天了，"
+            "晚上骑车的人看不见很危险，附近还有小学，上学放学的孩子很多，麻烦尽快派人来处理一下，谢谢。")
+
+
+def long_parts(j: int) -> list[str]:
+    """The text as an SMSC delivers it in parts: UCS-2, 67 characters each, 8-bit reference UDH."""
+    body = long_report(j)
+    chunks = [body[k:k + 67] for k in range(0, len(body), 67)]
+    return [(bytes([5, 0, 3, 0x40 + j, len(chunks), seq]) + chunk.encode("utf-16-be")).hex()
+            for seq, chunk in enumerate(chunks, start=1)]
 
 
 def caller(i: int) -> str:
@@ -188,9 +206,20 @@ async def smpp_sessions(cluster: Cluster, timeout: float = 90.0) -> dict[int, in
     return mapping
 
 
-def deliver(smsc: SmscSimulator, session: int, source: str, body_hex: str, dcs: int = 8) -> Any:
+def deliver(smsc: SmscSimulator, session: int, source: str, body_hex: str, dcs: int = 8, esm: int = 0) -> Any:
     return smsc.deliver(session=session, source_addr=source, destination_addr=SERVICE, data_coding=dcs,
-                        short_message_hex=body_hex)
+                        esm_class=esm, short_message_hex=body_hex)
+
+
+Delivery = tuple[str, str, int]  # source, short_message_hex, esm_class
+
+
+def single(i: int) -> Delivery:
+    return sender(i), report(i).encode("utf-16-be").hex(), 0
+
+
+def part(j: int, seq: int) -> Delivery:
+    return long_sender(j), long_parts(j)[seq - 1], 0x40
 
 
 def drafts_in_store(url: str) -> dict[str, int]:
@@ -216,8 +245,8 @@ class KillPoint:
 
 
 async def kill_victim(cluster: Cluster, sessions: dict[int, int], consoles: list[SseConsole],
-                      last: range) -> KillPoint:
-    """SIGKILL the victim while texts `last` are arriving on its bind and a caller is in its IVR."""
+                      last: list[Delivery]) -> KillPoint:
+    """SIGKILL the victim while `last` is arriving on its bind and a caller is in its IVR."""
     v = cluster.victim
     victim = cluster.nodes[v]
     # The victim has put callers through to a person (screen-pops it published),
@@ -229,8 +258,7 @@ async def kill_victim(cluster: Cluster, sessions: dict[int, int], consoles: list
                 "the victim's console caught up before the kill", 30)
     # a caller is in the victim's IVR right now, and texts are on their way to it.
     await until(lambda: any(c.in_ivr and c.trying == v for c in cluster.calls), "a call in the victim's IVR", 30)
-    await asyncio.gather(*(deliver(cluster.smsc, sessions[v], sender(i), report(i).encode("utf-16-be").hex())
-                           for i in last))
+    await asyncio.gather(*(deliver(cluster.smsc, sessions[v], source, body, esm=esm) for source, body, esm in last))
     victim.kill()
     cluster.killed.set()
     # The SMSC delivers again, on the binds still up, every MO the dead bind left unanswered.
@@ -239,7 +267,7 @@ async def kill_victim(cluster: Cluster, sessions: dict[int, int], consoles: list
     unanswered = [d for d in await smsc.events("deliver_sm", session=sessions[v]) if d["sequence"] not in answered]
     survivors = [sessions[n] for n in cluster.live()]
     await asyncio.gather(*(deliver(smsc, survivors[k % len(survivors)], d["source_addr"], d["short_message_hex"],
-                                   d["data_coding"]) for k, d in enumerate(unanswered)))
+                                   d["data_coding"], d["esm_class"]) for k, d in enumerate(unanswered)))
     point.unanswered = len(unanswered)
     # The victim's browser opens its stream again through the load balancer: a survivor.
     await consoles[v].follow(cluster.nodes[cluster.live()[0]])
@@ -249,19 +277,31 @@ async def kill_victim(cluster: Cluster, sessions: dict[int, int], consoles: list
 
 
 async def sms_burst(cluster: Cluster, sessions: dict[int, int], consoles: list[SseConsole]) -> KillPoint:
-    """The burst over every live bind in turn; the kill once the victim answered a third of its share."""
+    """The burst over every live bind in turn, with long texts whose parts take different binds;
+    the kill a third of the way in, while texts (and first parts of long ones) reach the victim."""
     v, smsc = cluster.victim, cluster.smsc
     point: KillPoint | None = None
-    for start in range(0, SMS_BURST, SMS_CHUNK):
-        chunk = range(start, min(start + SMS_CHUNK, SMS_BURST))
-        if point is None and start >= SMS_BURST // 3:
+    chunks = [range(start, min(start + SMS_CHUNK, SMS_BURST)) for start in range(0, SMS_BURST, SMS_CHUNK)]
+    kill_chunk = len(chunks) // 3
+    longs = iter(range(LONG))
+    held: list[Delivery] = []    # second parts of the long texts whose first part went to the victim
+    for c, chunk in enumerate(chunks):
+        if c == kill_chunk:
             await smsc.wait_for("deliver_sm_resp", count=SMS_BURST // 12, session=sessions[v], timeout=60)
-            point = await kill_victim(cluster, sessions, consoles, chunk)
+            split = [next(longs), next(longs)]
+            held = [part(j, 2) for j in split]
+            point = await kill_victim(cluster, sessions, consoles, [single(i) for i in chunk] + [
+                part(j, 1) for j in split])
             continue
         live = [sessions[n] for n in cluster.live()]
-        await asyncio.gather(*(deliver(smsc, live[i % len(live)], sender(i), report(i).encode("utf-16-be").hex())
-                               for i in chunk))
-    assert point is not None
+        batch = [(live[i % len(live)], *single(i)) for i in chunk]
+        j = next(longs, None)
+        if j is not None:  # its two parts through two different nodes' binds
+            batch += [(live[(c + seq) % len(live)], *part(j, seq)) for seq in (1, 2)]
+        batch += [(live[k % len(live)], *d) for k, d in enumerate(held)]
+        held = []
+        await asyncio.gather(*(deliver(smsc, session, source, body, esm=esm) for session, source, body, esm in batch))
+    assert point is not None and next(longs, None) is None, "every long text was sent"
     return point
 
 
@@ -308,6 +348,7 @@ def node_environment(cluster_url: str, smsc: SmscSimulator, tmp_path: Path) -> d
         CALLCENTER_SMPP__MAX_PARTS_PER_SECOND="250",
         CALLCENTER_SMS__IN_DOUBT_WAIT="4", CALLCENTER_SMS__OUTBOX_LEASE="3",
         CALLCENTER_SMS__OUTBOX_POLL_INTERVAL="0.1", CALLCENTER_SMS__HOUSEKEEPING_INTERVAL="0.5",
+        CALLCENTER_SMS__REASSEMBLY_TIMEOUT="20",
         CALLCENTER_SMS__ROSTER_FILE=str(roster), CALLCENTER_SMS__TASK_ESCALATION_MINUTES="0.05",
         CALLCENTER_VOICE__HOURS_FILE=str(hours),
         CALLCENTER_RECORDINGS__SERVICE_DIR=str(recordings), CALLCENTER_CONSOLE__RECORDINGS_DIR=str(recordings),
@@ -344,7 +385,7 @@ async def test_three_nodes_one_killed_mid_burst_and_mid_call_lose_nothing_and_do
         burst_done = time.monotonic()
 
         def settled() -> bool:
-            sms_cases = query(url, "SELECT count(*) FROM cases WHERE channel = 'sms'")[0][0]
+            sms_cases = query(url, "SELECT count(*) FROM cases WHERE channel = 'sms'")[0][0] - LONG
             open_ = query(url, "SELECT count(*) FROM outbox WHERE status IN ('pending', 'sending', 'in_doubt')")[0][0]
             escalated = query(url, "SELECT count(*) FROM supervisor_tasks WHERE escalated_at IS NOT NULL")[0][0]
             return sms_cases >= SMS_BURST and open_ == 0 and escalated >= TASKS
@@ -391,12 +432,18 @@ async def test_three_nodes_one_killed_mid_burst_and_mid_call_lose_nothing_and_do
     assert all(rc == 0 for name, rc in codes_rc.items() if name != nodes[v].name), codes_rc
 
     # --- the SMS burst: one draft per sender, with its own text; none lost, none doubled.
-    rows = query(url, "SELECT reporter_phone, description FROM cases WHERE channel = 'sms'")
+    rows = query(url, "SELECT reporter_phone, description FROM cases WHERE channel = 'sms' "
+                      "AND reporter_phone LIKE '+86135%'")
     by_phone = collections.Counter(phone for phone, _ in rows)
     assert len(rows) == SMS_BURST and set(by_phone) == {f"+86{sender(i)}" for i in range(SMS_BURST)}, \
         f"{len(rows)} SMS drafts, doubled: {[p for p, c in by_phone.items() if c > 1][:5]}"
     assert {description for _, description in rows} == {report(i) for i in range(SMS_BURST)}
-    assert query(url, "SELECT count(*) FROM sms_inbound")[0][0] == SMS_BURST
+    # Long texts: one draft each, whole, though their parts reached two nodes (one of them dead).
+    rows = query(url, "SELECT reporter_phone, description, flags FROM cases WHERE channel = 'sms' "
+                      "AND reporter_phone LIKE '+86136%'")
+    long_drafts = collections.Counter(phone for phone, _, _ in rows)
+    assert long_drafts == {f"+86{long_sender(j)}": 1 for j in range(LONG)}, long_drafts
+    assert {description for _, description, _ in rows} == {long_report(j) for j in range(LONG)}
 
     # --- calls: spread over the three listeners; the victim's went to the next node after its death.
     calls = cluster.calls
@@ -427,10 +474,12 @@ async def test_three_nodes_one_killed_mid_burst_and_mid_call_lose_nothing_and_do
     per_destination = collections.Counter(dest for dest, _ in accepted)
     for i in range(SMS_BURST):
         assert per_destination[f"86{sender(i)}"] == 1, sender(i)
+    for j in range(LONG):
+        assert per_destination[f"86{long_sender(j)}"] == 1, long_sender(j)
     for phone in by_caller:
         assert per_destination[phone.removeprefix("+")] == 1, phone
     sent = query(url, "SELECT status, count(*) FROM outbox GROUP BY status")
-    assert dict(sent) == {"sent": SMS_BURST + len(voice) + 2 * TASKS}, sent
+    assert dict(sent) == {"sent": SMS_BURST + LONG + len(voice) + 2 * TASKS}, sent
     assert query(url, "SELECT count(*) FROM (SELECT outbox_id, seq FROM sms_submits "
                       "GROUP BY outbox_id, seq HAVING count(*) > 1) AS d")[0][0] == 0
 
@@ -441,7 +490,7 @@ async def test_three_nodes_one_killed_mid_burst_and_mid_call_lose_nothing_and_do
     assert all(any(code in bytes.fromhex(h).decode("utf-16-be", errors="replace") for d, h in accepted
                    if d == SHIFT_LEADER) for code in codes)
 
-    print(f"\nthree nodes: {SMS_BURST} texts, {len(calls)} calls ({len(cut)} cut by the kill, {len(moved)} moved "
+    print(f"\nthree nodes: {SMS_BURST} texts and {LONG} long ones, {len(calls)} calls ({len(cut)} cut by the kill, {len(moved)} moved "
           f"to the next node), {point.unanswered} MO delivered again; per node {dict(answered_by)}; "
           f"events seen per console {[len(c.events) for c in consoles]}; "
           f"burst+calls {burst_done - started:.1f} s, settled {settled_at - burst_done:.1f} s, "
