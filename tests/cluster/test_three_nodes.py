@@ -388,9 +388,10 @@ async def test_three_nodes_one_killed_mid_burst_and_mid_call_lose_nothing_and_do
             sms_cases = query(url, "SELECT count(*) FROM cases WHERE channel = 'sms'")[0][0] - LONG
             open_ = query(url, "SELECT count(*) FROM outbox WHERE status IN ('pending', 'sending', 'in_doubt')")[0][0]
             escalated = query(url, "SELECT count(*) FROM supervisor_tasks WHERE escalated_at IS NOT NULL")[0][0]
-            return sms_cases >= SMS_BURST and open_ == 0 and escalated >= TASKS
+            parts = query(url, "SELECT count(*) FROM sms_inbound_parts WHERE status = 'pending'")[0][0]
+            return sms_cases >= SMS_BURST and parts == 0 and open_ == 0 and escalated >= TASKS
 
-        await until(settled, "every report stored, every text sent, every task escalated", 120)
+        await until(settled, "every report stored, every part joined, every text sent, every task escalated", 120)
         drafts = drafts_in_store(url)
         survivors_owed = point.pops | agent_pops(cluster.calls, lambda c: c.node != v)
         browser_owed_drafts = point.drafts | {n for n, case_id in drafts.items() if case_id > point.max_case_id}
