@@ -406,6 +406,11 @@ async def test_three_nodes_one_killed_mid_burst_and_mid_call_lose_nothing_and_do
         browser_owed_drafts = point.drafts | {n for n, case_id in drafts.items() if case_id > point.max_case_id}
         browser_owed_pops = point.pops | agent_pops(cluster.calls, lambda c: c.started > point.reconnected_at)
 
+        # Not vacuous: the survivors published drafts and pops after the browser came back,
+        # and pops from every node (they reach other nodes' consoles only through the bus).
+        assert browser_owed_drafts - point.drafts and browser_owed_pops - point.pops
+        assert {call.node for call in cluster.calls if call.completed} == set(range(NODES))
+
         def escalations_seen(console: SseConsole) -> bool:
             return any(e.data.get("counts", {}).get("escalated") == TASKS for e in console.of_type("notice"))
 
