@@ -73,6 +73,8 @@ CALLS_AFTER_KILL = 2           # per line, after the kill (calls run from the st
 LONG = 12                      # long texts in two parts, each part through another bind
 TASKS = 3                      # supervisor tasks left unanswered after the kill
 SERVICE = "12319"
+ACCOUNT_RATE = 30              # parts per second the carrier allows the account, over every bind
+HEARTBEAT = 1.0
 SHIFT_LEADER = "8613800000000"
 GRID_BUJI = "44030700100101"   # 布吉: 张伟 on the roster
 # Report (1), an event (2) of major 01 (1), speak until # (.#), text me the number (1), then a person (0).
@@ -86,6 +88,8 @@ STAFF = ("wangfang", "lijun", "zhaomin")
 PIECES = {
     "escalation": ("callcenter.cluster.jobs", "register",
                    "supervisor escalation runs once across nodes only under a lease (branch cluster-jobs)"),
+    "account_rate": ("callcenter.cluster.smpp", "SmppAccountShare",
+                     "the SMSC account's rate is shared across the nodes' binds only with branch cluster-smpp"),
     "long_texts": ("sms.concat", "join_parts",
                    "MO parts arriving through different nodes' binds are joined only in the store "
                    "(branch cluster-smpp)"),
@@ -217,6 +221,16 @@ async def call_line(cluster: Cluster, node: int, line: int, numbering: Any) -> N
         call = Call(next(numbering), line, order)
         cluster.calls.append(call)
         await place_call(cluster, call)
+
+
+def busiest_second(times: list[float]) -> int:
+    """Most events in any window of one second (times sorted)."""
+    best, start = 0, 0
+    for end, t in enumerate(times):
+        while times[start] <= t - 1.0:
+            start += 1
+        best = max(best, end - start + 1)
+    return best
 
 
 async def until(check: Any, what: str, timeout: float) -> None:
@@ -382,12 +396,12 @@ def node_environment(cluster_url: str, smsc: SmscSimulator | None, tmp_path: Pat
         "CALLCENTER_SMPP__HOST": smsc.host, "CALLCENTER_SMPP__PORT": str(smsc.port),
         "CALLCENTER_SMPP__SYSTEM_ID": "callcenter", "CALLCENTER_SMPP__PASSWORD": "secret",
         "CALLCENTER_SMPP__RECONNECT_MIN": "0.05", "CALLCENTER_SMPP__RECONNECT_MAX": "0.3",
-        "CALLCENTER_SMPP__MAX_PARTS_PER_SECOND": "250"}
+        "CALLCENTER_SMPP__MAX_PARTS_PER_SECOND": str(ACCOUNT_RATE)}
     return serve_environment(
         **smpp,
         CALLCENTER_DATABASE__URL=cluster_url,
         CALLCENTER_AGI__PORT="0",
-        CALLCENTER_NODE__HEARTBEAT_SECONDS="1", CALLCENTER_NODE__DEAD_AFTER_SECONDS="4",
+        CALLCENTER_NODE__HEARTBEAT_SECONDS=str(HEARTBEAT), CALLCENTER_NODE__DEAD_AFTER_SECONDS="4",
         CALLCENTER_NODE__EVENT_POLL_SECONDS="1", CALLCENTER_NODE__JOB_LEASE_SECONDS="3",
         CALLCENTER_SMS__IN_DOUBT_WAIT="4", CALLCENTER_SMS__OUTBOX_LEASE="3",
         CALLCENTER_SMS__OUTBOX_POLL_INTERVAL="0.1", CALLCENTER_SMS__HOUSEKEEPING_INTERVAL="0.5",
@@ -415,6 +429,7 @@ async def test_three_nodes_one_killed_mid_burst_and_mid_call_lose_nothing_and_do
     try:
         await asyncio.gather(*(node.listening() for node in nodes))
         sessions = await smpp_sessions(cluster)
+        await asyncio.sleep(2 * HEARTBEAT + 0.5)  # each node has seen the others' binds (account rate)
         for n, console in enumerate(consoles):
             await console.sign_in(nodes[n])
             await console.follow(nodes[n])
@@ -525,6 +540,12 @@ async def test_three_nodes_one_killed_mid_burst_and_mid_call_lose_nothing_and_do
     assert query(url, "SELECT count(*) FROM (SELECT outbox_id, seq FROM sms_submits "
                       "GROUP BY outbox_id, seq HAVING count(*) > 1) AS d")[0][0] == 0
 
+    # The account's rate held over the three binds together, the kill and the take-over included
+    # (each node's bucket may hold one token: one part more per node in a second).
+    busiest = busiest_second(sorted(e["t"] / 1000.0 for e in await smsc.events("submit_sm")))
+    with needs("account_rate"):
+        assert busiest <= ACCOUNT_RATE + NODES, f"{busiest} parts in one second, cap {ACCOUNT_RATE}"
+
     # --- escalation: each task once, whichever node ran it (one log entry, one text to the leader).
     log_entries = query(url, "SELECT count(*) FROM case_log WHERE action = 'task_escalated'")[0][0]
     with needs("escalation"):
@@ -544,7 +565,7 @@ async def test_three_nodes_one_killed_mid_burst_and_mid_call_lose_nothing_and_do
             assert per_destination[f"86{long_sender(j)}"] == 1, long_sender(j)
 
     print(f"\nthree nodes: {SMS_BURST} texts and {LONG} long ones, {len(calls)} calls ({len(cut)} cut by the kill, {len(moved)} moved "
-          f"to the next node), {point.unanswered} MO delivered again; per node {dict(answered_by)}; "
+          f"to the next node), {point.unanswered} MO delivered again, busiest second {busiest} parts; per node {dict(answered_by)}; "
           f"events seen per console {[len(c.events) for c in consoles]}; "
           f"burst+calls {burst_done - started:.1f} s, settled {settled_at - burst_done:.1f} s, "
           f"whole test {time.monotonic() - began:.1f} s")
