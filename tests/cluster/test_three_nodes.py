@@ -5,24 +5,28 @@ node-smpp SMSC, its own FastAGI listener and its own HTTP listener, on one throw
 PostgreSQL. A console (a browser's cookie jar, signed in, reading Server-Sent Events) is open
 on each node. Then, at once:
 
-- an SMS burst: citizens' reports delivered by the SMSC over all three binds in turn;
+- an SMS burst: citizens' reports delivered by the SMSC over all three binds in turn, and long
+  texts in two parts, each part through another node's bind;
 - calls: a scripted Asterisk (tests/voice_calls) plays callers who file a report by voice,
   ask for the number by SMS and then press 0 for a person, spread over the three FastAGI
   listeners; when a node refuses the connection the next one is tried, as the dialplan does;
-- once a third of the victim's texts are answered and a call is in its IVR, the victim gets
-  SIGKILL. The SMSC delivers again whatever the victim left unanswered, on the other binds;
-  its console's browser opens the stream again on a survivor (same cookie);
+- once part of the victim's texts are answered and it has put callers through, the victim
+  gets SIGKILL while texts (and first parts of long ones) arrive on its bind and a caller is
+  in its IVR. The SMSC delivers again whatever the victim left unanswered, on the other
+  binds; its console's browser opens the stream again on a survivor (same cookie);
 - after the kill, supervisor tasks are sent through a survivor's API and left unanswered, so
   they escalate to the shift leader under whichever node runs escalation then.
 
 Counted at the end, from the store and the SMSC's own log: every report made one draft (none
-lost, none doubled), every message the SMSC accepted was accepted once, every task escalated
-once (one log entry, one text to the shift leader), and every console saw every event owed to
-it: every draft and every screen-pop, from every node, including those published after the
-kill by the survivors, and the escalation notices.
+lost, none doubled, long texts whole), every part the SMSC accepted was accepted once, the
+account's rate held over the binds together, every task escalated once (one log entry, one
+text to the shift leader), and every console saw every event owed to it: every draft and
+every screen-pop, from every node, including those published after the kill by the
+survivors, and the escalation notices.
 
 The SMSC's MO redelivery and the dialplan's "next node" are played by the test (node-smpp and
 the scripted Asterisk leave them out); everything on the service side is the real process.
+The second test puts the real Asterisk with the project's dialplan in front of three nodes.
 """
 
 from __future__ import annotations
