@@ -298,6 +298,7 @@ class KillPoint:
 
     drafts: set[str]
     pops: set[str]
+    updates: set[str]               # drafts saved in a console (case_updated), by the victim's staff
     max_case_id: int = 0            # after the browser's stream is open again on a survivor
     reconnected_at: float = 0.0
     unanswered: int = 0             # MO the victim left without deliver_sm_resp
@@ -311,10 +312,14 @@ async def kill_victim(cluster: Cluster, sessions: dict[int, int], consoles: list
     # The victim has put callers through to a person (screen-pops it published),
     await until(lambda: len(agent_pops(cluster.calls, lambda c: c.node == v)) >= LINES_PER_NODE,
                 "calls completed on the victim", 60)
+    # its staff member saved a draft there (every console is told),
+    edited = sorted(drafts_in_store(cluster.url))[0]
+    await consoles[v].edit_address(victim, edited, "吉华路1号（坐席补录）")
     # everything published so far reached the victim's console (the relay works both ways),
-    point = KillPoint(set(drafts_in_store(cluster.url)), agent_pops(cluster.calls))
-    await until(lambda: point.drafts <= consoles[v].drafts() and point.pops <= consoles[v].pops(),
-                "the victim's console caught up before the kill", 30)
+    point = KillPoint(set(drafts_in_store(cluster.url)), agent_pops(cluster.calls), {edited})
+    await until(lambda: point.drafts <= consoles[v].drafts() and point.pops <= consoles[v].pops()
+                and all(edited in console.updates() for console in consoles),
+                "every console caught up before the kill", 30)
     # a caller is in the victim's IVR right now, and texts are on their way to it.
     await until(lambda: any(c.in_ivr and c.trying == v for c in cluster.calls), "a call in the victim's IVR", 30)
     await asyncio.gather(*(deliver(cluster.smsc, sessions[v], source, body, esm=esm) for source, body, esm in last))
@@ -444,6 +449,11 @@ async def test_three_nodes_one_killed_mid_burst_and_mid_call_lose_nothing_and_do
         point = await sms_burst(cluster, sessions, consoles)
         await asyncio.gather(*lines)
         codes = await create_tasks(cluster, token)
+        # Each survivor's staff member saves a draft through their own node.
+        for n in cluster.live():
+            number = sorted(set(drafts_in_store(url)) - point.updates)[n]
+            await consoles[n].edit_address(nodes[n], number, f"五和大道{n}号（坐席补录）")
+            point.updates.add(number)
         burst_done = time.monotonic()
 
         def settled() -> bool:
@@ -472,7 +482,7 @@ async def test_three_nodes_one_killed_mid_burst_and_mid_call_lose_nothing_and_do
                 owed_drafts = set(drafts) if n != v else browser_owed_drafts
                 owed_pops = survivors_owed if n != v else browser_owed_pops
                 if not (owed_drafts <= console.drafts() and owed_pops <= console.pops()
-                        and escalations_seen(console)):
+                        and point.updates <= console.updates() and escalations_seen(console)):
                     return False
             return True
 
@@ -485,6 +495,7 @@ async def test_three_nodes_one_killed_mid_burst_and_mid_call_lose_nothing_and_do
                 print(f"console {n} ({console.username}, streams {console.streams}, ended {console.ended}): "
                       f"missing drafts {sorted(owed_drafts - console.drafts())[:10]} "
                       f"({len(owed_drafts - console.drafts())}), missing pops {len(owed_pops - console.pops())}, "
+                      f"missing updates {point.updates - console.updates()}, "
                       f"notices {[e.data.get('counts') for e in console.of_type('notice')]}, "
                       f"resyncs {console.resyncs()}")
             raise

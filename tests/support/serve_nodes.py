@@ -210,6 +210,25 @@ class SseConsole:
         finally:
             self.ended.append((node.name, time.monotonic(), why))
 
+    async def edit_address(self, node: ServeNode, number: str, address: str) -> None:
+        """Save a transcription field through `node`'s console API, as the form does (CSRF
+        header, the version the page was loaded at); that node publishes `case_updated`."""
+        assert self._http is not None, "sign in first"
+        async with self._http.get(node.http + "console/api/me") as response:
+            assert response.status == 200, await response.text()
+            csrf = (await response.json())["csrf_token"]
+        async with self._http.get(node.http + f"console/api/cases/{number}",
+                                  headers={"Accept": "application/json"}) as response:
+            assert response.status == 200, await response.text()
+            case = await response.json()
+        version = case["version"] if "version" in case else case["case"]["version"]
+        async with self._http.patch(node.http + f"console/api/cases/{number}", headers={"X-CSRF-Token": csrf},
+                                    json={"version": version, "address": address}) as response:
+            assert response.status == 200, await response.text()
+
+    def updates(self) -> set[str]:
+        return {str(event.data.get("number")) for event in self.of_type("case_updated")}
+
     def of_type(self, kind: str) -> list[SseEvent]:
         return [event for event in self.events if event.type == kind]
 
