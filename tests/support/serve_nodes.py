@@ -254,7 +254,7 @@ class SseConsole:
 class PacedCaller(VoicePeer):
     """The scripted Asterisk answering each command after `pace` seconds (a prompt being
     played, a caller thinking), so calls last long enough to be cut by a node's death.
-    `started` counts the commands answered so far, `done` is set when the call ends."""
+    `answered` counts the commands answered so far."""
 
     pace: float = 0.05
     answered: int = 0
