@@ -45,7 +45,7 @@ from typing import Any
 
 import aiohttp
 import pytest
-from sqlalchemy import create_engine, text
+from sqlalchemy import Engine, create_engine, text
 
 from callcenter.app import build_services
 from callcenter.db import migrate
@@ -148,12 +148,24 @@ def caller(i: int) -> str:
     return f"137{i:08d}"
 
 
+_engines: dict[str, Engine] = {}
+
+
 def query(url: str, sql: str, **params: Any) -> list[Any]:
-    engine = create_engine(sync_url(url))
-    try:
-        with engine.connect() as conn:
-            return list(conn.execute(text(sql), params).all())
-    finally:
+    """The test's own reads of the store (one small pool per database, closed by `dispose`)."""
+    engine = _engines.get(url)
+    if engine is None:
+        engine = _engines[url] = create_engine(sync_url(url), pool_size=1, max_overflow=0)
+    with engine.connect() as conn:
+        return list(conn.execute(text(sql), params).all())
+
+
+@pytest.fixture
+def store_url(pg_database_url: str) -> Iterator[str]:
+    """A fresh PostgreSQL database; the test's reading pool is closed before it is dropped."""
+    yield pg_database_url
+    engine = _engines.pop(pg_database_url, None)
+    if engine is not None:
         engine.dispose()
 
 
@@ -423,9 +435,9 @@ def node_environment(cluster_url: str, smsc: SmscSimulator | None, tmp_path: Pat
 
 
 async def test_three_nodes_one_killed_mid_burst_and_mid_call_lose_nothing_and_double_nothing(
-        smsc: SmscSimulator, pg_database_url: str, tmp_path: Path) -> None:
+        smsc: SmscSimulator, store_url: str, tmp_path: Path) -> None:
     began = time.monotonic()
-    url = pg_database_url
+    url = store_url
     # Receipts spread over every bind: one often reaches another node than the sender.
     await smsc.configure(auto_receipt={"stat": "DELIVRD", "form": "both", "route": "round_robin"})
     token = await prepare_store(url)
@@ -599,7 +611,7 @@ def report_script(speech: Sounds) -> str:
 
 
 async def test_three_nodes_behind_a_real_asterisk_a_killed_node_loses_no_report(
-        asterisk: AsteriskPeer, caller_speech: Sounds, pg_database_url: str, tmp_path: Path) -> None:
+        asterisk: AsteriskPeer, caller_speech: Sounds, store_url: str, tmp_path: Path) -> None:
     """The project's dialplan (config/asterisk) with the three nodes' FastAGI listeners in
     CALLCENTER_AGI_NODES: calls start on the nodes in turn; a node is killed while callers are
     in its IVR; those calls go to the staff queue (ivr-lost), the next calls skip the dead node.
@@ -607,7 +619,7 @@ async def test_three_nodes_behind_a_real_asterisk_a_killed_node_loses_no_report(
     if not hasattr(AsteriskPeer, "set_agi_nodes"):
         pytest.xfail("needs the dialplan's FastAGI node list (CALLCENTER_AGI_NODES) from branch cluster-voice")
     began = time.monotonic()
-    url = pg_database_url
+    url = store_url
     await prepare_store(url)
     env = node_environment(url, None, tmp_path)
     env["CALLCENTER_RECORDINGS__ASTERISK_DIR"] = env["CALLCENTER_RECORDINGS__SERVICE_DIR"]
