@@ -225,6 +225,10 @@ class SmsSettings(_Section):
     shift_leader_phone: str = ""
     outbox_poll_interval: float = Field(default=1.0, gt=0)
     outbox_batch: int = Field(default=50, ge=1, le=10_000)
+    # The sender's group writer (submit_sm_resps and receipts): after the first item of a group it
+    # waits this long for more, unless `outbox_group_max` are already queued.
+    outbox_group_linger: float = Field(default=0.002, ge=0, le=0.1)
+    outbox_group_max: int = Field(default=200, ge=1, le=5000)
     # An unanswered submit waits this long for a receipt that proves it arrived before it is resent.
     in_doubt_wait: float = Field(default=600.0, gt=0)
     # A claimed batch is leased for this long and renewed every third of it while in flight;

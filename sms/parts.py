@@ -23,6 +23,7 @@ extension character 2 septets; neither is ever split across parts.
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Final, Literal
 
@@ -208,14 +209,21 @@ class ReferenceAllocator:
         """References currently held for ``destination``."""
         return frozenset(self._in_use.get(destination, ()))
 
-    def allocate(self, destination: str) -> int:
-        """A reference not in use for ``destination``; marks it in use."""
+    def allocate(self, destination: str, avoid: Collection[int] = ()) -> int:
+        """A reference not in use for ``destination``; marks it in use.
+
+        ``avoid``: references held for it elsewhere (another process sending to the same
+        handset), skipped as long as a free value is left.
+        """
         held = self._in_use.setdefault(destination, OrderedDict())
         if len(held) >= self._size:
             ref, _ = held.popitem(last=False)
         else:
+            taken = held.keys() | {a % self._size for a in avoid}
+            if len(taken) >= self._size:
+                taken = held.keys()
             ref = self._next
-            while ref in held:
+            while ref in taken:
                 ref = (ref + 1) % self._size
         self._next = (ref + 1) % self._size
         held[ref] = None

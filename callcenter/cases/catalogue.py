@@ -439,6 +439,10 @@ class Catalogue:
                 seen.add(norm)
                 self._terms.setdefault(norm, []).append(_Term(category, is_name))
         self._longest_term = max(map(len, self._terms), default=0)
+        # Terms by their first character: a text looks only for terms that can start in it.
+        self._by_first: dict[str, list[tuple[str, list[_Term]]]] = {}
+        for term, entries in self._terms.items():
+            self._by_first.setdefault(term[0], []).append((term, entries))
 
     @classmethod
     def load(cls, files: Sequence[Path], edition: str = DEFAULT_EDITION) -> Catalogue:
@@ -620,7 +624,7 @@ class Catalogue:
 
     def _hits(self, norm: str) -> list[_Hit]:
         hits: list[_Hit] = []
-        for term, entries in self._terms.items():
+        for term, entries in (t for first in dict.fromkeys(norm) for t in self._by_first.get(first, ())):
             start = norm.find(term)
             while start != -1:
                 for entry in entries:

@@ -22,7 +22,7 @@ import weakref
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from sqlalchemy import Connection, Engine, create_engine
+from sqlalchemy import Connection, Engine, Table, create_engine
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.pool import StaticPool
 
@@ -79,3 +79,17 @@ def _in_transaction(fn: Callable[[Connection], T]) -> Callable[[Connection], T]:
         with conn.begin():
             return fn(conn)
     return call
+
+
+def insert_ids(conn: Connection, table: Table, rows: list[dict[str, Any]], key: tuple[str, ...]) -> list[int]:
+    """INSERT many rows in one statement; their ids in the order of `rows`.
+
+    `key` names columns unique among the rows. Asking for the ids in parameter order
+    (`sort_by_parameter_order`) makes SQLAlchemy run one INSERT per row on SQLite, which
+    cannot promise the order of RETURNING; reading the key back with the id needs no order.
+    """
+    if len(rows) == 1:
+        return [conn.execute(table.insert().returning(table.c.id), rows[0]).scalar_one()]
+    columns = [table.c[name] for name in key]
+    found = {tuple(r[1:]): r[0] for r in conn.execute(table.insert().returning(table.c.id, *columns), rows)}
+    return [found[tuple(row[name] for name in key)] for row in rows]

@@ -36,9 +36,9 @@ from callcenter.cases.model import CaseView, Channel, LogEntry
 from callcenter.cases.numbering import CaseNumber, InvalidCaseNumber
 from callcenter.cases.phones import InvalidPhoneNumber, is_mobile, normalise_phone
 from callcenter.db.tables import CaseLogRow, CaseRow, IntakeCounterRow
-from callcenter.db.unit import run_in_transaction
-from callcenter.service.errors import CaseNotFound, Conflict, InvalidInput, TransitionRefused
+from callcenter.db.unit import insert_ids, run_in_transaction
 from callcenter.privacy import is_number_search, log_changes, mask_number
+from callcenter.service.errors import CaseNotFound, Conflict, InvalidInput, TransitionRefused
 from callcenter.service.outbox import OutgoingSms, enqueue, enqueue_sync, outbox_key
 
 log = structlog.get_logger(__name__)
@@ -51,8 +51,6 @@ CASES: Table = CaseRow.__table__  # type: ignore[assignment]
 CASE_LOG: Table = CaseLogRow.__table__  # type: ignore[assignment]
 # Statements built once: building and keying them per call was a tenth of a draft's CPU.
 _SERIALS_UPSERT: dict[str, Any] = {}  # per dialect
-_INSERT_CASE = CASES.insert().returning(CASES.c.id)
-_INSERT_CASES = CASES.insert().returning(CASES.c.id, sort_by_parameter_order=True)
 _INSERT_LOG = CASE_LOG.insert()
 
 
@@ -146,6 +144,10 @@ class CaseService:
     # Told of every new draft after its commit (not of a replayed source_ref): the console's
     # live queue and screen-pop listen here. Must not raise or block.
     on_draft_created: Callable[[CaseView], None] | None = None
+    # Told that an SMS was queued (the sender looks now instead of at its next poll). Called
+    # after the commit for drafts, and possibly just before it for notices: the sender looks
+    # once more shortly after a wake that found nothing. Must not raise or block.
+    on_outbox: Callable[[], None] = lambda: None
     _tz: ZoneInfo = field(init=False)
     _draft_queue: list[tuple[PreparedDraft, asyncio.Future[CaseView | str]]] = field(init=False, default_factory=list)
     _draft_writer: asyncio.Task[None] | None = field(init=False, default=None)
@@ -363,10 +365,7 @@ class CaseService:
         numbers = self._take_serials(conn, day, len(drafts))
         rows = [{**d.values, "number": n.value, "created_at": now, "updated_at": now}
                 for d, n in zip(drafts, numbers, strict=True)]
-        if len(rows) == 1:
-            ids = [conn.execute(_INSERT_CASE, rows[0]).scalar_one()]
-        else:
-            ids = list(conn.execute(_INSERT_CASES, rows).scalars())
+        ids = insert_ids(conn, CASES, rows, ("number",))
         logs = [{"case_id": case_id, "at": now, "actor": d.actor, "action": "created", "from_status": None,
                  "to_status": CaseStatus.DRAFT.value, "changes": {"channel": d.values["channel"]}, "reason": None,
                  "event_id": None} for case_id, d in zip(ids, drafts, strict=True)]
@@ -467,6 +466,8 @@ class CaseService:
     def _settle(self, group: Sequence[tuple[PreparedDraft, asyncio.Future[CaseView | str]]],
                 outcomes: Sequence[CaseView | str]) -> None:
         self.drafts_created([o for o in outcomes if isinstance(o, CaseView)])
+        if any(p.notify and isinstance(o, CaseView) for (p, _), o in zip(group, outcomes, strict=True)):
+            self.on_outbox()
         for (_, future), outcome in zip(group, outcomes, strict=True):
             if not future.done():
                 future.set_result(outcome)
@@ -507,6 +508,8 @@ class CaseService:
             queued = await enqueue(session, [OutgoingSms(key=outbox_key("receipt", row.number), recipient=recipient,
                                                          template="received", body=body, case_id=row.id)],
                                    self.now())
+        if queued:
+            self.on_outbox()
         return queued > 0
 
     async def update_transcription(
@@ -748,7 +751,8 @@ class CaseService:
                                 else outbox_key("case", row.number, template, row.version, phone),
                                 recipient=phone, template=template, body=body, case_id=row.id)
                     for phone in recipients]
-        await enqueue(session, messages, self.now())
+        if await enqueue(session, messages, self.now()):
+            self.on_outbox()
 
     async def _master_numbers(self, session: AsyncSession, rows: Sequence[CaseRow]) -> dict[int, str]:
         ids = {row.master_id for row in rows if row.master_id is not None}

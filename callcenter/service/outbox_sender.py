@@ -37,14 +37,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import zlib
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import structlog
-from sqlalchemy import Table, bindparam, func, or_, select, update
+from sqlalchemy import Connection, Table, bindparam, func, or_, select, update
 from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from callcenter.db.tables import CaseRow, OutboxRow
 from callcenter.db.tables_sms import (
@@ -53,6 +55,7 @@ from callcenter.db.tables_sms import (
     SmsReceiptUnmatchedRow,
     SmsSubmitRow,
 )
+from callcenter.db.unit import insert_ids, run_in_transaction
 from callcenter.metrics import MetricsRegistry
 from callcenter.service.sms_roster import normalise_sender
 from callcenter.settings import RetryRule, SmppSettings, SmsSettings
@@ -89,16 +92,19 @@ HOUSEKEEPING_EVERY = 1.0
 # Seconds between sweeps of stored receipts for parts whose id has become known (and expiry,
 # and sharing the learned id-base pairs with the other nodes).
 SWEEP_EVERY = 10.0
-# Group commit: the writer waits up to this long after the first item of a group, or until
-# this many items queued, so one transaction carries many outcomes and receipts.
-GROUP_LINGER = 0.02
-GROUP_MAX = 200
+# Seconds until another look after a wake that found nothing due.
+WAKE_RECHECK = 0.05
 _PAIR_COLUMNS = {IdBases.SAME: "same_pairs", IdBases.SUBMIT_HEX_RECEIPT_DEC: "hex_dec_pairs",
                  IdBases.SUBMIT_DEC_RECEIPT_HEX: "dec_hex_pairs"}
 _PART_COLUMNS = (SUBMITS.c.id, SUBMITS.c.outbox_id, SUBMITS.c.recipient, SUBMITS.c.seq, SUBMITS.c.total,
                  SUBMITS.c.concat_ref, SUBMITS.c.data_coding, SUBMITS.c.esm_class, SUBMITS.c.payload_hex,
                  SUBMITS.c.status, SUBMITS.c.attempts, SUBMITS.c.smsc_message_id, SUBMITS.c.submitted_at,
                  SUBMITS.c.accepted_at, SUBMITS.c.receipt_state, SUBMITS.c.receipt_count)
+
+
+def _on_connection(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """`fn(conn, ...)` as `AsyncSession.run_sync` calls it (with the sync Session first)."""
+    return lambda sync_session, *args: fn(sync_session.connection(), *args)
 
 
 def utcnow() -> dt.datetime:
@@ -178,6 +184,9 @@ class OutboxSender:
     _queue: list[tuple[_Item, asyncio.Future[Any]]] = field(init=False, default_factory=list)
     _writer: asyncio.Task[None] | None = field(init=False, default=None)
     _lost: set[int] = field(init=False, default_factory=set)
+    _refs_elsewhere: dict[str, set[int]] = field(init=False, default_factory=dict)
+    # Batches whose submits are done and whose outcomes are still being committed.
+    _settling: set[asyncio.Task[None]] = field(init=False, default_factory=set)
     _new_pairs: dict[IdBases, int] = field(init=False, default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -201,6 +210,11 @@ class OutboxSender:
         self._g_in_doubt = m.gauge("sms_outbox_in_doubt", "outbox messages in doubt")
         self._g_bind = m.gauge("sms_bind_state", "SMSC link state per role (5 bound, 1 disconnected, 0 stopped)")
         m.on_refresh(self.refresh_metrics)
+
+    @property
+    def engine(self) -> AsyncEngine:
+        engine: AsyncEngine = self.sessions.kw["bind"]
+        return engine
 
     @property
     def bases(self) -> IdBases | None:
@@ -227,13 +241,14 @@ class OutboxSender:
         """Poll until `stop` is set; woken early by `wake()`."""
         while not stop.is_set():
             # Cleared before the pass, so a wake() that arrives during it is not lost.
+            woken = self._wake.is_set()
             self._wake.clear()
             sent = 0
             try:
                 now = self.now()
                 due = (self._last_housekeeping is None
                        or now - self._last_housekeeping >= dt.timedelta(seconds=HOUSEKEEPING_EVERY))
-                sent = await self._pass(housekeeping=due)
+                sent = await self._pass(housekeeping=due, wait_settled=False)
             except (SQLAlchemyError, OSError, TimeoutError) as exc:
                 log.error("sms.outbox.store_failed", error=str(exc).splitlines()[0][:300])
             except Exception:
@@ -241,14 +256,19 @@ class OutboxSender:
             if sent >= self.settings.outbox_batch:
                 await asyncio.sleep(0)  # a full batch means a backlog: next pass at once
                 continue
+            wait = self.settings.outbox_poll_interval
+            if woken and not sent:  # the wake may have come just before its writer's commit
+                wait = min(wait, WAKE_RECHECK)
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self.settings.outbox_poll_interval):
+                async with asyncio.timeout(wait):
                     waiters = [asyncio.ensure_future(self._wake.wait()), asyncio.ensure_future(stop.wait())]
                     try:
                         await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
                     finally:
                         for waiter in waiters:
                             waiter.cancel()
+        if self._settling:
+            await asyncio.gather(*self._settling, return_exceptions=True)
         with contextlib.suppress(SQLAlchemyError, OSError):
             await self.share_pairs()  # what this node learned since the last sweep
 
@@ -256,7 +276,13 @@ class OutboxSender:
         """One pass with housekeeping: expire, take back, settle in doubt, send. Messages claimed."""
         return await self._pass(housekeeping=True)
 
-    async def _pass(self, *, housekeeping: bool) -> int:
+    async def _pass(self, *, housekeeping: bool, wait_settled: bool = True) -> int:
+        """Housekeeping when due, then claim and submit one batch.
+
+        With `wait_settled` false (the loop) the pass returns once every submit of the batch has
+        its outcome, and the outcomes are committed by the group writer while the next batch is
+        claimed: a reply queued meanwhile does not wait for the previous batch's commit.
+        """
         now = self.now()
         if housekeeping:
             self._last_housekeeping = now
@@ -273,7 +299,7 @@ class OutboxSender:
         batch = await self._claim(now)
         if not batch:
             return 0
-        await self._send_batch(gateway, batch)
+        await self._send_batch(gateway, batch, wait_settled=wait_settled)
         return len(batch)
 
     async def recover(self) -> None:
@@ -285,8 +311,9 @@ class OutboxSender:
             last_ref = await session.scalar(
                 select(SUBMITS.c.concat_ref).where(SUBMITS.c.concat_ref.is_not(None))
                 .order_by(SUBMITS.c.id.desc()).limit(1))
-        if last_ref is not None:
-            self._allocator = ReferenceAllocator(bits=8, state=last_ref + 1)
+        # Nodes start their counters apart, so two nodes rarely propose the same reference.
+        offset = zlib.crc32(self.node.encode()) % 256
+        self._allocator = ReferenceAllocator(bits=8, state=(last_ref or 0) + 1 + offset)
         log.info("sms.outbox.recovered", node=self.node, taken_back=taken, bases=getattr(self.bases, "value", None))
 
     async def take_back_expired(self, *, own: bool = False) -> int:
@@ -315,82 +342,86 @@ class OutboxSender:
 
     async def _claim(self, now: dt.datetime) -> list[_Message]:
         """Claim due messages, drop opted-out notices, plan and mark the parts to send; one transaction."""
+        return await run_in_transaction(self.engine, partial(self._claim_in, now))
+
+    def _claim_in(self, now: dt.datetime, conn: Connection) -> list[_Message]:
         lease = now + dt.timedelta(seconds=self.settings.outbox_lease)
-        async with self.sessions() as session, session.begin():
-            chosen = await self._choose(session, now)
-            if not chosen:
-                return []
-            pick = (select(OUTBOX.c.id).where(OUTBOX.c.id.in_(chosen), OUTBOX.c.status == "pending")
-                    .with_for_update(skip_locked=True))
-            claimed = (await session.execute(
-                update(OUTBOX).where(OUTBOX.c.id.in_(pick), OUTBOX.c.status == "pending")
-                .values(status="sending", lease_owner=self.node, lease_expires_at=lease,
-                        attempts=OUTBOX.c.attempts + 1)
-                .returning(OUTBOX.c.id, OUTBOX.c.case_id, OUTBOX.c.recipient, OUTBOX.c.template,
-                           OUTBOX.c.body))).all()
-            if not claimed:
-                return []
-            claimed.sort(key=lambda r: r.id)
-            suppressed = await self._suppressed(session, claimed)
-            failed: list[dict[str, Any]] = []
-            existing: dict[int, list[_Part]] = {}
-            for r in (await session.execute(
-                    select(*_PART_COLUMNS).where(SUBMITS.c.outbox_id.in_([c.id for c in claimed]))
-                    .order_by(SUBMITS.c.outbox_id, SUBMITS.c.seq))).all():
-                existing.setdefault(r.outbox_id, []).append(_Part(
-                    r.id, r.seq, r.total, r.concat_ref, r.data_coding, r.esm_class, bytes.fromhex(r.payload_hex),
-                    r.status, r.attempts))
-            messages: list[_Message] = []
-            new_rows: list[dict[str, Any]] = []
-            new_owner: list[_Message] = []
-            for row in claimed:
-                if row.id in suppressed:
-                    continue
-                if row.id in existing:
-                    messages.append(_Message(row.id, row.case_id, row.recipient, existing[row.id]))
-                    continue
-                try:
-                    planned = self._plan(row.id, row.recipient, row.body, now)
-                except (MessageTooLong, EncodeError) as exc:
-                    failed.append({"b_id": row.id, "b_error": str(exc)[:500]})
-                    self._m_failed.inc(stage="encode")
-                    log.error("sms.outbox.unsendable", outbox_id=row.id, error=str(exc))
-                    continue
-                message = _Message(row.id, row.case_id, row.recipient, [])
-                messages.append(message)
-                new_rows.extend(planned)
-                new_owner.extend([message] * len(planned))
-            if new_rows:
-                ids = (await session.execute(
-                    SUBMITS.insert().returning(SUBMITS.c.id, sort_by_parameter_order=True), new_rows)).scalars().all()
-                for part_id, values, message in zip(ids, new_rows, new_owner, strict=True):
-                    message.parts.append(_Part(part_id, values["seq"], values["total"], values["concat_ref"],
-                                               values["data_coding"], values["esm_class"],
-                                               bytes.fromhex(values["payload_hex"]), "submitting", 1))
-            again = [p.id for m in messages for p in m.parts if p.status == "queued"]
-            if again:
-                await session.execute(
-                    update(SUBMITS).where(SUBMITS.c.id.in_(again), SUBMITS.c.status == "queued")
-                    .values(status="submitting", submitted_at=now, attempts=SUBMITS.c.attempts + 1))
-                for m in messages:
-                    for p in m.parts:
-                        if p.status == "queued":
-                            p.status, p.attempts = "submitting", p.attempts + 1
-            if failed:
-                await session.execute(
-                    update(OUTBOX).where(OUTBOX.c.id == bindparam("b_id"))
-                    .values(status="failed", last_error=bindparam("b_error"), lease_owner=None,
-                            lease_expires_at=None), failed)
+        chosen = self._choose(conn, now)
+        if not chosen:
+            return []
+        pick = (select(OUTBOX.c.id).where(OUTBOX.c.id.in_(chosen), OUTBOX.c.status == "pending")
+                .with_for_update(skip_locked=True))
+        claimed = (conn.execute(
+            update(OUTBOX).where(OUTBOX.c.id.in_(pick), OUTBOX.c.status == "pending")
+            .values(status="sending", lease_owner=self.node, lease_expires_at=lease,
+                    attempts=OUTBOX.c.attempts + 1)
+            .returning(OUTBOX.c.id, OUTBOX.c.case_id, OUTBOX.c.recipient, OUTBOX.c.template,
+                       OUTBOX.c.body))).all()
+        if not claimed:
+            return []
+        claimed.sort(key=lambda r: r.id)
+        suppressed = self._suppressed(conn, claimed)
+        failed: list[dict[str, Any]] = []
+        existing: dict[int, list[_Part]] = {}
+        for r in (conn.execute(
+                select(*_PART_COLUMNS).where(SUBMITS.c.outbox_id.in_([c.id for c in claimed]))
+                .order_by(SUBMITS.c.outbox_id, SUBMITS.c.seq))).all():
+            existing.setdefault(r.outbox_id, []).append(_Part(
+                r.id, r.seq, r.total, r.concat_ref, r.data_coding, r.esm_class, bytes.fromhex(r.payload_hex),
+                r.status, r.attempts))
+        messages: list[_Message] = []
+        new_rows: list[dict[str, Any]] = []
+        new_owner: list[_Message] = []
+        long_to = {r.recipient for r in claimed if r.id not in existing and r.id not in suppressed
+                   and segment_count(r.body, allow_gsm7=False) > 1}
+        self._refs_elsewhere = self._references_in_flight(conn, long_to, now) if long_to else {}
+        for row in claimed:
+            if row.id in suppressed:
+                continue
+            if row.id in existing:
+                messages.append(_Message(row.id, row.case_id, row.recipient, existing[row.id]))
+                continue
+            try:
+                planned = self._plan(row.id, row.recipient, row.body, now)
+            except (MessageTooLong, EncodeError) as exc:
+                failed.append({"b_id": row.id, "b_error": str(exc)[:500]})
+                self._m_failed.inc(stage="encode")
+                log.error("sms.outbox.unsendable", outbox_id=row.id, error=str(exc))
+                continue
+            message = _Message(row.id, row.case_id, row.recipient, [])
+            messages.append(message)
+            new_rows.extend(planned)
+            new_owner.extend([message] * len(planned))
+        if new_rows:
+            ids = insert_ids(conn, SUBMITS, new_rows, ("outbox_id", "seq"))
+            for part_id, values, message in zip(ids, new_rows, new_owner, strict=True):
+                message.parts.append(_Part(part_id, values["seq"], values["total"], values["concat_ref"],
+                                           values["data_coding"], values["esm_class"],
+                                           bytes.fromhex(values["payload_hex"]), "submitting", 1))
+        again = [p.id for m in messages for p in m.parts if p.status == "queued"]
+        if again:
+            conn.execute(
+                update(SUBMITS).where(SUBMITS.c.id.in_(again), SUBMITS.c.status == "queued")
+                .values(status="submitting", submitted_at=now, attempts=SUBMITS.c.attempts + 1))
+            for m in messages:
+                for p in m.parts:
+                    if p.status == "queued":
+                        p.status, p.attempts = "submitting", p.attempts + 1
+        if failed:
+            conn.execute(
+                update(OUTBOX).where(OUTBOX.c.id == bindparam("b_id"))
+                .values(status="failed", last_error=bindparam("b_error"), lease_owner=None,
+                        lease_expires_at=None), failed)
         return messages
 
-    async def _choose(self, session: AsyncSession, now: dt.datetime) -> list[int]:
+    def _choose(self, conn: Connection, now: dt.datetime) -> list[int]:
         """Due messages with no earlier open message in their thread (case, or recipient without one).
 
         Two index reads and a check here, rather than one correlated NOT EXISTS: PostgreSQL
         planned that as a quadratic scan whenever a burst had outrun the table statistics.
         """
         batch = self.settings.outbox_batch
-        candidates = (await session.execute(
+        candidates = (conn.execute(
             select(OUTBOX.c.id, OUTBOX.c.case_id, OUTBOX.c.recipient)
             .where(OUTBOX.c.status == "pending", OUTBOX.c.not_before <= now)
             .order_by(OUTBOX.c.id).limit(batch * 4))).all()
@@ -404,7 +435,7 @@ class OutboxSender:
         if recipients:
             threads.append(OUTBOX.c.recipient.in_(recipients))
         first: dict[tuple[str, Any], int] = {}
-        for row in (await session.execute(
+        for row in (conn.execute(
                 select(OUTBOX.c.id, OUTBOX.c.case_id, OUTBOX.c.recipient)
                 .where(OUTBOX.c.status.in_(BLOCKING), or_(*threads)))).all():
             key = ("case", row.case_id) if row.case_id is not None else ("to", row.recipient)
@@ -418,24 +449,24 @@ class OutboxSender:
                     break
         return chosen
 
-    async def _suppressed(self, session: AsyncSession, claimed: Sequence[Any]) -> set[int]:
+    def _suppressed(self, conn: Connection, claimed: Sequence[Any]) -> set[int]:
         """Notices to numbers that sent TD about cases reported before it: marked suppressed here."""
         notices = [r for r in claimed if r.template not in DIRECT_TEMPLATES]
         if not notices:
             return set()
-        opted = dict((await session.execute(
+        opted = dict((conn.execute(
             select(SmsOptOutRow.phone, SmsOptOutRow.opted_out_at)
             .where(SmsOptOutRow.phone.in_({r.recipient for r in notices})))).all())
         if not opted:
             return set()
         hits = [r for r in notices if r.recipient in opted]
-        created = dict((await session.execute(
+        created = dict((conn.execute(
             select(CaseRow.id, CaseRow.created_at)
             .where(CaseRow.id.in_({r.case_id for r in hits if r.case_id is not None})))).all())
         out = {r.id for r in hits
                if r.case_id is None or created.get(r.case_id) is None or created[r.case_id] <= opted[r.recipient]}
         if out:
-            await session.execute(
+            conn.execute(
                 update(OUTBOX).where(OUTBOX.c.id.in_(out))
                 .values(status="suppressed", last_error="recipient opted out (TD)", lease_owner=None,
                         lease_expires_at=None))
@@ -445,9 +476,27 @@ class OutboxSender:
                     log.info("sms.outbox.suppressed", outbox_id=r.id, case_id=r.case_id, to=mask_number(r.recipient))
         return out
 
+    def _references_in_flight(self, conn: Connection, recipients: set[str], now: dt.datetime) -> dict[str, set[int]]:
+        """Concatenation references of long messages to these handsets not yet finished, by any node.
+
+        A handset joins parts by (sender, reference): two long messages in flight to it with one
+        reference would be mixed up, whichever node sent them.
+        """
+        since = now - dt.timedelta(seconds=2 * self.settings.in_doubt_wait)
+        found: dict[str, set[int]] = {}
+        for recipient, ref in conn.execute(
+                select(SUBMITS.c.recipient, SUBMITS.c.concat_ref).distinct()
+                .where(SUBMITS.c.recipient.in_(recipients), SUBMITS.c.concat_ref.is_not(None),
+                       SUBMITS.c.submitted_at >= since, SUBMITS.c.status != "failed",
+                       or_(SUBMITS.c.receipt_state.is_(None),
+                           SUBMITS.c.receipt_state.not_in([s.value for s in DeliveryState if s.is_final])))):
+            found.setdefault(recipient, set()).add(ref)
+        return found
+
     def _plan(self, outbox_id: int, recipient: str, body: str, now: dt.datetime) -> list[dict[str, Any]]:
         """Split into UCS-2 parts; multi-part messages get a reference free for this recipient."""
-        reference = self._allocator.allocate(recipient) if segment_count(body, allow_gsm7=False) > 1 else None
+        reference = (self._allocator.allocate(recipient, self._refs_elsewhere.get(recipient, ()))
+                     if segment_count(body, allow_gsm7=False) > 1 else None)
         parts = split_text(body, reference=reference, ref_bits=8, allow_gsm7=False)
         return [{"outbox_id": outbox_id, "recipient": recipient, "seq": p.seq, "total": p.total,
                  "concat_ref": p.ref, "data_coding": p.data_coding, "esm_class": p.esm_class,
@@ -456,29 +505,46 @@ class OutboxSender:
 
     # ---- sending ----------------------------------------------------------------------------------
 
-    async def _send_batch(self, gateway: SmsGateway, batch: list[_Message]) -> None:
+    async def _send_batch(self, gateway: SmsGateway, batch: list[_Message], *, wait_settled: bool = True) -> None:
         """Submit through the window; each message's outcome goes to the group writer when known."""
         limit = asyncio.Semaphore(max(1, self.smpp.window))
         in_flight = {m.id for m in batch}
         renewer = asyncio.create_task(self._renew(in_flight), name="sms-outbox-lease")
 
-        async def one(message: _Message) -> None:
+        async def one(message: _Message) -> Any:
             try:
                 async with limit:
                     await self._send_message(gateway, message)
-                await self._commit(message)
-            finally:
+            except BaseException:
                 in_flight.discard(message.id)
+                raise
+            commit = asyncio.ensure_future(self._commit(message))
+            commit.add_done_callback(lambda _: in_flight.discard(message.id))
+            return await asyncio.shield(commit) if wait_settled else commit
 
-        try:
-            results = await asyncio.gather(*(one(m) for m in batch), return_exceptions=True)
-        finally:
-            renewer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await renewer
-        for message, result in zip(batch, results, strict=True):
-            if isinstance(result, BaseException):
+        async def settle(pending: list[tuple[_Message, Any]]) -> None:
+            try:
+                results = await asyncio.gather(*(c for _, c in pending), return_exceptions=True)
+                for (message, _), result in zip(pending, results, strict=True):
+                    if isinstance(result, BaseException):
+                        log.error("sms.outbox.send_failed", outbox_id=message.id, error=repr(result)[:300])
+            finally:
+                renewer.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await renewer
+
+        submitted = await asyncio.gather(*(one(m) for m in batch), return_exceptions=True)
+        pending: list[tuple[_Message, Any]] = []
+        for message, result in zip(batch, submitted, strict=True):
+            if isinstance(result, asyncio.Future):
+                pending.append((message, result))
+            elif isinstance(result, BaseException):
                 log.error("sms.outbox.send_failed", outbox_id=message.id, error=repr(result)[:300])
+        task = asyncio.get_running_loop().create_task(settle(pending), name="sms-outbox-settle")
+        self._settling.add(task)
+        task.add_done_callback(self._settling.discard)
+        if wait_settled:
+            await task
 
     async def _send_message(self, gateway: SmsGateway, message: _Message) -> None:
         todo = [p for p in message.parts if p.status == "submitting"]
@@ -536,8 +602,8 @@ class OutboxSender:
         try:
             while self._queue:
                 started = asyncio.get_running_loop().time()
-                while len(self._queue) < GROUP_MAX:
-                    left = started + GROUP_LINGER - asyncio.get_running_loop().time()
+                while len(self._queue) < self.settings.outbox_group_max:
+                    left = started + self.settings.outbox_group_linger - asyncio.get_running_loop().time()
                     if left <= 0:
                         break
                     await asyncio.sleep(min(left, 0.005))
@@ -565,22 +631,27 @@ class OutboxSender:
         now = self.now()
         messages = [i for i in items if isinstance(i, _Message)]
         receipts = [i for i in items if isinstance(i, _Receipt)]
-        async with self._match_lock, self.sessions() as session, session.begin():
-            accepted = await self._store_outcomes(session, messages, now) if messages else []
-            touched: set[int] = set()
-            answers: dict[int, int] = {}
-            if receipts:
-                matched = await self._match(session, receipts, now, touched)
-                answers = {id(r): Status.ROK for r in receipts}
-                for receipt, how in matched:
-                    self._m_receipts.inc(match=how)
-            if accepted:
-                await self._claim_early(session, accepted, now, touched)
-            if touched:
-                await self._settle(session, touched, now)
+        async with self._match_lock:
+            answers = await run_in_transaction(self.engine, partial(self._write_group_in, messages, receipts, now))
         return [answers.get(id(i), None) for i in items]
 
-    async def _store_outcomes(self, session: AsyncSession, messages: list[_Message],
+    def _write_group_in(self, messages: list[_Message], receipts: list[_Receipt], now: dt.datetime,
+                        conn: Connection) -> dict[int, int]:
+        accepted = self._store_outcomes(conn, messages, now) if messages else []
+        touched: set[int] = set()
+        answers: dict[int, int] = {}
+        if receipts:
+            matched = self._match(conn, receipts, now, touched)
+            answers = {id(r): Status.ROK for r in receipts}
+            for _receipt, how in matched:
+                self._m_receipts.inc(match=how)
+        if accepted:
+            self._claim_early(conn, accepted, now, touched)
+        if touched:
+            self._settle(conn, touched, now)
+        return answers
+
+    def _store_outcomes(self, conn: Connection, messages: list[_Message],
                               now: dt.datetime) -> list[str]:
         """Parts and messages after their submit_sm_resps; returns the newly known SMSC ids."""
         ok_parts: list[dict[str, Any]] = []
@@ -641,44 +712,44 @@ class OutboxSender:
                 self._m_submitted.inc()
                 log.info("sms.outbox.sent", parts=len(message.parts), **context)
         if ok_parts:
-            await session.execute(
+            conn.execute(
                 update(SUBMITS).where(SUBMITS.c.id == bindparam("b_id"))
                 .values(status="accepted", smsc_message_id=bindparam("b_mid"), raw_message_id=bindparam("b_raw"),
                         accepted_at=func.coalesce(SUBMITS.c.accepted_at, bindparam("b_at")),
                         last_status=Status.ROK, smsc_link=self.link), ok_parts)
         if doubt_parts:
-            await session.execute(
+            conn.execute(
                 update(SUBMITS).where(SUBMITS.c.id == bindparam("b_id"), SUBMITS.c.status == "submitting")
                 .values(status="in_doubt", in_doubt_since=bindparam("b_at"), last_error=bindparam("b_error"),
                         smsc_link=self.link), doubt_parts)
         if error_parts:
-            await session.execute(
+            conn.execute(
                 update(SUBMITS).where(SUBMITS.c.id == bindparam("b_id"))
                 .values(status=bindparam("b_status"), last_status=bindparam("b_code"),
                         last_error=bindparam("b_error")), error_parts)
         if back_parts:
-            await session.execute(
+            conn.execute(
                 update(SUBMITS).where(SUBMITS.c.id == bindparam("b_id"), SUBMITS.c.status == "submitting")
                 .values(status="queued"), back_parts)
         # Spelled out: an IN list would be an expanding parameter, which executemany refuses.
         open_ = or_(OUTBOX.c.status == "sending", OUTBOX.c.status == "in_doubt", OUTBOX.c.status == "pending")
         released = {"lease_owner": None, "lease_expires_at": None}
         if rows["sent"]:
-            await session.execute(
+            conn.execute(
                 update(OUTBOX).where(OUTBOX.c.id == bindparam("b_id"), open_)
                 .values(status="sent", sent_at=func.coalesce(OUTBOX.c.sent_at, bindparam("b_at")),
                         last_error=None, **released), rows["sent"])
         if rows["in_doubt"]:
-            await session.execute(
+            conn.execute(
                 update(OUTBOX).where(OUTBOX.c.id == bindparam("b_id"), open_)
                 .values(status="in_doubt", last_error=bindparam("b_error"), **released), rows["in_doubt"])
         if rows["pending"]:
-            await session.execute(
+            conn.execute(
                 update(OUTBOX).where(OUTBOX.c.id == bindparam("b_id"), open_)
                 .values(status="pending", not_before=bindparam("b_nb"), last_error=bindparam("b_error"),
                         **released), rows["pending"])
         if rows["failed"]:
-            await session.execute(
+            conn.execute(
                 update(OUTBOX).where(OUTBOX.c.id == bindparam("b_id"))
                 .values(status="failed", last_error=bindparam("b_error"), **released), rows["failed"])
         return new_ids
@@ -703,20 +774,20 @@ class OutboxSender:
             return Status.RX_T_APPN
         return status
 
-    async def _candidates(self, session: AsyncSession, receipts: Iterable[_Receipt]) -> list[Any]:
+    def _candidates(self, conn: Connection, receipts: Iterable[_Receipt]) -> list[Any]:
         """Parts of this link whose id any of the receipts may stand for, under the possible relations."""
         relations = self._relations()
         keys = {k for r in receipts for rel in relations if (k := submit_id_for(r.message_id, rel)) is not None}
         if not keys:
             return []
-        return list((await session.execute(
+        return list((conn.execute(
             select(*_PART_COLUMNS, SUBMITS.c.receipt_stat, SUBMITS.c.receipt_error, SUBMITS.c.receipt_at)
             .where(SUBMITS.c.smsc_message_id.in_(keys), self._link_clause(SUBMITS.c.smsc_link)))).all())
 
-    async def _match(self, session: AsyncSession, receipts: list[_Receipt], now: dt.datetime,
+    def _match(self, conn: Connection, receipts: list[_Receipt], now: dt.datetime,
                      touched: set[int]) -> list[tuple[_Receipt, str]]:
         """Match receipts to parts, write the parts' receipt state; unmatched fresh ones are stored."""
-        rows = await self._candidates(session, receipts)
+        rows = self._candidates(conn, receipts)
         parts = {r.id: dict(r._mapping) for r in rows}
         refs = [PartRef(r.id, r.smsc_message_id, r.recipient) for r in rows]
         bases = self.bases
@@ -729,7 +800,7 @@ class OutboxSender:
             result = match_receipt(receipt.message_id, receipt.handset, refs, bases)
             part_id = result.part_id
             if part_id is None and receipt.umr is not None and receipt.handset and receipt.stored_id is None:
-                part_id = await self._by_reference(session, receipt, parts)
+                part_id = self._by_reference(conn, receipt, parts)
             if part_id is None:
                 if receipt.stored_id is None:
                     unmatched.append({
@@ -756,7 +827,7 @@ class OutboxSender:
                 log.debug("sms.receipt", message_id=receipt.message_id, state=receipt.state.value,
                           outbox_id=part["outbox_id"], duplicate=not fresh)
         if changed:
-            await session.execute(
+            conn.execute(
                 update(SUBMITS).where(SUBMITS.c.id == bindparam("b_id"))
                 .values(status=bindparam("b_status"), accepted_at=bindparam("b_accepted"),
                         receipt_state=bindparam("b_state"), receipt_stat=bindparam("b_stat"),
@@ -767,9 +838,9 @@ class OutboxSender:
                   "b_at": p["receipt_at"], "b_count": p["receipt_count"], "b_mid": p["smsc_message_id"]}
                  for p in changed.values()])
         if unmatched:
-            await session.execute(UNMATCHED.insert(), unmatched)
+            conn.execute(UNMATCHED.insert(), unmatched)
         if matched_stored:
-            await session.execute(
+            conn.execute(
                 update(UNMATCHED).where(UNMATCHED.c.id == bindparam("b_id"))
                 .values(matched_submit_id=bindparam("b_part"), matched_at=bindparam("b_at"), reason=None),
                 matched_stored)
@@ -777,9 +848,9 @@ class OutboxSender:
             self._learn(pairs)
         return out
 
-    async def _by_reference(self, session: AsyncSession, receipt: _Receipt, parts: dict[int, dict[str, Any]]) -> int | None:
+    def _by_reference(self, conn: Connection, receipt: _Receipt, parts: dict[int, dict[str, Any]]) -> int | None:
         """A receipt echoing user_message_reference (our part id) for a part without an SMSC id."""
-        rows = (await session.execute(
+        rows = (conn.execute(
             select(*_PART_COLUMNS, SUBMITS.c.receipt_stat, SUBMITS.c.receipt_error, SUBMITS.c.receipt_at)
             .where(SUBMITS.c.recipient == receipt.handset,
                    SUBMITS.c.status.in_(("in_doubt", "submitting", "queued"))))).all()
@@ -796,25 +867,25 @@ class OutboxSender:
         bases = self.bases
         return (submit_id_for(receipt_id, bases) if bases is not None else None) or receipt_id
 
-    async def _claim_early(self, session: AsyncSession, new_ids: list[str], now: dt.datetime,
+    def _claim_early(self, conn: Connection, new_ids: list[str], now: dt.datetime,
                            touched: set[int]) -> None:
         """Receipts stored before their part's submit_sm_resp: match them now the id is known."""
         relations = self._relations()
         forms = {f for i in new_ids for rel in relations if (f := receipt_id_for(i, rel)) is not None}
         if not forms:
             return
-        stored = (await session.execute(
+        stored = (conn.execute(
             select(UNMATCHED).where(UNMATCHED.c.message_id.in_(forms), UNMATCHED.c.matched_submit_id.is_(None),
                                     self._link_clause(UNMATCHED.c.smsc_link))
             .order_by(UNMATCHED.c.id))).all()
         if stored:
-            await self._match_stored(session, stored, now, touched)
+            self._match_stored(conn, stored, now, touched)
 
-    async def _match_stored(self, session: AsyncSession, stored: Sequence[Any], now: dt.datetime,
+    def _match_stored(self, conn: Connection, stored: Sequence[Any], now: dt.datetime,
                             touched: set[int], label: str = "early") -> int:
         receipts = [_Receipt(r.message_id, r.raw_message_id, DeliveryState(r.state), r.stat, r.error, r.recipient,
                              r.received_at, None, r.id) for r in stored]
-        matched = [how for _, how in await self._match(session, receipts, now, touched) if how == "early"]
+        matched = [how for _, how in self._match(conn, receipts, now, touched) if how == "early"]
         if matched:
             self._m_receipts.inc(len(matched), match=label)
         return len(matched)
@@ -823,16 +894,21 @@ class OutboxSender:
         """Match stored receipts whose part id is known by now (receipts that met on two nodes)."""
         since = self.now() - dt.timedelta(seconds=max(3600.0, 2 * self.settings.in_doubt_wait))
         touched: set[int] = set()
-        async with self._match_lock, self.sessions() as session, session.begin():
-            stored = (await session.execute(
+
+        def sweep(conn: Connection) -> int:
+            stored = conn.execute(
                 select(UNMATCHED).where(UNMATCHED.c.matched_submit_id.is_(None), UNMATCHED.c.received_at >= since,
                                         self._link_clause(UNMATCHED.c.smsc_link))
-                .order_by(UNMATCHED.c.id).limit(500))).all()
+                .order_by(UNMATCHED.c.id).limit(500)).all()
             if not stored:
                 return 0
-            matched = await self._match_stored(session, stored, self.now(), touched, "swept")
+            matched = self._match_stored(conn, stored, self.now(), touched, "swept")
             if touched:
-                await self._settle(session, touched, self.now())
+                self._settle(conn, touched, self.now())
+            return matched
+
+        async with self._match_lock:
+            matched = await run_in_transaction(self.engine, sweep)
         if matched:
             log.info("sms.receipt.swept", matched=matched)
         return matched
@@ -857,13 +933,13 @@ class OutboxSender:
                 self._m_latency.observe(max(0.0, (at - start).total_seconds()))
         return True
 
-    async def _settle(self, session: AsyncSession, outbox_ids: set[int], now: dt.datetime) -> None:
+    def _settle(self, conn: Connection, outbox_ids: set[int], now: dt.datetime) -> None:
         """Messages whose parts changed: all accepted -> sent; every final receipt -> delivery state."""
-        rows = (await session.execute(
+        rows = (conn.execute(
             select(OUTBOX.c.id, OUTBOX.c.status, OUTBOX.c.delivery_state, OUTBOX.c.case_id, OUTBOX.c.recipient)
             .where(OUTBOX.c.id.in_(outbox_ids)))).all()
         parts: dict[int, list[Any]] = {}
-        for p in (await session.execute(
+        for p in (conn.execute(
                 select(SUBMITS.c.outbox_id, SUBMITS.c.status, SUBMITS.c.receipt_state, SUBMITS.c.receipt_at,
                        SUBMITS.c.concat_ref, SUBMITS.c.recipient)
                 .where(SUBMITS.c.outbox_id.in_(outbox_ids)))).all():
@@ -902,7 +978,7 @@ class OutboxSender:
                 updates.append({"b_id": row.id, "b_status": status, "b_delivery": delivery,
                                 "b_delivered": delivered_at, "b_sent": now if status == "sent" else None})
         if updates:
-            await session.execute(
+            conn.execute(
                 update(OUTBOX).where(OUTBOX.c.id == bindparam("b_id"))
                 .values(status=bindparam("b_status"), delivery_state=bindparam("b_delivery"),
                         delivered_at=func.coalesce(bindparam("b_delivered"), OUTBOX.c.delivered_at),
@@ -994,7 +1070,7 @@ class OutboxSender:
                     if any(p.status == "queued" for p in parts):
                         await self._requeue(session, outbox_id, [], now, None)
                     else:
-                        await self._settle(session, {outbox_id}, now)
+                        await session.run_sync(_on_connection(self._settle), {outbox_id}, now)
                     continue
                 since = min(p.submitted_at or now for p in doubtful)
                 if await self._others_awaiting(session, row.recipient, outbox_id):
@@ -1027,11 +1103,11 @@ class OutboxSender:
                         UNMATCHED.c.message_id.in_({r.message_id for r in used}),
                         UNMATCHED.c.id.not_in([r.id for r in used])))).all()
                     if copies:
-                        await self._match_stored(session, copies, now, set(), "early")
+                        await session.run_sync(_on_connection(self._match_stored), copies, now, set(), "early")
                     if any(p.status == "queued" for p in parts):
                         await self._requeue(session, outbox_id, [], now, None)
                     else:
-                        await self._settle(session, {outbox_id}, now)  # in_doubt -> sent
+                        await session.run_sync(_on_connection(self._settle), {outbox_id}, now)  # in_doubt -> sent
                     settled += 1
                     self._m_receipts.inc(len(doubtful), match="in_doubt_proof")
                     log.info("sms.outbox.in_doubt_resolved", outbox_id=outbox_id, case_id=row.case_id,

@@ -54,6 +54,7 @@ def build_sms_services(settings: Settings, *, sessions: async_sessionmaker[Async
             raise RosterError(f"sms.shift_leader_phone: {exc}") from exc
     outbox = OutboxSender(sessions=sessions, smpp=settings.smpp, settings=settings.sms, metrics=metrics,
                           region=region, node=settings.node_id())
+    cases.on_outbox = outbox.wake
     tasks = TaskService(sessions=sessions, grids=grids, roster=roster,
                         escalation_minutes=settings.sms.task_escalation_minutes, shift_leader_phone=leader,
                         metrics=metrics, on_outbox=outbox.wake)

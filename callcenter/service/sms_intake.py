@@ -50,7 +50,7 @@ from callcenter.cases.model import CaseFlag, CaseView, Channel
 from callcenter.cases.numbering import CaseNumber, InvalidCaseNumber
 from callcenter.db.tables import CaseRow
 from callcenter.db.tables_sms import SmsBlocklistRow, SmsInboundPartRow, SmsInboundRow, SmsOptOutRow
-from callcenter.db.unit import run_in_transaction
+from callcenter.db.unit import insert_ids, run_in_transaction
 from callcenter.metrics import MetricsRegistry
 from callcenter.service import sms_texts as texts
 from callcenter.service.cases import MAX_DESCRIPTION, CaseService, DraftInput, PreparedDraft
@@ -89,8 +89,6 @@ INBOUND: Table = SmsInboundRow.__table__  # type: ignore[assignment]
 PARTS: Table = SmsInboundPartRow.__table__  # type: ignore[assignment]
 BLOCKLIST: Table = SmsBlocklistRow.__table__  # type: ignore[assignment]
 OPT_OUTS: Table = SmsOptOutRow.__table__  # type: ignore[assignment]
-_INSERT_TEXT = INBOUND.insert().returning(INBOUND.c.id)
-_INSERT_TEXTS = INBOUND.insert().returning(INBOUND.c.id, sort_by_parameter_order=True)
 
 # Not (yet) CaseFlag members: the draft holds a cut text, the whole one is in sms_inbound;
 # a binary MO (no text to read) is a draft for staff, its bytes in sms_inbound.raw_hex.
@@ -837,10 +835,7 @@ class SmsIntakeService:
                                         body=body))
         enqueue_sync(conn, outgoing, now)
         if rows:
-            if len(rows) == 1:
-                ids = [conn.execute(_INSERT_TEXT, rows[0]).scalar_one()]
-            else:
-                ids = list(conn.execute(_INSERT_TEXTS, rows).scalars())
+            ids = insert_ids(conn, INBOUND, rows, ("message_key",))
             for decision, at in zip(decisions, row_of, strict=True):
                 if at is not None:
                     decision.row_id = ids[at]

@@ -20,6 +20,7 @@ import contextvars
 import enum
 import random
 import secrets
+import socket
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -215,6 +216,22 @@ class Backoff:
 # ------------------------------------------------------------------ the Twisted protocol
 
 
+def _quick_ack(transport: Any) -> None:
+    """Acknowledge what was just read at once (Linux TCP_QUICKACK; the kernel resets it).
+
+    An SMSC that keeps Nagle's algorithm on holds its next deliver_sm until its previous
+    segment is acknowledged; our ACK would otherwise ride on the deliver_sm_resp, which waits
+    for the text's commit, or on the delayed-ACK timer (up to 40 ms).
+    """
+    handle = getattr(transport, "socket", None)
+    if handle is not None and _TCP_QUICKACK is not None:
+        with contextlib.suppress(OSError):
+            handle.setsockopt(socket.IPPROTO_TCP, _TCP_QUICKACK, 1)
+
+
+_TCP_QUICKACK = getattr(socket, "TCP_QUICKACK", None)
+
+
 class SmppProtocol(Protocol):
     """Bytes <-> `SmppSession`, plus the session's one deadline timer."""
 
@@ -249,9 +266,16 @@ class SmppProtocol(Protocol):
     # Twisted hooks ---------------------------------------------------------
 
     def connectionMade(self) -> None:
+        # SMPP is small PDUs in both directions with a window of requests in flight: with Nagle's
+        # algorithm a submit_sm written right after a deliver_sm_resp waits for the peer's
+        # (delayed) ACK of the resp, tens of milliseconds per exchange.
+        set_no_delay = getattr(self.transport, "setTcpNoDelay", None)
+        if set_no_delay is not None:
+            set_no_delay(True)
         self._reschedule()
 
     def dataReceived(self, data: bytes) -> None:
+        _quick_ack(self.transport)
         self._process(self.session.receive_data(data))
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:

@@ -546,22 +546,31 @@ def encode_submit_sm(sequence: int, request: SubmitRequest) -> bytes:
         "validity_period": validity or "",
         "short_message": request.short_message,
     }
-    for name in (
-        "source_addr_ton",
-        "source_addr_npi",
-        "dest_addr_ton",
-        "dest_addr_npi",
-        "esm_class",
-        "protocol_id",
-        "priority_flag",
-        "registered_delivery",
-        "replace_if_present_flag",
-        "data_coding",
-        "sm_default_msg_id",
-    ):
+    for name in _SUBMIT_OCTETS:
         fields[name] = _check_octet(name, getattr(request, name))
-    pdu = _encode("submit_sm", sequence, **fields)
-    return _append_tlvs(pdu, (encode_tlv(key, value) for key, value in request.tlvs.items()))
+    body = b"".join((
+        fields["service_type"].encode("ascii"), b"\0",
+        bytes((fields["source_addr_ton"], fields["source_addr_npi"])),
+        fields["source_addr"].encode("ascii"), b"\0",
+        bytes((fields["dest_addr_ton"], fields["dest_addr_npi"])),
+        fields["destination_addr"].encode("ascii"), b"\0",
+        bytes((fields["esm_class"], fields["protocol_id"], fields["priority_flag"])),
+        fields["schedule_delivery_time"].encode("ascii"), b"\0",
+        fields["validity_period"].encode("ascii"), b"\0",
+        bytes((fields["registered_delivery"], fields["replace_if_present_flag"], fields["data_coding"],
+               fields["sm_default_msg_id"], len(request.short_message))),
+        request.short_message,
+        *(encode_tlv(key, value) for key, value in request.tlvs.items()),
+    ))
+    return struct.pack(">LLLL", HEADER_SIZE + len(body), CommandId.SUBMIT_SM, 0, sequence) + body
+
+
+#: submit_sm's one-octet fields. The PDU is packed here, in the order of SMPP 3.4 section 4.4.1,
+#: rather than through smpplib's generic field walk: this is the one request on the hot path,
+#: and smpplib took ~80 us to build it. tests/smpp checks the bytes against smpplib's.
+_SUBMIT_OCTETS = ("source_addr_ton", "source_addr_npi", "dest_addr_ton", "dest_addr_npi", "esm_class",
+                  "protocol_id", "priority_flag", "registered_delivery", "replace_if_present_flag",
+                  "data_coding", "sm_default_msg_id")
 
 
 def encode_bind(
@@ -589,6 +598,11 @@ def encode_bind(
         address_range=_check_cstring("address_range", address_range, params["address_range"].max),
     )
     return data
+
+
+def encode_deliver_sm_resp(sequence: int, status: int) -> bytes:
+    """deliver_sm_resp: the header and an empty message_id (sent for every MO and receipt)."""
+    return struct.pack(">LLLLB", HEADER_SIZE + 1, CommandId.DELIVER_SM_RESP, status, sequence, 0)
 
 
 def encode_header_only(command_id: int, sequence: int, status: int = 0) -> bytes:
@@ -871,7 +885,7 @@ class SmppSession:
         if self.state is SessionState.CLOSED:
             raise LocalProtocolError("session closed; the SMSC will redeliver")
         self._pending_delivers.discard(sequence)
-        self._outbuf += _encode("deliver_sm_resp", sequence, status=status)
+        self._outbuf += encode_deliver_sm_resp(sequence, status)
 
     def enquire_link(self) -> int:
         """Send enquire_link now and expect its resp within the timeout."""

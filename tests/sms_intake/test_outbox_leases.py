@@ -15,11 +15,14 @@ import pytest
 from sqlalchemy import select
 
 from callcenter.app import Services
+from callcenter.cases.model import Channel
 from callcenter.db.tables import OutboxRow
 from callcenter.db.tables_sms import SmsSubmitRow
+from callcenter.service.cases import DraftInput
 from callcenter.service.outbox_sender import OutboxSender
 from callcenter.settings import Settings
 from sms.gateway import OutboundPart, SubmitOutcome
+from sms.parts import ReferenceAllocator
 from sms.smpp.session import Status
 from tests.sms_intake.conftest import Clock, sms_overrides, use_clock
 
@@ -157,3 +160,63 @@ async def test_a_sender_that_lost_its_lease_sends_none_of_the_parts_it_still_hel
     assert [p.status for p in await parts(services)] == ["accepted", "in_doubt", "in_doubt"]
     (row,) = await rows(services)
     assert row.id == outbox_id and row.status == "in_doubt"  # as node B left it
+
+
+async def test_two_nodes_never_give_one_handset_one_reference_for_two_long_messages(
+        services: Services, clock: Clock) -> None:
+    """Both nodes' counters propose the same reference; the second node sees the first's in the store."""
+    use_clock(services, clock)
+    node_a = services.sms.outbox  # type: ignore[union-attr]
+    node_a.node = "node-a"
+    node_b = second_node(services, clock)
+    node_a._allocator, node_b._allocator = ReferenceAllocator(bits=8, state=7), ReferenceAllocator(bits=8, state=7)
+    gateway_a, gateway_b = HoldingGateway(), HoldingGateway()
+    gateway_b.release.set()
+    node_a.gateway, node_b.gateway = gateway_a, gateway_b
+    handset = "+8613800000077"
+    cases = [await services.cases.create_draft(
+        DraftInput(channel=Channel.STAFF, description=f"路灯不亮 {n}", notify_reporter=False), actor="staff:test")
+        for n in range(2)]
+    long_body = "您反映的问题已转交处置部门，请保持电话畅通。" * 4  # 88 characters: two UCS-2 parts
+
+    async def queue(case_id: int, key: str) -> None:
+        async with services.sessions() as session, session.begin():
+            session.add(OutboxRow(idempotency_key=key, case_id=case_id, recipient=handset, template="status",
+                                  body=long_body, status="pending", attempts=0, not_before=clock(),
+                                  created_at=clock()))
+
+    await queue(cases[0].id, "long-a")
+    sending = asyncio.create_task(node_a.run_once())
+    await until(lambda: len(gateway_a.submitted) == 1)  # node A holds part 1 of its message
+    await queue(cases[1].id, "long-b")
+    assert await node_b.run_once() == 1
+    gateway_a.release.set()
+    await sending
+    refs = {}
+    for part in await parts(services):
+        refs.setdefault(part.outbox_id, set()).add(part.concat_ref)
+    assert len(refs) == 2 and all(len(r) == 1 for r in refs.values())
+    first, second = (r.pop() for r in refs.values())
+    assert first == 7 and second != first, "the second node must skip the reference in flight to that handset"
+
+
+async def test_a_receipt_queued_by_the_case_service_wakes_the_sender(services: Services, clock: Clock) -> None:
+    """Drafts from the phone, the console or Open311 queue their receipt SMS outside the SMS channel;
+    the sender must not wait for its next poll (here 60 s) to send it."""
+    sender = services.sms.outbox  # type: ignore[union-attr]
+    sender.settings = sender.settings.model_copy(update={"outbox_poll_interval": 60.0})
+    gateway = HoldingGateway()
+    gateway.release.set()
+    sender.gateway = gateway
+    stop = asyncio.Event()
+    running = asyncio.create_task(sender.run(stop))
+    try:
+        await asyncio.sleep(0.2)  # the first pass found nothing; the loop now waits for a wake or 60 s
+        view = await services.cases.create_draft(
+            DraftInput(channel=Channel.PHONE, description="井盖丢了", reporter_phone="13800000088"), actor="ivr")
+        await until(lambda: len(gateway.submitted) == 1, timeout=5.0)
+        assert gateway.submitted[0].destination.endswith("13800000088")
+        assert await services.cases.send_receipt(view.number, "+8613800000099") is False, "queued once per case"
+    finally:
+        stop.set()
+        await running
