@@ -314,6 +314,7 @@ class KillPoint:
     max_case_id: int = 0            # after the browser's stream is open again on a survivor
     reconnected_at: float = 0.0
     unanswered: int = 0             # MO the victim left without deliver_sm_resp
+    killed_t: int = 0               # the simulator's clock (ms) at the victim's last deliver_sm
 
 
 async def kill_victim(cluster: Cluster, sessions: dict[int, int], consoles: list[SseConsole],
@@ -337,6 +338,7 @@ async def kill_victim(cluster: Cluster, sessions: dict[int, int], consoles: list
     await asyncio.gather(*(deliver(cluster.smsc, sessions[v], source, body, esm=esm) for source, body, esm in last))
     victim.kill()
     cluster.killed.set()
+    point.killed_t = max((e["t"] for e in await cluster.smsc.events("deliver_sm", session=sessions[v])), default=0)
     # The SMSC delivers again, on the binds still up, every MO the dead bind left unanswered.
     smsc = cluster.smsc
     answered = {r["sequence"] for r in await smsc.events("deliver_sm_resp", session=sessions[v]) if r["status"] == 0}
@@ -555,6 +557,18 @@ async def test_three_nodes_one_killed_mid_burst_and_mid_call_lose_nothing_and_do
     accepted = collections.Counter((s["destination_addr"], s["short_message_hex"])
                                    for s in await smsc.events("submit_sm") if (s["session"], s["sequence"]) in ok)
     twice = {key: count for key, count in accepted.items() if count > 1}
+    if twice:  # what happened to them, for whoever reads the failure
+        resps = {(r["session"], r["sequence"]): r for r in await smsc.events("submit_sm_resp")}
+        for dest, _ in twice:
+            for submit in await smsc.events("submit_sm", destination_addr=dest):
+                resp = resps.get((submit["session"], submit["sequence"]), {})
+                print(f"{dest}: session {submit['session']} seq {submit['sequence']} t {submit['t']} ms -> "
+                      f"status {resp.get('status')} id {resp.get('message_id')} t {resp.get('t')}")
+            print(query(url, "SELECT s.outbox_id, s.seq, s.status, s.attempts, s.smsc_message_id, s.smsc_link, "
+                             "s.submitted_at, s.accepted_at, s.in_doubt_since, s.receipt_state, o.status, o.attempts "
+                             "FROM sms_submits s JOIN outbox o ON o.id = s.outbox_id WHERE s.recipient = :r",
+                        r="+" + dest))
+        print(f"victim session {sessions[v]}, killed at simulator t ~ {point.killed_t} ms")
     assert not twice, f"{len(twice)} texts submitted more than once"
     per_destination = collections.Counter(dest for dest, _ in accepted)
     for i in range(SMS_BURST):
