@@ -573,11 +573,15 @@ async def test_three_nodes_one_killed_mid_burst_and_mid_call_lose_nothing_and_do
     per_destination = collections.Counter(dest for dest, _ in accepted)
     for i in range(SMS_BURST):
         assert per_destination[f"86{sender(i)}"] == 1, sender(i)
-    for phone in by_caller:
-        assert per_destination[phone.removeprefix("+")] == 1, phone
+    # A caller who heard the number got it by SMS once; one cut by the kill after the draft was
+    # filed but before asking for the SMS gets none (nobody asked).
+    texted = {f"86{caller(call.index)}" for call in calls if call.completed}
+    assert all(per_destination[phone] == 1 for phone in texted)
+    assert all(per_destination[phone.removeprefix("+")] <= 1 for phone in by_caller)
     sent = query(url, "SELECT status, count(*) FROM outbox GROUP BY status")
     long_count = query(url, "SELECT count(*) FROM cases WHERE reporter_phone LIKE '+86136%'")[0][0]
-    assert dict(sent) == {"sent": SMS_BURST + long_count + len(voice) + 2 * TASKS}, sent
+    voice_texts = sum(per_destination[phone.removeprefix("+")] for phone in by_caller)
+    assert dict(sent) == {"sent": SMS_BURST + long_count + voice_texts + 2 * TASKS}, sent
     assert query(url, "SELECT count(*) FROM (SELECT outbox_id, seq FROM sms_submits "
                       "GROUP BY outbox_id, seq HAVING count(*) > 1) AS d")[0][0] == 0
 
