@@ -192,7 +192,8 @@ class Call:
 
     @property
     def in_ivr(self) -> bool:
-        return self.peer is not None and self.transcript is None and self.peer.answered >= 3
+        """Early in the IVR: answered, and far enough from its end that a kill now cuts it."""
+        return self.peer is not None and self.transcript is None and 3 <= self.peer.answered <= 10
 
 
 @dataclass
