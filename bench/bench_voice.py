@@ -153,8 +153,9 @@ async def _peer(job: dict[str, Any]) -> int:
         nonlocal failures, commands
         # Each peer process numbers its calls from 1: without its own prefix every row after
         # the first repeated the call ids of the one before (one warning per call record).
+        caller = job.get("first_caller", 0) + i  # several peer processes at once: distinct callers
         peer = Peer(script=job["script"], dtmf=job["dtmf"], read_timeout=120.0,
-                    env={"callerid": f"139{i % 100_000_000:08d}", "uniqueid": f"{run_id}.{i + 1}"})
+                    env={"callerid": f"139{caller % 100_000_000:08d}", "uniqueid": f"{run_id}.{i + 1}"})
         try:
             transcript = await peer.run("127.0.0.1", job["port"])
         except OSError:
@@ -166,7 +167,7 @@ async def _peer(job: dict[str, Any]) -> int:
         if transcript.timed_out or not transcript.server_closed:
             failures += 1
 
-    started = time.perf_counter()
+    started, started_at = time.perf_counter(), time.time()
     calls = [asyncio.create_task(one(i)) for i in range(job["calls"])]
     if hold_after is not None:
         await all_held.wait()
@@ -176,6 +177,7 @@ async def _peer(job: dict[str, Any]) -> int:
     await asyncio.gather(*calls)
     seconds = time.perf_counter() - started
     result = {"event": "done", "calls": job["calls"], "failed": failures, "seconds": seconds, "peak": peak,
+              "started_at": started_at, "ended_at": time.time(),
               "commands": commands, "after_prev": [[name, d] for name, d in samples],
               "first_call": first_lines if job.get("want_lines") else []}
     print(json.dumps(result), flush=True)
@@ -441,7 +443,7 @@ class Bench:
                            "w2.5", "d1"])
 
         async def batch(port: int, n: int, first: int) -> float:
-            await asterisk.set_global("CALLCENTER_AGI_PORT", str(port))
+            await asterisk.set_agi_nodes([port])
             started = time.perf_counter()
             for i in range(n):
                 asterisk.call(script, callerid=f"137{first + i:08d}")

@@ -24,6 +24,14 @@ log = structlog.get_logger(__name__)
 
 
 @dataclass
+class NodeState:
+    """Where this process is in its life; `draining` from the moment `serve` was asked to
+    stop until it exits (/healthz says so, so a load balancer stops sending new work)."""
+
+    draining: bool = False
+
+
+@dataclass
 class Services:
     settings: Settings
     engine: AsyncEngine
@@ -37,6 +45,7 @@ class Services:
     metrics: MetricsRegistry = field(default_factory=MetricsRegistry)
     sms: SmsServices | None = None
     cluster: Cluster | None = None
+    state: NodeState = field(default_factory=NodeState)
 
     async def check_database(self) -> None:
         async with self.engine.connect() as conn:

@@ -80,6 +80,7 @@ class EventHub:
     _subscribers: set[Subscription] = field(default_factory=set)
     _ids: Iterator[int] = field(default_factory=lambda: itertools.count(1))
     _recent_drafts: collections.OrderedDict[str, None] = field(default_factory=collections.OrderedDict)
+    _recent_pops: collections.OrderedDict[tuple[str, str], None] = field(default_factory=collections.OrderedDict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     #: Called with each accepted event that is not `local` and its target username; set by
     #: the cluster bus. Must be thread-safe and must not block.
@@ -95,7 +96,10 @@ class EventHub:
         `screen_pop` naming an `agent` goes to that agent's consoles only). A draft announced
         twice (by the case service and by the watcher) goes out once. `local`: for this
         node's consoles only (what every node sees for itself, or what came from another
-        node), never relayed. Returns the event, or None when it was dropped."""
+        node), never relayed. An addressed screen-pop for a call already popped for that agent
+        goes out once too: with AMI on every node, each node publishes the pop of the same
+        AgentConnect and the bus brings in the other's. Returns the event, or None when it was
+        dropped."""
         if to is None and event_type == "screen_pop" and data.get("agent"):
             to = str(data["agent"])
         target = to.casefold() if to is not None else None
@@ -110,6 +114,13 @@ class EventHub:
                 self._recent_drafts[number] = None
                 while len(self._recent_drafts) > 4096:
                     self._recent_drafts.popitem(last=False)
+            elif event_type == "screen_pop" and target is not None and data.get("call_id"):
+                key = (str(data["call_id"]), target)
+                if key in self._recent_pops:
+                    return None
+                self._recent_pops[key] = None
+                while len(self._recent_pops) > 4096:
+                    self._recent_pops.popitem(last=False)
             event = HubEvent(id=next(self._ids), type=event_type, data=dict(data), at=dt.datetime.now(dt.UTC))
             targets = [sub for sub in self._subscribers
                        if target is None or (sub.username or "").casefold() == target]

@@ -85,6 +85,8 @@ class Runtime:
         await self.voice.start_ami()
 
     async def stop(self) -> None:
+        if self.services is not None:
+            self.services.state.draining = True  # /healthz: 503 draining from now on
         if self.voice is not None:
             # Stop taking calls and drain them while the database is still there.
             if self._agi_port in self.listeners:

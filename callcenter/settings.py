@@ -347,8 +347,14 @@ class VoiceSettings(_Section):
     # Invalid or silent tries before a person; states that deliberately allow one try
     # (after the number has been read out) keep it.
     retries: int | None = Field(default=None, ge=1, le=20)
-    # On shutdown: seconds to let calls finish before they are cut off.
-    drain_seconds: float = Field(default=10.0, ge=0, le=600)
+    # On shutdown (SIGTERM) the FastAGI port closes at once (Asterisk sends new calls to the
+    # other nodes) and calls in progress go on normally for up to drain_seconds; then the
+    # callers still in the IVR are handed to a person at their next step, and after
+    # drain_handover_seconds more the rest are cut (the owed work is done as for a hang-up;
+    # the dialplan sends the caller to the staff queue). Keep the process manager's stop
+    # timeout above the sum (docker compose: stop_grace_period).
+    drain_seconds: float = Field(default=90.0, ge=0, le=3600)
+    drain_handover_seconds: float = Field(default=10.0, ge=0, le=600)
 
 
 class Open311Settings(_Section):

@@ -90,6 +90,7 @@ class FastAgiProtocol(Protocol):
         self._log = log.bind(peer=peer)
 
     def connectionMade(self) -> None:
+        self.factory.connections.add(self)
         self._env_timer = self.factory.reactor.callLater(
             self.factory.env_timeout, self._env_timed_out
         )
@@ -102,6 +103,7 @@ class FastAgiProtocol(Protocol):
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self.disconnected = True
+        self.factory.connections.discard(self)
         self._cancel_env_timer()
         if not self._closing:
             self.conn.receive_data(b"")
@@ -121,6 +123,12 @@ class FastAgiProtocol(Protocol):
         if not self._closing and not self.disconnected:
             self._closing = True
             self.transport.loseConnection()  # type: ignore[union-attr]
+
+    def cut(self) -> None:
+        """Drop the connection under a running call (end of a drain): the handler sees it as
+        a hang-up (AgiHangup), so its owed work still runs; Asterisk sees the script end."""
+        if not self.disconnected:
+            self.transport.abortConnection()  # type: ignore[union-attr]
 
     def _process_events(self) -> None:
         try:
@@ -246,6 +254,7 @@ class AgiServerFactory(Factory):
         self.env_timeout = env_timeout
         self.limits = limits or AgiLimits()
         self._tasks: set[asyncio.Task[None]] = set()
+        self.connections: set[FastAgiProtocol] = set()
 
     def buildProtocol(self, addr: IAddress | None) -> FastAgiProtocol:
         host, port = getattr(addr, "host", "?"), getattr(addr, "port", "?")
@@ -259,10 +268,31 @@ class AgiServerFactory(Factory):
     def active_calls(self) -> int:
         return len(self._tasks)
 
-    async def drain(self) -> None:
-        """Wait until every running handler has finished (for shutdown and tests)."""
+    async def drain(self, timeout: float | None = None) -> bool:
+        """Wait until every running handler has finished, or `timeout` seconds have passed
+        (for shutdown and tests); True when none is left."""
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
         while self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+            remaining = None if deadline is None else deadline - loop.time()
+            if remaining is not None and remaining <= 0:
+                return False
+            await asyncio.wait(set(self._tasks), timeout=remaining)
+        return True
+
+    def cut_all(self) -> int:
+        """Drop every open FastAGI connection (see FastAgiProtocol.cut); how many."""
+        connections = list(self.connections)
+        for connection in connections:
+            connection.cut()
+        return len(connections)
+
+    def cancel_all(self) -> list[asyncio.Task[None]]:
+        """Cancel every running handler (last resort at shutdown); the tasks cancelled."""
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        return tasks
 
 
 def start_agi_server(

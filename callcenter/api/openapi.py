@@ -134,7 +134,10 @@ def build_document(categories: list[str] | None = None, grids: list[str] | None 
         "paths": {
             "/healthz": {"get": {"summary": "liveness and database check",
                                  "responses": {"200": _json("HealthOut", "healthy"),
-                                               "503": _json("ErrorOut", "database unreachable")}}},
+                                               "503": {"description": "database unreachable (ErrorOut), or the "
+                                                       "node is draining (HealthOut, status `draining`)",
+                                                       "content": {"application/json": {"schema": {"oneOf": [
+                                                           _ref("ErrorOut"), _ref("HealthOut")]}}}}}}},
             "/api/v1/cases": {
                 "post": {"operationId": "createCase", "summary": "create a draft case (staff)", "security": AUTH,
                          "requestBody": _body("CaseCreate"),

@@ -261,7 +261,8 @@ class ErrorOut(BaseModel):
 
 
 class HealthOut(BaseModel):
-    status: Literal["ok"]
+    status: Literal["ok", "draining"] = Field(
+        description="`draining` (with HTTP 503): shutting down, finishing its calls; send nothing new")
     database: Literal["ok"]
     node: str = Field(description="this node's id ([node] id, or host name:port)")
     nodes: list[str] = Field(description="live nodes on the same store, by heartbeat, oldest first")

@@ -18,6 +18,7 @@ The function must not touch asyncio objects: on SQLite it runs on another thread
 
 from __future__ import annotations
 
+import functools
 import weakref
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -88,8 +89,13 @@ def insert_ids(conn: Connection, table: Table, rows: list[dict[str, Any]], key: 
     (`sort_by_parameter_order`) makes SQLAlchemy run one INSERT per row on SQLite, which
     cannot promise the order of RETURNING; reading the key back with the id needs no order.
     """
+    statement = _insert_returning(table, key)
     if len(rows) == 1:
-        return [conn.execute(table.insert().returning(table.c.id), rows[0]).scalar_one()]
-    columns = [table.c[name] for name in key]
-    found = {tuple(r[1:]): r[0] for r in conn.execute(table.insert().returning(table.c.id, *columns), rows)}
+        return [conn.execute(statement, rows[0]).scalar_one()]
+    found = {tuple(r[1:]): r[0] for r in conn.execute(statement, rows)}
     return [found[tuple(row[name] for name in key)] for row in rows]
+
+
+@functools.cache
+def _insert_returning(table: Table, key: tuple[str, ...]) -> Any:
+    return table.insert().returning(table.c.id, *(table.c[name] for name in key))

@@ -79,6 +79,9 @@ log = structlog.get_logger(__name__)
 SAMPLES_PER_MS = 8
 NEXT_VARIABLE = "CALLCENTER_NEXT"
 CASE_VARIABLE = "CALLCENTER_CASE_NUMBER"
+# Set right after ANSWER: the dialplan then knows this node took the call, and never starts
+# it again on another node when this one is lost (config/asterisk/extensions.conf).
+NODE_VARIABLE = "CALLCENTER_NODE"
 BEEP_PROMPT = "beep"
 # A recording that stopped on its own this close to max_seconds hit the limit.
 _MAX_LENGTH_SLACK_MS = 500
@@ -176,8 +179,9 @@ class CallExecutor:
     def __init__(self, flow: Flow, env: CallEnv, *, route: str,
                  sound: Callable[[str], str], region: str = "CN",
                  draining: Callable[[], bool] = lambda: False,
-                 hooks: ExecutorHooks | None = None) -> None:
+                 hooks: ExecutorHooks | None = None, node: str | None = None) -> None:
         self.flow = flow
+        self.node = node
         self.env = env
         self.route = route
         self.sound = sound
@@ -191,6 +195,7 @@ class CallExecutor:
         self.failed = False
         self.transferred_to: str | None = None
         self.draft_number: str | None = None
+        self._case_set: str | None = None  # CALLCENTER_CASE_NUMBER already on the channel
         self._current: list[Action] = []
         self._script: Script | None = None
 
@@ -233,6 +238,8 @@ class CallExecutor:
                 return
             self.answered = True
             self.hooks.answered()
+            if self.node:
+                yield from self._command(commands.set_variable(NODE_VARIABLE, self.node))
             context = yield from self._context()
             yield from self._drive(self.engine.start(context))
         except AgiHangup:
@@ -329,6 +336,14 @@ class CallExecutor:
         result: ActionResult = yield Service(action)
         if result.name in DRAFT_ACTIONS and result.outcome == "ok" and result.values.get("case_number"):
             self.draft_number = result.values["case_number"]
+            if self.node and not self.gone:
+                # On the channel at once: if this node dies now, the dialplan hands the caller
+                # to a person together with the draft's number.
+                try:
+                    yield from self._command(commands.set_variable(CASE_VARIABLE, self.draft_number))
+                    self._case_set = self.draft_number
+                except AgiHangup:
+                    pass  # the next channel action meets the hang-up and handles it
         return result
 
     # ---- channel actions
@@ -438,7 +453,7 @@ class CallExecutor:
 
     def _transfer(self, target: str, variables: Mapping[str, str]) -> Script:
         case_number = variables.get("case_number")
-        if case_number:
+        if case_number and case_number != self._case_set:
             yield from self._command(commands.set_variable(CASE_VARIABLE, case_number))
         yield from self._set_next(target)
         self.transferred_to = target

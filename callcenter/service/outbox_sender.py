@@ -44,7 +44,7 @@ from functools import partial
 from typing import Any
 
 import structlog
-from sqlalchemy import Connection, Table, bindparam, func, or_, select, update
+from sqlalchemy import Connection, Table, and_, bindparam, func, or_, select, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
@@ -105,6 +105,32 @@ _PART_COLUMNS = (SUBMITS.c.id, SUBMITS.c.outbox_id, SUBMITS.c.recipient, SUBMITS
 def _on_connection(fn: Callable[..., Any]) -> Callable[..., Any]:
     """`fn(conn, ...)` as `AsyncSession.run_sync` calls it (with the sync Session first)."""
     return lambda sync_session, *args: fn(sync_session.connection(), *args)
+
+
+# The claim's statements, built once: constructing a statement and its cache key cost more
+# CPU than SQLite took to run it (a claim of two rows spent half its 3.6 ms building).
+_DUE = (select(OUTBOX.c.id, OUTBOX.c.case_id, OUTBOX.c.recipient)
+        .where(OUTBOX.c.status == "pending", OUTBOX.c.not_before <= bindparam("now"))
+        .order_by(OUTBOX.c.id).limit(bindparam("limit")))
+_OPEN_THREADS = (select(OUTBOX.c.id, OUTBOX.c.case_id, OUTBOX.c.recipient)
+                 .where(OUTBOX.c.status.in_(BLOCKING),
+                        or_(OUTBOX.c.case_id.in_(bindparam("cases", expanding=True)),
+                            and_(OUTBOX.c.case_id.is_(None),
+                                 OUTBOX.c.recipient.in_(bindparam("recipients", expanding=True))))))
+_TAKE = (update(OUTBOX)
+         .where(OUTBOX.c.id.in_(select(OUTBOX.c.id)
+                                .where(OUTBOX.c.id.in_(bindparam("chosen", expanding=True)),
+                                       OUTBOX.c.status == "pending")
+                                .with_for_update(skip_locked=True)),
+                OUTBOX.c.status == "pending")
+         .values(status="sending", lease_owner=bindparam("owner"), lease_expires_at=bindparam("lease"),
+                 attempts=OUTBOX.c.attempts + 1)
+         .returning(OUTBOX.c.id, OUTBOX.c.case_id, OUTBOX.c.recipient, OUTBOX.c.template, OUTBOX.c.body))
+# Spelled out: an IN list would be an expanding parameter, which executemany refuses.
+_OPEN = or_(OUTBOX.c.status == "sending", OUTBOX.c.status == "in_doubt", OUTBOX.c.status == "pending")
+_RELEASED = {"lease_owner": None, "lease_expires_at": None}
+_PARTS_OF = (select(*_PART_COLUMNS).where(SUBMITS.c.outbox_id.in_(bindparam("ids", expanding=True)))
+             .order_by(SUBMITS.c.outbox_id, SUBMITS.c.seq))
 
 
 def utcnow() -> dt.datetime:
@@ -185,7 +211,8 @@ class OutboxSender:
     _writer: asyncio.Task[None] | None = field(init=False, default=None)
     _lost: set[int] = field(init=False, default_factory=set)
     _refs_elsewhere: dict[str, set[int]] = field(init=False, default_factory=dict)
-    # Batches whose submits are done and whose outcomes are still being committed.
+    _statements: dict[str, Any] = field(init=False, default_factory=dict)
+    # Batches still being submitted or committed after their pass returned.
     _settling: set[asyncio.Task[None]] = field(init=False, default_factory=set)
     _new_pairs: dict[IdBases, int] = field(init=False, default_factory=dict)
 
@@ -226,6 +253,14 @@ class OutboxSender:
     def _relations(self) -> tuple[IdBases, ...]:
         bases = self.bases
         return CONCRETE_BASES if bases is None else (bases,)
+
+    def _sql(self, name: str, build: Callable[[], Any]) -> Any:
+        """A hot statement of this sender, built once (its link is fixed): building a statement
+        and its cache key on every group cost more CPU than SQLite took to run it."""
+        statement = self._statements.get(name)
+        if statement is None:
+            statement = self._statements[name] = build()
+        return statement
 
     def _link_clause(self, column: Any) -> Any:
         # Rows from before 0007 carry no link: they belong to the one link there was.
@@ -279,9 +314,9 @@ class OutboxSender:
     async def _pass(self, *, housekeeping: bool, wait_settled: bool = True) -> int:
         """Housekeeping when due, then claim and submit one batch.
 
-        With `wait_settled` false (the loop) the pass returns once every submit of the batch has
-        its outcome, and the outcomes are committed by the group writer while the next batch is
-        claimed: a reply queued meanwhile does not wait for the previous batch's commit.
+        With `wait_settled` false (the loop) the pass returns once the batch's last message has
+        a window slot; its answers are awaited and committed by the group writer while the next
+        batch is claimed, so a reply queued meanwhile waits for neither.
         """
         now = self.now()
         if housekeeping:
@@ -349,23 +384,14 @@ class OutboxSender:
         chosen = self._choose(conn, now)
         if not chosen:
             return []
-        pick = (select(OUTBOX.c.id).where(OUTBOX.c.id.in_(chosen), OUTBOX.c.status == "pending")
-                .with_for_update(skip_locked=True))
-        claimed = (conn.execute(
-            update(OUTBOX).where(OUTBOX.c.id.in_(pick), OUTBOX.c.status == "pending")
-            .values(status="sending", lease_owner=self.node, lease_expires_at=lease,
-                    attempts=OUTBOX.c.attempts + 1)
-            .returning(OUTBOX.c.id, OUTBOX.c.case_id, OUTBOX.c.recipient, OUTBOX.c.template,
-                       OUTBOX.c.body))).all()
+        claimed = conn.execute(_TAKE, {"chosen": chosen, "owner": self.node, "lease": lease}).all()
         if not claimed:
             return []
         claimed.sort(key=lambda r: r.id)
         suppressed = self._suppressed(conn, claimed)
         failed: list[dict[str, Any]] = []
         existing: dict[int, list[_Part]] = {}
-        for r in (conn.execute(
-                select(*_PART_COLUMNS).where(SUBMITS.c.outbox_id.in_([c.id for c in claimed]))
-                .order_by(SUBMITS.c.outbox_id, SUBMITS.c.seq))).all():
+        for r in conn.execute(_PARTS_OF, {"ids": [c.id for c in claimed]}).all():
             existing.setdefault(r.outbox_id, []).append(_Part(
                 r.id, r.seq, r.total, r.concat_ref, r.data_coding, r.esm_class, bytes.fromhex(r.payload_hex),
                 r.status, r.attempts))
@@ -421,23 +447,13 @@ class OutboxSender:
         planned that as a quadratic scan whenever a burst had outrun the table statistics.
         """
         batch = self.settings.outbox_batch
-        candidates = (conn.execute(
-            select(OUTBOX.c.id, OUTBOX.c.case_id, OUTBOX.c.recipient)
-            .where(OUTBOX.c.status == "pending", OUTBOX.c.not_before <= now)
-            .order_by(OUTBOX.c.id).limit(batch * 4))).all()
+        candidates = conn.execute(_DUE, {"now": now, "limit": batch * 4}).all()
         if not candidates:
             return []
-        cases = {c.case_id for c in candidates if c.case_id is not None}
-        recipients = {c.recipient for c in candidates if c.case_id is None}
-        threads = []
-        if cases:
-            threads.append(OUTBOX.c.case_id.in_(cases))
-        if recipients:
-            threads.append(OUTBOX.c.recipient.in_(recipients))
+        cases = sorted({c.case_id for c in candidates if c.case_id is not None})
+        recipients = sorted({c.recipient for c in candidates if c.case_id is None})
         first: dict[tuple[str, Any], int] = {}
-        for row in (conn.execute(
-                select(OUTBOX.c.id, OUTBOX.c.case_id, OUTBOX.c.recipient)
-                .where(OUTBOX.c.status.in_(BLOCKING), or_(*threads)))).all():
+        for row in conn.execute(_OPEN_THREADS, {"cases": cases, "recipients": recipients}).all():
             key = ("case", row.case_id) if row.case_id is not None else ("to", row.recipient)
             first[key] = min(first.get(key, row.id), row.id)
         chosen = []
@@ -506,45 +522,50 @@ class OutboxSender:
     # ---- sending ----------------------------------------------------------------------------------
 
     async def _send_batch(self, gateway: SmsGateway, batch: list[_Message], *, wait_settled: bool = True) -> None:
-        """Submit through the window; each message's outcome goes to the group writer when known."""
+        """Submit through the window; each message's outcome goes to the group writer when known.
+
+        With `wait_settled` false this returns as soon as the batch's last message has a window
+        slot: the next batch is claimed while the last submits of this one are answered and
+        committed (the client's own window still bounds what is in flight), so the window does
+        not drain between batches.
+        """
         limit = asyncio.Semaphore(max(1, self.smpp.window))
         in_flight = {m.id for m in batch}
         renewer = asyncio.create_task(self._renew(in_flight), name="sms-outbox-lease")
+        waiting = len(batch)
+        all_started = asyncio.Event()
 
         async def one(message: _Message) -> Any:
+            nonlocal waiting
             try:
                 async with limit:
+                    waiting -= 1
+                    if not waiting:
+                        all_started.set()
                     await self._send_message(gateway, message)
-            except BaseException:
+                return await self._commit(message)
+            finally:
                 in_flight.discard(message.id)
-                raise
-            commit = asyncio.ensure_future(self._commit(message))
-            commit.add_done_callback(lambda _: in_flight.discard(message.id))
-            return await asyncio.shield(commit) if wait_settled else commit
 
-        async def settle(pending: list[tuple[_Message, Any]]) -> None:
+        async def send_all() -> None:
             try:
-                results = await asyncio.gather(*(c for _, c in pending), return_exceptions=True)
-                for (message, _), result in zip(pending, results, strict=True):
+                results = await asyncio.gather(*(one(m) for m in batch), return_exceptions=True)
+                for message, result in zip(batch, results, strict=True):
                     if isinstance(result, BaseException):
                         log.error("sms.outbox.send_failed", outbox_id=message.id, error=repr(result)[:300])
             finally:
+                all_started.set()
                 renewer.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await renewer
 
-        submitted = await asyncio.gather(*(one(m) for m in batch), return_exceptions=True)
-        pending: list[tuple[_Message, Any]] = []
-        for message, result in zip(batch, submitted, strict=True):
-            if isinstance(result, asyncio.Future):
-                pending.append((message, result))
-            elif isinstance(result, BaseException):
-                log.error("sms.outbox.send_failed", outbox_id=message.id, error=repr(result)[:300])
-        task = asyncio.get_running_loop().create_task(settle(pending), name="sms-outbox-settle")
+        task = asyncio.get_running_loop().create_task(send_all(), name="sms-outbox-batch")
         self._settling.add(task)
         task.add_done_callback(self._settling.discard)
         if wait_settled:
             await task
+        else:
+            await all_started.wait()
 
     async def _send_message(self, gateway: SmsGateway, message: _Message) -> None:
         todo = [p for p in message.parts if p.status == "submitting"]
@@ -711,47 +732,39 @@ class OutboxSender:
             if state == "sent":
                 self._m_submitted.inc()
                 log.info("sms.outbox.sent", parts=len(message.parts), **context)
+        one_part = SUBMITS.c.id == bindparam("b_id")
+        one_message = OUTBOX.c.id == bindparam("b_id")
         if ok_parts:
-            conn.execute(
-                update(SUBMITS).where(SUBMITS.c.id == bindparam("b_id"))
-                .values(status="accepted", smsc_message_id=bindparam("b_mid"), raw_message_id=bindparam("b_raw"),
-                        accepted_at=func.coalesce(SUBMITS.c.accepted_at, bindparam("b_at")),
-                        last_status=Status.ROK, smsc_link=self.link), ok_parts)
+            conn.execute(self._sql("accept", lambda: update(SUBMITS).where(one_part).values(
+                status="accepted", smsc_message_id=bindparam("b_mid"), raw_message_id=bindparam("b_raw"),
+                accepted_at=func.coalesce(SUBMITS.c.accepted_at, bindparam("b_at")), last_status=Status.ROK,
+                smsc_link=self.link)), ok_parts)
         if doubt_parts:
-            conn.execute(
-                update(SUBMITS).where(SUBMITS.c.id == bindparam("b_id"), SUBMITS.c.status == "submitting")
-                .values(status="in_doubt", in_doubt_since=bindparam("b_at"), last_error=bindparam("b_error"),
-                        smsc_link=self.link), doubt_parts)
+            conn.execute(self._sql("doubt", lambda: update(SUBMITS).where(
+                one_part, SUBMITS.c.status == "submitting").values(
+                status="in_doubt", in_doubt_since=bindparam("b_at"), last_error=bindparam("b_error"),
+                smsc_link=self.link)), doubt_parts)
         if error_parts:
-            conn.execute(
-                update(SUBMITS).where(SUBMITS.c.id == bindparam("b_id"))
-                .values(status=bindparam("b_status"), last_status=bindparam("b_code"),
-                        last_error=bindparam("b_error")), error_parts)
+            conn.execute(self._sql("error", lambda: update(SUBMITS).where(one_part).values(
+                status=bindparam("b_status"), last_status=bindparam("b_code"), last_error=bindparam("b_error"))),
+                error_parts)
         if back_parts:
-            conn.execute(
-                update(SUBMITS).where(SUBMITS.c.id == bindparam("b_id"), SUBMITS.c.status == "submitting")
-                .values(status="queued"), back_parts)
-        # Spelled out: an IN list would be an expanding parameter, which executemany refuses.
-        open_ = or_(OUTBOX.c.status == "sending", OUTBOX.c.status == "in_doubt", OUTBOX.c.status == "pending")
-        released = {"lease_owner": None, "lease_expires_at": None}
+            conn.execute(self._sql("back", lambda: update(SUBMITS).where(
+                one_part, SUBMITS.c.status == "submitting").values(status="queued")), back_parts)
         if rows["sent"]:
-            conn.execute(
-                update(OUTBOX).where(OUTBOX.c.id == bindparam("b_id"), open_)
-                .values(status="sent", sent_at=func.coalesce(OUTBOX.c.sent_at, bindparam("b_at")),
-                        last_error=None, **released), rows["sent"])
+            conn.execute(self._sql("sent", lambda: update(OUTBOX).where(one_message, _OPEN).values(
+                status="sent", sent_at=func.coalesce(OUTBOX.c.sent_at, bindparam("b_at")), last_error=None,
+                **_RELEASED)), rows["sent"])
         if rows["in_doubt"]:
-            conn.execute(
-                update(OUTBOX).where(OUTBOX.c.id == bindparam("b_id"), open_)
-                .values(status="in_doubt", last_error=bindparam("b_error"), **released), rows["in_doubt"])
+            conn.execute(self._sql("in_doubt", lambda: update(OUTBOX).where(one_message, _OPEN).values(
+                status="in_doubt", last_error=bindparam("b_error"), **_RELEASED)), rows["in_doubt"])
         if rows["pending"]:
-            conn.execute(
-                update(OUTBOX).where(OUTBOX.c.id == bindparam("b_id"), open_)
-                .values(status="pending", not_before=bindparam("b_nb"), last_error=bindparam("b_error"),
-                        **released), rows["pending"])
+            conn.execute(self._sql("pending", lambda: update(OUTBOX).where(one_message, _OPEN).values(
+                status="pending", not_before=bindparam("b_nb"), last_error=bindparam("b_error"), **_RELEASED)),
+                rows["pending"])
         if rows["failed"]:
-            conn.execute(
-                update(OUTBOX).where(OUTBOX.c.id == bindparam("b_id"))
-                .values(status="failed", last_error=bindparam("b_error"), **released), rows["failed"])
+            conn.execute(self._sql("failed", lambda: update(OUTBOX).where(one_message).values(
+                status="failed", last_error=bindparam("b_error"), **_RELEASED)), rows["failed"])
         return new_ids
 
     def _release(self, recipient: str, concat_ref: int | None) -> None:
@@ -780,9 +793,10 @@ class OutboxSender:
         keys = {k for r in receipts for rel in relations if (k := submit_id_for(r.message_id, rel)) is not None}
         if not keys:
             return []
-        return list((conn.execute(
-            select(*_PART_COLUMNS, SUBMITS.c.receipt_stat, SUBMITS.c.receipt_error, SUBMITS.c.receipt_at)
-            .where(SUBMITS.c.smsc_message_id.in_(keys), self._link_clause(SUBMITS.c.smsc_link)))).all())
+        return list(conn.execute(self._sql("candidates", lambda: select(
+            *_PART_COLUMNS, SUBMITS.c.receipt_stat, SUBMITS.c.receipt_error, SUBMITS.c.receipt_at)
+            .where(SUBMITS.c.smsc_message_id.in_(bindparam("keys", expanding=True)),
+                   self._link_clause(SUBMITS.c.smsc_link))), {"keys": sorted(keys)}).all())
 
     def _match(self, conn: Connection, receipts: list[_Receipt], now: dt.datetime,
                      touched: set[int]) -> list[tuple[_Receipt, str]]:
@@ -828,11 +842,11 @@ class OutboxSender:
                           outbox_id=part["outbox_id"], duplicate=not fresh)
         if changed:
             conn.execute(
-                update(SUBMITS).where(SUBMITS.c.id == bindparam("b_id"))
-                .values(status=bindparam("b_status"), accepted_at=bindparam("b_accepted"),
-                        receipt_state=bindparam("b_state"), receipt_stat=bindparam("b_stat"),
-                        receipt_error=bindparam("b_error"), receipt_at=bindparam("b_at"),
-                        receipt_count=bindparam("b_count"), smsc_message_id=bindparam("b_mid")),
+                self._sql("receipted", lambda: update(SUBMITS).where(SUBMITS.c.id == bindparam("b_id"))
+                          .values(status=bindparam("b_status"), accepted_at=bindparam("b_accepted"),
+                                  receipt_state=bindparam("b_state"), receipt_stat=bindparam("b_stat"),
+                                  receipt_error=bindparam("b_error"), receipt_at=bindparam("b_at"),
+                                  receipt_count=bindparam("b_count"), smsc_message_id=bindparam("b_mid"))),
                 [{"b_id": p["id"], "b_status": p["status"], "b_accepted": p["accepted_at"],
                   "b_state": p["receipt_state"], "b_stat": p["receipt_stat"], "b_error": p["receipt_error"],
                   "b_at": p["receipt_at"], "b_count": p["receipt_count"], "b_mid": p["smsc_message_id"]}
@@ -841,8 +855,9 @@ class OutboxSender:
             conn.execute(UNMATCHED.insert(), unmatched)
         if matched_stored:
             conn.execute(
-                update(UNMATCHED).where(UNMATCHED.c.id == bindparam("b_id"))
-                .values(matched_submit_id=bindparam("b_part"), matched_at=bindparam("b_at"), reason=None),
+                self._sql("matched_late", lambda: update(UNMATCHED).where(UNMATCHED.c.id == bindparam("b_id"))
+                          .values(matched_submit_id=bindparam("b_part"), matched_at=bindparam("b_at"),
+                                  reason=None)),
                 matched_stored)
         if pairs:
             self._learn(pairs)
@@ -874,10 +889,10 @@ class OutboxSender:
         forms = {f for i in new_ids for rel in relations if (f := receipt_id_for(i, rel)) is not None}
         if not forms:
             return
-        stored = (conn.execute(
-            select(UNMATCHED).where(UNMATCHED.c.message_id.in_(forms), UNMATCHED.c.matched_submit_id.is_(None),
-                                    self._link_clause(UNMATCHED.c.smsc_link))
-            .order_by(UNMATCHED.c.id))).all()
+        stored = conn.execute(self._sql("early", lambda: select(UNMATCHED).where(
+            UNMATCHED.c.message_id.in_(bindparam("forms", expanding=True)),
+            UNMATCHED.c.matched_submit_id.is_(None), self._link_clause(UNMATCHED.c.smsc_link))
+            .order_by(UNMATCHED.c.id)), {"forms": sorted(forms)}).all()
         if stored:
             self._match_stored(conn, stored, now, touched)
 
@@ -935,14 +950,15 @@ class OutboxSender:
 
     def _settle(self, conn: Connection, outbox_ids: set[int], now: dt.datetime) -> None:
         """Messages whose parts changed: all accepted -> sent; every final receipt -> delivery state."""
-        rows = (conn.execute(
-            select(OUTBOX.c.id, OUTBOX.c.status, OUTBOX.c.delivery_state, OUTBOX.c.case_id, OUTBOX.c.recipient)
-            .where(OUTBOX.c.id.in_(outbox_ids)))).all()
+        ids = {"ids": sorted(outbox_ids)}
+        rows = conn.execute(self._sql("settle_rows", lambda: select(
+            OUTBOX.c.id, OUTBOX.c.status, OUTBOX.c.delivery_state, OUTBOX.c.case_id, OUTBOX.c.recipient)
+            .where(OUTBOX.c.id.in_(bindparam("ids", expanding=True)))), ids).all()
         parts: dict[int, list[Any]] = {}
-        for p in (conn.execute(
-                select(SUBMITS.c.outbox_id, SUBMITS.c.status, SUBMITS.c.receipt_state, SUBMITS.c.receipt_at,
-                       SUBMITS.c.concat_ref, SUBMITS.c.recipient)
-                .where(SUBMITS.c.outbox_id.in_(outbox_ids)))).all():
+        for p in conn.execute(self._sql("settle_parts", lambda: select(
+                SUBMITS.c.outbox_id, SUBMITS.c.status, SUBMITS.c.receipt_state, SUBMITS.c.receipt_at,
+                SUBMITS.c.concat_ref, SUBMITS.c.recipient)
+                .where(SUBMITS.c.outbox_id.in_(bindparam("ids", expanding=True)))), ids).all():
             parts.setdefault(p.outbox_id, []).append(p)
         updates: list[dict[str, Any]] = []
         for row in rows:
@@ -978,11 +994,12 @@ class OutboxSender:
                 updates.append({"b_id": row.id, "b_status": status, "b_delivery": delivery,
                                 "b_delivered": delivered_at, "b_sent": now if status == "sent" else None})
         if updates:
-            conn.execute(
-                update(OUTBOX).where(OUTBOX.c.id == bindparam("b_id"))
-                .values(status=bindparam("b_status"), delivery_state=bindparam("b_delivery"),
-                        delivered_at=func.coalesce(bindparam("b_delivered"), OUTBOX.c.delivered_at),
-                        sent_at=func.coalesce(OUTBOX.c.sent_at, bindparam("b_sent"))), updates)
+            conn.execute(self._sql("settle", lambda: update(OUTBOX).where(OUTBOX.c.id == bindparam("b_id"))
+                                   .values(status=bindparam("b_status"), delivery_state=bindparam("b_delivery"),
+                                           delivered_at=func.coalesce(bindparam("b_delivered"),
+                                                                      OUTBOX.c.delivered_at),
+                                           sent_at=func.coalesce(OUTBOX.c.sent_at, bindparam("b_sent")))),
+                         updates)
 
     # ---- id bases ----------------------------------------------------------------------------------
 

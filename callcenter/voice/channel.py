@@ -1,9 +1,12 @@
 """The voice channel wired together: flows, actions, recordings, routes, AMI, metrics.
 
 Built once in the composition root from `Services`; `callcenter serve` (Runtime) starts
-the FastAGI listener with `routes` and, when `[ami] enabled`, the AMI client; on shutdown
-it stops listening, lets calls in progress finish (`[voice] drain_seconds`; a caller
-still in a menu is handed to a person with the owed work done), then cuts the rest.
+the FastAGI listener with `routes` and, when `[ami] enabled`, the AMI client. On shutdown
+it drains: the listener closes first (Asterisk's dialplan then starts new calls on another
+node), calls in progress go on normally for `[voice] drain_seconds`, then callers still in
+the IVR are handed to a person at their next step (owed work done), and after
+`drain_handover_seconds` the rest are cut like a hang-up (owed work done; the dialplan
+sends them to the staff queue). A process that has drained its calls exits at once.
 """
 
 from __future__ import annotations
@@ -70,6 +73,7 @@ class VoiceChannel:
             metrics=self.metrics, hours=self.hours, region=settings.cases.default_region, now=now,
             callbacks=self.callbacks)
         self._draining = False
+        self._handing_over = False
         self._active = 0
         self.call_records = CallRecords(services.sessions, services.engine.dialect.name,
                                         region=settings.cases.default_region)
@@ -79,7 +83,8 @@ class VoiceChannel:
             # without it the IVR's transfer pops every console, as before.
             events=None if settings.ami.enabled else services.events,
             sounds_dir=settings.prompts.asterisk_sounds_dir, region=settings.cases.default_region,
-            draining=lambda: self._draining, call_records=self.call_records)
+            draining=lambda: self._handing_over, call_records=self.call_records,
+            node=services.cluster.node_id if services.cluster is not None else settings.node_id())
         self.routes: dict[str, AgiHandler] = build_routes(self.flows, self.deps, self._track)
         self.ami: AmiClient | None = None
         self.queue_follower: QueueFollower | None = None
@@ -113,6 +118,7 @@ class VoiceChannel:
 
     @property
     def draining(self) -> bool:
+        """True from the start of `stop()`: no new calls; those in progress are finishing."""
         return self._draining
 
     def listen(self, reactor: AsyncioSelectorReactor, host: str, port: int) -> IListeningPort:
@@ -129,15 +135,16 @@ class VoiceChannel:
 
     async def stop(self) -> None:
         """Stop taking calls, drain the ones in progress, stop AMI."""
-        loop = asyncio.get_running_loop()
+        self._draining = True
         if self._listening is not None:
             from twisted.internet.defer import Deferred
 
             stopped = self._listening.stopListening()
             if isinstance(stopped, Deferred):
-                await stopped.asFuture(loop)
+                await stopped.asFuture(asyncio.get_running_loop())
             self._listening = None
-        await self.drain(self.settings.voice.drain_seconds)
+        voice = self.settings.voice
+        await self.drain(voice.drain_seconds, voice.drain_handover_seconds)
         if self.callbacks is not None:
             await self.callbacks.stop()
         if self.ami is not None:
@@ -145,22 +152,30 @@ class VoiceChannel:
         if self.queue_follower is not None:
             await self.queue_follower.stop()
 
-    def start_draining(self) -> None:
-        """From now on a caller reaching a prompt is handed to a person (owed work done)."""
-        self._draining = True
+    def hand_over_calls(self) -> None:
+        """From now on a caller reaching their next step is handed to a person (owed work done)."""
+        self._handing_over = True
 
-    async def drain(self, seconds: float) -> None:
-        """Let calls finish; callers at their next prompt go to a person; cut the rest."""
-        self.start_draining()
+    async def drain(self, seconds: float, handover_seconds: float = 0.0) -> None:
+        """Let calls go on for `seconds`; then hand callers to a person at their next step;
+        after `handover_seconds` more, cut the rest (as a hang-up: owed work is done)."""
+        self._draining = True
         factory = self.factory
         if factory is None or factory.active_calls == 0:
             return
         log.info("voice.draining", calls=factory.active_calls, seconds=seconds)
-        try:
-            await asyncio.wait_for(factory.drain(), seconds)
-        except TimeoutError:
-            tasks = list(factory._tasks)  # noqa: SLF001 - the factory offers no cancel-all
-            log.warning("voice.drain_timeout", cut_off=len(tasks))
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+        if await factory.drain(seconds):
+            log.info("voice.drained")
+            return
+        log.warning("voice.drain_hand_over", calls=factory.active_calls, seconds=handover_seconds)
+        self.hand_over_calls()
+        if await factory.drain(handover_seconds):
+            return
+        log.warning("voice.drain_cut", calls=factory.cut_all())
+        # Owed work after a cut is a few statements; give it the hand-over time again.
+        if await factory.drain(max(handover_seconds, 5.0)):
+            return
+        tasks = factory.cancel_all()
+        log.warning("voice.drain_timeout", cancelled=len(tasks))
+        await asyncio.gather(*tasks, return_exceptions=True)
+

@@ -62,8 +62,11 @@ class RunnerDeps:
     events: EventSink | None
     sounds_dir: str
     region: str = "CN"
+    # True once calls must be handed to a person at their next step (end of a drain).
     draining: Callable[[], bool] = lambda: False
     call_records: records.CallRecords | None = None
+    # This node's id, set on the channel as CALLCENTER_NODE once the call is answered.
+    node: str | None = None
 
 
 class _Hooks(ExecutorHooks):
@@ -104,7 +107,7 @@ class CallRunner:
         self.executor = CallExecutor(
             flow, CallEnv(call.call_id, request.callerid, tuple(request.args)), route=route,
             sound=lambda prompt_id: sound_name(prompt_id, deps.sounds_dir), region=deps.region,
-            draining=deps.draining, hooks=_Hooks(self))
+            draining=deps.draining, hooks=_Hooks(self), node=deps.node)
         self.engine = self.executor.engine
         self.info = CallInfo(call_id=call.call_id, route=route, caller=self.executor.caller)
         self.log = log.bind(call_id=call.call_id, flow=flow.name)

@@ -16,7 +16,10 @@ from callcenter.web.keys import services_key
 
 
 async def healthz(request: web.Request) -> web.Response:
-    """Liveness, this node's id and the live nodes on the store (their heartbeat rows)."""
+    """Liveness, this node's id and the live nodes on the store (their heartbeat rows).
+
+    A node that is shutting down answers 503 with status `draining`: it still serves what it
+    has (calls in progress, open consoles) but should get nothing new."""
     services = request.app[services_key]
     try:
         if services.cluster is None:
@@ -26,6 +29,8 @@ async def healthz(request: web.Request) -> web.Response:
             node, nodes = services.cluster.node_id, [n.node_id for n in await services.cluster.nodes.live_nodes()]
     except Exception:  # noqa: BLE001 - any database failure means unhealthy
         return error_response(503, "unavailable", "database unreachable")
+    if services.state.draining:
+        return json_response({"status": "draining", "database": "ok", "node": node, "nodes": nodes}, 503)
     return json_response({"status": "ok", "database": "ok", "node": node, "nodes": nodes})
 
 

@@ -3,8 +3,8 @@
 `find_asterisk()` looks for an install: `ASTERISK_PREFIX`, else the shared peer's
 installer (`../shared/peers/asterisk/install.sh`, unpacked into a cache folder), and says
 why when there is none. `AsteriskPeer` copies `config/asterisk/*.conf` into a per-session
-folder changing only ports and paths (SIP, AMI and RTP on free loopback ports, the AGI
-host 127.0.0.1, the recording folder, the run folder), adds a test-only `[test-caller]`
+folder changing only ports and paths (SIP, AMI and RTP on free loopback ports, the FastAGI
+nodes on 127.0.0.1, the recording folder, the run folder), adds a test-only `[test-caller]`
 context in its own file, starts `asterisk -f`, waits until it is fully booted and stops it.
 
 The citizen is the `;2` half of a Local channel: a call file (for its caller ID) dials
@@ -33,7 +33,7 @@ import socket
 import subprocess
 import time
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -147,6 +147,11 @@ class Ports:
         return cls(sip=free_port(socket.SOCK_DGRAM), ami=free_port(), rtp=free_rtp_range())
 
 
+def agi_nodes(ports: Sequence[int]) -> str:
+    """The dialplan's CALLCENTER_AGI_NODES for FastAGI listeners on 127.0.0.1."""
+    return "&".join(f"127.0.0.1:{port}" for port in ports)
+
+
 def caller_dialplan() -> str:
     """The test-only citizen: interprets CALLER_SCRIPT (see the module docstring)."""
     return f"""; test-only: the citizen's half of a Local channel (tests/support/asterisk.py)
@@ -245,9 +250,7 @@ class AsteriskPeer:
         texts = {name: (PROJECT_CONFIG / name).read_text(encoding="utf-8") for name in CONFIG_FILES}
 
         ext = texts["extensions.conf"]
-        ext = _set_option(ext, "globals", "CALLCENTER_AGI_HOST", "127.0.0.1")
-        if re.search(r"^CALLCENTER_AGI_PORT\s*=", ext, re.M):
-            ext = _set_option(ext, "globals", "CALLCENTER_AGI_PORT", str(self.agi_port))
+        ext = _set_option(ext, "globals", "CALLCENTER_AGI_NODES", agi_nodes([self.agi_port]))
         ext = _set_option(ext, "globals", "CALLCENTER_RECORDING_DIR", str(recordings))
         texts["extensions.conf"] = ext + '\n#include "test-caller.conf"\n'
 
@@ -432,6 +435,17 @@ hideconnect = yes
 
     async def set_global(self, name: str, value: str) -> None:
         await self.acli(f"dialplan set global {name} {value}")
+
+    async def set_agi_nodes(self, ports: Sequence[int], *, first: int = 0) -> None:
+        """Point the dialplan at these FastAGI ports on 127.0.0.1; the next call starts on
+        `ports[first]` (the round-robin turn is the index of the previous start)."""
+        await self.set_global("CALLCENTER_AGI_NODES", agi_nodes(ports))
+        await self.set_global("CALLCENTER_AGI_TURN", str((first - 1) % len(ports)))
+
+    def agi_ports_tried(self, tag: str, script: str = "hotline") -> list[int]:
+        """The FastAGI ports Asterisk connected (or tried to) for one call's `script`, in order."""
+        return [int(port) for port in re.findall(
+            rf'AGI\("[^"]*", "agi://127\.0\.0\.1:(\d+)/{re.escape(script)}"\)', self.log_of(tag))]
 
     def log_since(self, offset: int) -> str:
         with self.log_file.open("rb") as handle:

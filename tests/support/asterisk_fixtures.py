@@ -9,7 +9,7 @@
   `caller_speech`: what test citizens say, built the same way (the caller plays them).
 
 Tests point the dialplan at their own FastAGI listener with
-`await asterisk.set_global("CALLCENTER_AGI_PORT", str(port))`, then place calls with
+`await asterisk.set_agi_nodes([port])`, then place calls with
 `asterisk.call(script, callerid=...)` and `await asterisk.wait_idle()`.
 """
 

@@ -157,9 +157,16 @@ def mounts(svc: dict[str, Any]) -> dict[str, str]:
     return result
 
 
-def service_settings(compose: dict[str, Any]) -> Settings:
-    """What the service container starts with: defaults + the compose environment."""
-    return load_settings(environ=env(service(compose, "callcenter")))
+def service_nodes(compose: dict[str, Any]) -> list[str]:
+    """The callcenter service nodes: every service built from the service image's Dockerfile."""
+    return [name for name, svc in compose["services"].items()
+            if isinstance(svc.get("build"), dict) and svc["build"].get("dockerfile") == "docker/service/Dockerfile"]
+
+
+def service_settings(compose: dict[str, Any], node: str | None = None) -> Settings:
+    """What a service node's container starts with (the first node's unless named): defaults +
+    the compose environment."""
+    return load_settings(environ=env(service(compose, node or service_nodes(compose)[0])))
 
 
 def published(svc: dict[str, Any]) -> set[tuple[int, str]]:
@@ -181,10 +188,11 @@ def under(path: str, directory: str) -> bool:
 # --- the checks ------------------------------------------------------------------------------
 
 def test_compose_defines_the_four_services_with_buildable_contexts(compose: dict[str, Any]) -> None:
-    assert set(compose["services"]) == {"asterisk", "postgres", "smsc", "callcenter"}
+    nodes = service_nodes(compose)
+    assert set(compose["services"]) == {"asterisk", "postgres", "smsc", *nodes} and len(nodes) >= 2
     assert service(compose, "postgres")["image"].startswith("postgres:16")
     assert service(compose, "asterisk")["image"].startswith("andrius/asterisk:22")
-    for name in ("callcenter", "smsc"):
+    for name in (*nodes, "smsc"):
         build = service(compose, name)["build"]
         context = ROOT / build["context"]
         dockerfile = (context / build["dockerfile"]).resolve()
@@ -229,27 +237,36 @@ def test_service_environment_is_valid_settings(compose: dict[str, Any]) -> None:
     assert (user, password, database) == (postgres["POSTGRES_USER"], postgres["POSTGRES_PASSWORD"],
                                           postgres["POSTGRES_DB"])
     assert host == "postgres" and port in (None, "5432")
-    depends = service(compose, "callcenter")["depends_on"]
-    assert depends["postgres"]["condition"] == "service_healthy"
-    assert str(settings.http.port) in str(service(compose, "callcenter")["ports"])
+    for node in service_nodes(compose):
+        depends = service(compose, node)["depends_on"]
+        assert depends["postgres"]["condition"] == "service_healthy"
+        assert str(service(compose, node)["ports"][0]).endswith(f":{settings.http.port}")
 
 
-def test_agi_address_in_the_dialplan_is_the_service(compose: dict[str, Any]) -> None:
+def test_agi_nodes_in_the_dialplan_are_the_service_nodes(compose: dict[str, Any]) -> None:
     settings = service_settings(compose)
-    agi_steps = [s for s in dialplan() if s.app == "AGI"]
+    steps = dialplan()
+    # one AGI() in the file: the node loop of [callcenter-agi], which every IVR entry reaches
+    agi_steps = [(s.context, s.args) for s in steps if s.app == "AGI"]
+    assert agi_steps == [("callcenter-agi", "agi://${node}/${ARG1}")]
     scripts = set()
-    for step in agi_steps:
-        # host and port written once, in [globals]
-        match = re.fullmatch(r"agi://\$\{CALLCENTER_AGI_HOST\}:\$\{CALLCENTER_AGI_PORT\}/(\w+)", step.args)
-        assert match, f"[{step.context}] {step.exten}: AGI({step.args})"
-        scripts.add(match.group(1))
+    for step in steps:
+        if step.app == "Gosub" and step.args.startswith("callcenter-agi,"):
+            match = re.fullmatch(r"callcenter-agi,s,1\((\w+)\)", step.args)
+            assert match, f"[{step.context}] {step.exten}: Gosub({step.args})"
+            scripts.add(match.group(1))
     assert scripts == {"hotline", "status", "voicemail", "callback"}
-    assert int(globals_()["CALLCENTER_AGI_PORT"]) == settings.agi.port == AgiSettings().port
-    assert "4573" not in "".join(s.args for s in dialplan())
-    host = globals_()["CALLCENTER_AGI_HOST"]
-    built_from = service(compose, host)["build"]["dockerfile"]
-    assert built_from == "docker/service/Dockerfile", "CALLCENTER_AGI_HOST is not the service"
-    assert str(settings.agi.port) in [str(p) for p in service(compose, host)["expose"]]
+    assert "4573" not in "".join(s.args for s in steps)
+    # host:port of each node, written once in [globals]: service nodes of the compose file
+    nodes = globals_()["CALLCENTER_AGI_NODES"].split("&")
+    assert nodes and len(set(nodes)) == len(nodes)
+    for node in nodes:
+        host, port = node.rsplit(":", 1)
+        assert int(port) == settings.agi.port == AgiSettings().port
+        built_from = service(compose, host)["build"]["dockerfile"]
+        assert built_from == "docker/service/Dockerfile", f"{host} of CALLCENTER_AGI_NODES is not a service node"
+        assert str(settings.agi.port) in [str(p) for p in service(compose, host)["expose"]]
+    assert globals_()["CALLCENTER_AGI_TURN"] == "0"
 
 
 def test_hotline_did_reaches_the_ivr() -> None:
@@ -258,12 +275,15 @@ def test_hotline_did_reaches_the_ivr() -> None:
     inbound = [s for s in steps if s.context == carrier.get("context") and s.exten == "12319"]
     assert inbound and inbound[0].app == "Goto" and inbound[0].args == "hotline,s,1"
     hotline = [s for s in steps if s.context == "hotline" and s.exten == "s"]
-    assert [s.app for s in hotline][:3] == ["NoOp", "Set", "AGI"]
+    assert [s.app for s in hotline][:3] == ["NoOp", "Set", "Gosub"]
     assert hotline[1].args == "CHANNEL(language)=zh"
-    assert hotline[2].args.endswith("/hotline")
-    # every value the IVR may put in CALLCENTER_NEXT is an extension of [hotline]
+    assert hotline[2].args == "callcenter-agi,s,1(hotline)"
+    # every value the IVR may put in CALLCENTER_NEXT is an extension of [hotline], and so are
+    # the two ways out when it says nothing: no node reached, or the node lost mid-call
     extens = {s.exten for s in steps if s.context == "hotline"}
-    assert {"agent", "voicemail", "hangup", "status", "i"} <= extens
+    assert {"agent", "voicemail", "hangup", "status", "i", "service-down", "ivr-lost"} <= extens
+    lost = [s for s in steps if s.context == "hotline" and s.exten == "ivr-lost"]
+    assert [s.app for s in lost][-2:] == ["Playback", "Goto"] and lost[-1].args == "agent,1"
 
 
 def test_dialplan_jumps_land_on_existing_contexts() -> None:
@@ -278,11 +298,13 @@ def test_dialplan_jumps_land_on_existing_contexts() -> None:
                 assert target.split(",")[0] in contexts, f"[{step.context}] GotoIf({step.args})"
         for predial in re.findall(r"\bb\(([\w-]+)\^", step.args):
             assert predial in contexts
+        if step.app == "Gosub":
+            assert step.args.split(",")[0] in contexts, f"[{step.context}] Gosub({step.args})"
     pjsip = conf("pjsip.conf")
     for endpoint in (s for s in pjsip if s.get("type") == "endpoint"):
         assert endpoint.get("context") in contexts, f"endpoint {endpoint.name}"
     callback = [s for s in steps if s.context == "callcenter-callback"]
-    assert any(s.app == "AGI" and s.args.endswith("/callback") for s in callback)
+    assert any(s.app == "Gosub" and s.args == "callcenter-agi,s,1(callback)" for s in callback)
 
 
 def test_queue_in_the_dialplan_exists_in_queues_conf() -> None:
@@ -307,7 +329,8 @@ def test_recording_directory_is_the_shared_volume(compose: dict[str, Any]) -> No
     recording_dir = globals_()["CALLCENTER_RECORDING_DIR"]
     assert recording_dir == "/var/spool/asterisk/recording/callcenter"
     assert mounts(service(compose, "asterisk"))["recordings"] == recording_dir
-    assert mounts(service(compose, "callcenter"))["recordings"] == recording_dir
+    for node in service_nodes(compose):
+        assert mounts(service(compose, node))["recordings"] == recording_dir
     assert "recordings" in compose["volumes"]
     settings = service_settings(compose)
     console = getattr(settings, "console", None)
@@ -323,7 +346,8 @@ def test_prompts_are_built_where_asterisk_plays_them(compose: dict[str, Any]) ->
     sounds = PromptSettings().asterisk_sounds_dir
     assert settings.prompts.asterisk_sounds_dir == sounds
     assert settings.prompts.output == sounds  # the service writes into the shared volume
-    assert under(sounds, mounts(service(compose, "callcenter"))["prompts"])
+    for node in service_nodes(compose):
+        assert under(sounds, mounts(service(compose, node))["prompts"])
     assert under(sounds, mounts(service(compose, "asterisk"))["prompts"])
     # every prompt the Asterisk configuration plays exists
     ids = set(prompt_ids(PROMPTS))

@@ -424,7 +424,7 @@ async def real_voice(settings: Settings, tmp_path: Path, asterisk: AsteriskPeer,
     channel.routes = {route: voice._record(handler, route) for route, handler in channel.routes.items()}
     listening = channel.listen(reactor, "127.0.0.1", 0)
     voice.port = listening.getHost().port  # type: ignore[attr-defined]
-    await asterisk.set_global("CALLCENTER_AGI_PORT", str(voice.port))
+    await asterisk.set_agi_nodes([voice.port])
     try:
         yield voice
     finally:

@@ -186,13 +186,13 @@ async def test_service_down_the_caller_hears_an_apology(real_voice: RealVoice, i
     today = dt.datetime.now(dt.timezone(dt.timedelta(hours=8))).strftime("%a").lower()
     other_day = "sun" if today != "sun" else "mon"
     hours = "*,*,*,*" if in_hours else f"*,{other_day},*,*"
-    await asterisk.set_global("CALLCENTER_AGI_PORT", str(closed_port()))
+    await asterisk.set_agi_nodes([closed_port(), closed_port()])
     await asterisk.set_global("CALLCENTER_STAFF_HOURS", hours)
     try:
         tag = real_voice.place("w25|h")
         await real_voice.settle(60)
     finally:
-        await asterisk.set_global("CALLCENTER_AGI_PORT", str(real_voice.port))
+        await asterisk.set_agi_nodes([real_voice.port])
         await asterisk.set_global("CALLCENTER_STAFF_HOURS", "08:30-17:30,mon-fri,*,*,Asia/Shanghai")
     log = asterisk.log_of(tag)
     assert "Playing 'callcenter/zh/service_unavailable" in log, log[-3000:]

@@ -237,7 +237,7 @@ async def test_every_command_is_one_well_formed_line(voice: Voice) -> None:
 async def test_shutdown_hands_callers_to_a_person_with_owed_work_done(voice: Voice) -> None:
     def shut_down_while_recording(command: Command) -> None:
         if command.name == "record file":
-            voice.channel.start_draining()
+            voice.channel.hand_over_calls()
         return None
 
     transcript = await voice.call(voice.peer("hotline", "121.#1", on_command=shut_down_while_recording))
@@ -247,7 +247,23 @@ async def test_shutdown_hands_callers_to_a_person_with_owed_work_done(voice: Voi
     assert len(await voice.outbox(draft.id)) == 1  # the number SMS the caller was owed
     assert "record_saved" not in sounds(transcript)  # no more prompts once draining
     late = await voice.call(voice.peer("hotline", "1"))
-    assert late.commands[1:] == ['SET VARIABLE "CALLCENTER_NEXT" "agent"']
+    assert late.commands[2:] == ['SET VARIABLE "CALLCENTER_NEXT" "agent"']
+
+
+async def test_the_call_is_marked_with_its_node_and_its_draft_at_once(voice: Voice) -> None:
+    """What the dialplan needs when this node dies mid-call (config/asterisk/extensions.conf):
+    CALLCENTER_NODE right after ANSWER (never start this call again elsewhere), and the
+    draft's number as soon as it is committed (the person it goes to sees it)."""
+    node = voice.services.settings.node_id()
+    transcript = await voice.call(voice.peer("hotline", "121.#1"))
+    (draft,) = await voice.drafts()
+    assert transcript.commands[:2] == ["ANSWER", f'SET VARIABLE "CALLCENTER_NODE" "{node}"']
+    case_set = f'SET VARIABLE "CALLCENTER_CASE_NUMBER" "{draft.number}"'
+    assert transcript.commands.count(case_set) == 1
+    record = next(i for i, line in enumerate(transcript.commands) if line.startswith("RECORD FILE"))
+    # right after the take (and the speech check, which is no command): before any prompt
+    assert transcript.commands.index(case_set) == record + 1
+    assert transcript.variables["CALLCENTER_CASE_NUMBER"] == draft.number
 
 
 async def test_voice_settings_override_every_flow(voice: Voice) -> None:
