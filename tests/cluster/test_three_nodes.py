@@ -33,8 +33,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
-import importlib
 import itertools
 import re
 import time
@@ -84,39 +82,6 @@ GRID_BUJI = "44030700100101"   # 布吉: 张伟 on the roster
 # Report (1), an event (2) of major 01 (1), speak until # (.#), text me the number (1), then a person (0).
 REPORT_AND_AGENT = "121.#10"
 STAFF = ("wangfang", "lijun", "zhaomin")
-
-
-# Pieces of issue 11 that other branches deliver, each found by what it adds to the code. While
-# one is missing, the one count that needs it is an expected failure naming it; every other
-# count stays a hard assertion. Once the piece is in, its count is a hard assertion too.
-PIECES = {
-    "escalation": ("callcenter.cluster.jobs", "register",
-                   "supervisor escalation runs once across nodes only under a lease (branch cluster-jobs)"),
-    "account_rate": ("callcenter.cluster.smpp", "SmppAccountShare",
-                     "the SMSC account's rate is shared across the nodes' binds only with branch cluster-smpp"),
-    "long_texts": ("sms.concat", "join_parts",
-                   "MO parts arriving through different nodes' binds are joined only in the store "
-                   "(branch cluster-smpp)"),
-}
-
-
-def piece_missing(name: str) -> bool:
-    module, attribute, _ = PIECES[name]
-    try:
-        return not hasattr(importlib.import_module(module), attribute)
-    except ImportError:
-        return True
-
-
-@contextlib.contextmanager
-def needs(name: str) -> Iterator[None]:
-    """Assertions that hold only with piece `name`: xfail naming it while it is missing."""
-    try:
-        yield
-    except AssertionError as exc:
-        if piece_missing(name):
-            pytest.xfail(f"{PIECES[name][2]}: {str(exc).splitlines()[0][:200]}")
-        raise
 
 
 def sender(i: int) -> str:
@@ -589,13 +554,11 @@ async def test_three_nodes_one_killed_mid_burst_and_mid_call_lose_nothing_and_do
     # The account's rate held over the three binds together, the kill and the take-over included
     # (each node's bucket may hold one token: one part more per node in a second).
     busiest = busiest_second(sorted(e["t"] / 1000.0 for e in await smsc.events("submit_sm")))
-    with needs("account_rate"):
-        assert busiest <= ACCOUNT_RATE + NODES, f"{busiest} parts in one second, cap {ACCOUNT_RATE}"
+    assert busiest <= ACCOUNT_RATE + NODES, f"{busiest} parts in one second, cap {ACCOUNT_RATE}"
 
     # --- escalation: each task once, whichever node ran it (one log entry, one text to the leader).
     log_entries = query(url, "SELECT count(*) FROM case_log WHERE action = 'task_escalated'")[0][0]
-    with needs("escalation"):
-        assert log_entries == TASKS, f"{log_entries} escalation log entries for {TASKS} tasks"
+    assert log_entries == TASKS, f"{log_entries} escalation log entries for {TASKS} tasks"
     assert per_destination[SHIFT_LEADER] == TASKS
     assert all(any(code in bytes.fromhex(h).decode("utf-16-be", errors="replace") for d, h in accepted
                    if d == SHIFT_LEADER) for code in codes)
@@ -604,11 +567,10 @@ async def test_three_nodes_one_killed_mid_burst_and_mid_call_lose_nothing_and_do
     rows = query(url, "SELECT reporter_phone, description, flags FROM cases WHERE channel = 'sms' "
                       "AND reporter_phone LIKE '+86136%'")
     long_drafts = collections.Counter(phone for phone, _, _ in rows)
-    with needs("long_texts"):
-        assert long_drafts == {f"+86{long_sender(j)}": 1 for j in range(LONG)}, long_drafts
-        assert {description for _, description, _ in rows} == {long_report(j) for j in range(LONG)}
-        for j in range(LONG):
-            assert per_destination[f"86{long_sender(j)}"] == 1, long_sender(j)
+    assert long_drafts == {f"+86{long_sender(j)}": 1 for j in range(LONG)}, long_drafts
+    assert {description for _, description, _ in rows} == {long_report(j) for j in range(LONG)}
+    for j in range(LONG):
+        assert per_destination[f"86{long_sender(j)}"] == 1, long_sender(j)
 
     print(f"\nthree nodes: {SMS_BURST} texts and {LONG} long ones, {len(calls)} calls ({len(cut)} cut by the kill, {len(moved)} moved "
           f"to the next node), {point.unanswered} MO delivered again, busiest second {busiest} parts; per node {dict(answered_by)}; "
@@ -635,8 +597,6 @@ async def test_three_nodes_behind_a_real_asterisk_a_killed_node_loses_no_report(
     CALLCENTER_AGI_NODES: calls start on the nodes in turn; a node is killed while callers are
     in its IVR; those calls go to the staff queue (ivr-lost), the next calls skip the dead node.
     Counted from the store and Asterisk's own log: every report filed once."""
-    if not hasattr(AsteriskPeer, "set_agi_nodes"):
-        pytest.xfail("needs the dialplan's FastAGI node list (CALLCENTER_AGI_NODES) from branch cluster-voice")
     began = time.monotonic()
     url = store_url
     await prepare_store(url)
