@@ -392,7 +392,10 @@ def node_environment(cluster_url: str, smsc: SmscSimulator | None, tmp_path: Pat
         CALLCENTER_AGI__PORT="0",
         CALLCENTER_NODE__HEARTBEAT_SECONDS=str(HEARTBEAT), CALLCENTER_NODE__DEAD_AFTER_SECONDS="4",
         CALLCENTER_NODE__EVENT_POLL_SECONDS="1", CALLCENTER_NODE__JOB_LEASE_SECONDS="3",
-        CALLCENTER_SMS__IN_DOUBT_WAIT="4", CALLCENTER_SMS__OUTBOX_LEASE="3",
+        # Leases and the in-doubt wait short enough for the test, long enough that a live node
+        # starved for a few seconds on a loaded machine keeps its claims (a taken-back claim
+        # whose proof comes late is resent: the in-doubt rule's trade-off, docs/sms.md).
+        CALLCENTER_SMS__IN_DOUBT_WAIT="12", CALLCENTER_SMS__OUTBOX_LEASE="8",
         CALLCENTER_SMS__OUTBOX_POLL_INTERVAL="0.1", CALLCENTER_SMS__HOUSEKEEPING_INTERVAL="0.5",
         CALLCENTER_SMS__REASSEMBLY_TIMEOUT="20",
         CALLCENTER_SMS__ROSTER_FILE=str(roster), CALLCENTER_SMS__TASK_ESCALATION_MINUTES="0.05",
