@@ -26,8 +26,9 @@ from callcenter.service.tasks import TaskKind
 from callcenter.settings import CallbackSettings, load_settings
 from callcenter.voice.callbacks import CallbackService
 from tests.sms_intake.conftest import GRID_BUJI, ROSTER
-from tests.sms_intake.test_sms_kill import Service, query, serve_env
+from tests.sms_intake.test_sms_kill import query, serve_env
 from tests.sms_intake.test_sms_senders import bound_sessions
+from tests.support.serve_nodes import ServeProcess
 from tests.support.smsc import SmscSimulator, smsc, smsc_simulator
 from tests.voice_calls.ami_peer import ScriptedAmi
 from tests.voice_calls.conftest import make_case
@@ -87,7 +88,7 @@ def holder(database_url: str, job: str) -> str | None:
     return rows[0][0] if rows else None
 
 
-def escalated_by(nodes: dict[str, Service], task: str) -> list[str]:
+def escalated_by(nodes: dict[str, ServeProcess], task: str) -> list[str]:
     """The nodes whose log says they escalated `task` (one line per escalation)."""
     pattern = re.compile(rf"sms\.task\.escalated\b.*\btask={task}\b")
     return [name for name, node in nodes.items()
@@ -113,7 +114,7 @@ async def test_escalations_and_call_backs_happen_once_across_three_nodes_and_aft
     roster.write_text(ROSTER, encoding="utf-8")
     migrate.upgrade(url)
     env = node_env(url, smsc, ami_peer, roster)
-    nodes = {f"node-{n}": Service({**env, "CALLCENTER_NODE__ID": f"node-{n}"}, tmp_path / f"node-{n}.log")
+    nodes = {f"node-{n}": ServeProcess({**env, "CALLCENTER_NODE__ID": f"node-{n}"}, tmp_path / f"node-{n}.log")
              for n in range(1, 4)}
     services = writer(url, roster)
     killed: str | None = None

@@ -22,8 +22,9 @@ from typing import Any
 import pytest
 
 from callcenter.db import migrate
-from tests.sms_intake.test_sms_kill import Service, query, serve_env
+from tests.sms_intake.test_sms_kill import query, serve_env
 from tests.sms_intake.test_sms_senders import enqueue
+from tests.support.serve_nodes import ServeProcess
 from tests.support.smsc import SmscSimulator
 
 SERVICE = "12319"
@@ -61,7 +62,7 @@ def cluster_env(url: str, smsc: SmscSimulator, **extra: str) -> dict[str, str]:
     return env
 
 
-async def new_session(smsc: SmscSimulator, known: set[int], node: Service, timeout: float = 60.0) -> int:
+async def new_session(smsc: SmscSimulator, known: set[int], node: ServeProcess, timeout: float = 60.0) -> int:
     """The id of a transceiver session not in `known` (the bind `node` just made)."""
     async with asyncio.timeout(timeout):
         while True:
@@ -73,11 +74,11 @@ async def new_session(smsc: SmscSimulator, known: set[int], node: Service, timeo
 
 
 async def start_nodes(url: str, smsc: SmscSimulator, tmp_path: Path, count: int,
-                      **extra: str) -> tuple[list[Service], list[int]]:
+                      **extra: str) -> tuple[list[ServeProcess], list[int]]:
     """Start `count` nodes at once; wait until each has bound. Which session is whose is found
     later, by the one that closes when a node is killed (`gone`)."""
     base = cluster_env(url, smsc, **extra)
-    nodes = [Service({**base, "CALLCENTER_NODE__ID": f"node-{n}"}, tmp_path / f"node-{n}.log") for n in range(count)]
+    nodes = [ServeProcess({**base, "CALLCENTER_NODE__ID": f"node-{n}"}, tmp_path / f"node-{n}.log") for n in range(count)]
     async with asyncio.timeout(90):
         while True:
             for node in nodes:
@@ -99,7 +100,7 @@ async def gone(smsc: SmscSimulator, sessions: list[int], timeout: float = 30.0) 
             await asyncio.sleep(0.05)
 
 
-def stop_all(nodes: list[Service], dead: set[int]) -> None:
+def stop_all(nodes: list[ServeProcess], dead: set[int]) -> None:
     for n, node in enumerate(nodes):
         code = node.stop()
         if n not in dead:
@@ -230,7 +231,7 @@ async def test_a_third_node_binds_only_when_a_bound_one_is_dead(
         smsc: SmscSimulator, pg_database_url: str, tmp_path: Path) -> None:
     migrate.upgrade(pg_database_url)
     base = cluster_env(pg_database_url, smsc, CALLCENTER_SMPP__MAX_BINDS="2")
-    nodes = [Service({**base, "CALLCENTER_NODE__ID": f"node-{n}"}, tmp_path / f"node-{n}.log") for n in range(3)]
+    nodes = [ServeProcess({**base, "CALLCENTER_NODE__ID": f"node-{n}"}, tmp_path / f"node-{n}.log") for n in range(3)]
 
     def refused() -> list[int]:
         return [n for n, node in enumerate(nodes) if "smpp.bind_cap_reached" in node.log_path.read_text(errors="replace")]

@@ -11,19 +11,16 @@ from __future__ import annotations
 
 import asyncio
 import os
-import signal
-import subprocess
-import sys
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import pytest
 from sqlalchemy import create_engine, text
 
 from callcenter.db.engine import sync_url
+from tests.support.serve_nodes import ServeProcess
 from tests.support.smsc import SmscSimulator
 
-ROOT = Path(__file__).resolve().parents[2]
 BURST = 50
 FIRST_WAVE = 30
 SERVICE = "12319"
@@ -57,35 +54,7 @@ def serve_env(database_url: str, smsc: SmscSimulator) -> dict[str, str]:
     return env
 
 
-class Service:
-    """One `callcenter serve` process, its output in a file."""
-
-    def __init__(self, env: dict[str, str], log_path: Path) -> None:
-        self.log_path = log_path
-        self._log: IO[bytes] = log_path.open("ab")
-        self.proc = subprocess.Popen([sys.executable, "-m", "callcenter", "serve", "--port", "0"], cwd=ROOT,
-                                     env=env, stdout=self._log, stderr=subprocess.STDOUT)
-
-    def kill(self) -> None:
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(timeout=30)
-
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=30)
-        self._log.close()
-        return self.proc.returncode
-
-    def tail(self) -> str:
-        return self.log_path.read_text(encoding="utf-8", errors="replace")[-4000:]
-
-
-async def bound_session(smsc: SmscSimulator, after: int, service: Service, timeout: float = 60.0) -> int:
+async def bound_session(smsc: SmscSimulator, after: int, service: ServeProcess, timeout: float = 60.0) -> int:
     """The id of the first transceiver session newer than `after`."""
     async with asyncio.timeout(timeout):
         while True:
@@ -134,8 +103,8 @@ async def test_kill_mid_burst_and_restart_loses_nothing_and_doubles_nothing(
         smsc: SmscSimulator, pg_database_url: str, tmp_path: Path) -> None:
     await smsc.configure(auto_receipt={"stat": "DELIVRD", "form": "both"})
     env = serve_env(pg_database_url, smsc)
-    first = Service(env, tmp_path / "serve-1.log")
-    second: Service | None = None
+    first = ServeProcess(env, tmp_path / "serve-1.log")
+    second: ServeProcess | None = None
     try:
         session = await bound_session(smsc, 0, first)
         # The first part of the burst arrives at once; kill as soon as a few are answered.
@@ -149,7 +118,7 @@ async def test_kill_mid_burst_and_restart_loses_nothing_and_doubles_nothing(
         stored_before = query(pg_database_url, "SELECT count(*) FROM sms_inbound")[0][0]
         print(f"killed with {len(answered)} of {FIRST_WAVE} answered, {stored_before} stored")
 
-        second = Service(env, tmp_path / "serve-2.log")
+        second = ServeProcess(env, tmp_path / "serve-2.log")
         session2 = await bound_session(smsc, session, second)
         # As an SMSC would: deliver again everything without ESME_ROK, then the rest of the burst.
         unanswered = [d for d in await smsc.events("deliver_sm", session=session) if d["sequence"] not in answered]

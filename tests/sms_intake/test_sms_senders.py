@@ -20,7 +20,8 @@ from sqlalchemy import create_engine, insert, text
 from callcenter.db import migrate
 from callcenter.db.engine import sync_url
 from callcenter.db.tables import OutboxRow
-from tests.sms_intake.test_sms_kill import Service, query, serve_env
+from tests.sms_intake.test_sms_kill import query, serve_env
+from tests.support.serve_nodes import ServeProcess
 from tests.support.smsc import SmscSimulator
 
 BURST = 900
@@ -46,7 +47,7 @@ def enqueue(url: str, count: int) -> None:
         engine.dispose()
 
 
-async def bound_sessions(smsc: SmscSimulator, nodes: list[Service], count: int, timeout: float = 60.0) -> list[int]:
+async def bound_sessions(smsc: SmscSimulator, nodes: list[ServeProcess], count: int, timeout: float = 60.0) -> list[int]:
     async with asyncio.timeout(timeout):
         while True:
             for node in nodes:
@@ -73,7 +74,7 @@ async def test_three_senders_one_killed_mid_burst_submit_every_message_exactly_o
     base.update({"CALLCENTER_SMS__IN_DOUBT_WAIT": "4", "CALLCENTER_SMS__OUTBOX_LEASE": "3",
                  "CALLCENTER_SMPP__MAX_PARTS_PER_SECOND": "250", "CALLCENTER_NODE__HEARTBEAT_SECONDS": "0.3",
                  "CALLCENTER_NODE__DEAD_AFTER_SECONDS": "3"})
-    nodes = [Service({**base, "CALLCENTER_NODE__ID": f"node-{n}"}, tmp_path / f"node-{n}.log")
+    nodes = [ServeProcess({**base, "CALLCENTER_NODE__ID": f"node-{n}"}, tmp_path / f"node-{n}.log")
              for n in range(NODES)]
     victim = nodes[1]
     try:

@@ -53,41 +53,19 @@ sun = ["00:00-24:00"]
 """
 
 
-class ServeNode:
-    """One `callcenter serve` process with its own environment (node id, ports, binds)."""
+class ServeProcess:
+    """One `callcenter serve` process, its output in a file."""
 
-    def __init__(self, name: str, env: dict[str, str], log_path: Path) -> None:
-        self.name = name
+    def __init__(self, env: dict[str, str], log_path: Path) -> None:
         self.log_path = log_path
         self._log: IO[bytes] = log_path.open("ab")
         self.proc = subprocess.Popen([sys.executable, "-m", "callcenter", "serve", "--port", "0"], cwd=ROOT,
                                      env=env, stdout=self._log, stderr=subprocess.STDOUT)
-        self.http: str = ""
-        self.agi_port: int = 0
-        self.killed_at: float | None = None
-
-    @property
-    def alive(self) -> bool:
-        return self.killed_at is None and self.proc.poll() is None
-
-    async def listening(self, timeout: float = 90.0) -> None:
-        """Wait for both listeners' log lines; fails at once if the process exits."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            assert self.proc.poll() is None, f"{self.name} exited:\n{self.tail()}"
-            text = self.log_path.read_text(encoding="utf-8", errors="replace")
-            http, agi = _HTTP.search(text), _AGI.search(text)
-            if http and agi:
-                self.http, self.agi_port = http.group(1), int(agi.group(1))
-                return
-            await asyncio.sleep(0.1)
-        raise AssertionError(f"{self.name} not listening within {timeout} s:\n{self.tail()}")
 
     def kill(self) -> None:
         """SIGKILL: no shutdown code runs, leases and heartbeats are left as they were."""
         self.proc.send_signal(signal.SIGKILL)
         self.proc.wait(timeout=30)
-        self.killed_at = time.monotonic()
 
     def stop(self) -> int:
         """SIGTERM and wait; the exit status (0 for a clean stop)."""
@@ -102,10 +80,42 @@ class ServeNode:
         return self.proc.returncode
 
     def tail(self, chars: int = 4000) -> str:
-        return self.log_path.read_text(encoding="utf-8", errors="replace")[-chars:]
+        return self.log_text()[-chars:]
 
     def log_text(self) -> str:
         return self.log_path.read_text(encoding="utf-8", errors="replace")
+
+
+class ServeNode(ServeProcess):
+    """A serve process of a cluster test: its name, listeners and the moment it was killed."""
+
+    def __init__(self, name: str, env: dict[str, str], log_path: Path) -> None:
+        super().__init__(env, log_path)
+        self.name = name
+        self.http: str = ""
+        self.agi_port: int = 0
+        self.killed_at: float | None = None
+
+    @property
+    def alive(self) -> bool:
+        return self.killed_at is None and self.proc.poll() is None
+
+    async def listening(self, timeout: float = 90.0) -> None:
+        """Wait for both listeners' log lines; fails at once if the process exits."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.proc.poll() is None, f"{self.name} exited:\n{self.tail()}"
+            text = self.log_text()
+            http, agi = _HTTP.search(text), _AGI.search(text)
+            if http and agi:
+                self.http, self.agi_port = http.group(1), int(agi.group(1))
+                return
+            await asyncio.sleep(0.1)
+        raise AssertionError(f"{self.name} not listening within {timeout} s:\n{self.tail()}")
+
+    def kill(self) -> None:
+        super().kill()
+        self.killed_at = time.monotonic()
 
 
 def local_tcp_ports(pid: int) -> set[int]:

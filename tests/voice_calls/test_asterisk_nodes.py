@@ -39,23 +39,11 @@ from callcenter.db.tables import CaseRow, OutboxRow
 from callcenter.settings import load_settings
 from tests.support.asterisk import AsteriskPeer
 from tests.support.asterisk_fixtures import Sounds
+from tests.support.serve_nodes import ALWAYS_OPEN_HOURS
 
 pytestmark = [pytest.mark.asyncio(loop_scope="session"), pytest.mark.postgres]
 
 ROOT = Path(__file__).resolve().parents[2]
-# Open every day, all day: these calls must not depend on the hour the suite runs at.
-ALWAYS_OPEN = """timezone = "Asia/Shanghai"
-years = []
-makeup_day_hours = "mon"
-[weekly]
-mon = ["00:00-24:00"]
-tue = ["00:00-24:00"]
-wed = ["00:00-24:00"]
-thu = ["00:00-24:00"]
-fri = ["00:00-24:00"]
-sat = ["00:00-24:00"]
-sun = ["00:00-24:00"]
-"""
 AGENTS = ("Local/agent@test-agent/n", "Local/agent@test-agent")
 
 
@@ -92,7 +80,7 @@ def _read(node: ServeNode) -> None:
 def start_node(name: str, database_url: str, recordings: Path, scratch: Path, **extra: str) -> ServeNode:
     env = {k: v for k, v in os.environ.items() if not k.startswith("CALLCENTER_")}
     hours = scratch / "hours.toml"
-    hours.write_text(ALWAYS_OPEN, encoding="utf-8")
+    hours.write_text(ALWAYS_OPEN_HOURS, encoding="utf-8")
     env.update({
         "CALLCENTER_DATABASE__URL": database_url, "CALLCENTER_NODE__ID": name,
         "CALLCENTER_AGI__PORT": "0", "CALLCENTER_VOICE__HOURS_FILE": str(hours),
