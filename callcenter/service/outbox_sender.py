@@ -213,7 +213,6 @@ class OutboxSender:
     _queue: list[tuple[_Item, asyncio.Future[Any]]] = field(init=False, default_factory=list)
     _writer: asyncio.Task[None] | None = field(init=False, default=None)
     _lost: set[int] = field(init=False, default_factory=set)
-    _refs_elsewhere: dict[str, set[int]] = field(init=False, default_factory=dict)
     _statements: dict[str, Any] = field(init=False, default_factory=dict)
     # Batches still being submitted or committed after their pass returned.
     _settling: set[asyncio.Task[None]] = field(init=False, default_factory=set)
@@ -404,7 +403,7 @@ class OutboxSender:
         new_owner: list[_Message] = []
         long_to = {r.recipient for r in claimed if r.id not in existing and r.id not in suppressed
                    and segment_count(r.body, allow_gsm7=False) > 1}
-        self._refs_elsewhere = self._references_in_flight(conn, long_to, now) if long_to else {}
+        elsewhere = self._references_in_flight(conn, long_to, now) if long_to else {}
         for row in claimed:
             if row.id in suppressed:
                 continue
@@ -412,7 +411,7 @@ class OutboxSender:
                 messages.append(_Message(row.id, row.case_id, row.recipient, existing[row.id]))
                 continue
             try:
-                planned = self._plan(row.id, row.recipient, row.body, now)
+                planned = self._plan(row.id, row.recipient, row.body, now, elsewhere.get(row.recipient, ()))
             except (MessageTooLong, EncodeError) as exc:
                 failed.append({"b_id": row.id, "b_error": str(exc)[:500]})
                 self._m_failed.inc(stage="encode")
@@ -513,9 +512,10 @@ class OutboxSender:
             found.setdefault(recipient, set()).add(ref)
         return found
 
-    def _plan(self, outbox_id: int, recipient: str, body: str, now: dt.datetime) -> list[dict[str, Any]]:
+    def _plan(self, outbox_id: int, recipient: str, body: str, now: dt.datetime,
+              elsewhere: Iterable[int] = ()) -> list[dict[str, Any]]:
         """Split into UCS-2 parts; multi-part messages get a reference free for this recipient."""
-        reference = (self._allocator.allocate(recipient, self._refs_elsewhere.get(recipient, ()))
+        reference = (self._allocator.allocate(recipient, set(elsewhere))
                      if segment_count(body, allow_gsm7=False) > 1 else None)
         parts = split_text(body, reference=reference, ref_bits=8, allow_gsm7=False)
         return [{"outbox_id": outbox_id, "recipient": recipient, "seq": p.seq, "total": p.total,
