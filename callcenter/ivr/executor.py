@@ -37,6 +37,10 @@ What one command does (the contract both drivers used to carry twice):
 With a `node` (the FastAGI driver), the call starts with SET VARIABLE CALLCENTER_NODE <node>
 and a committed draft's number goes on the channel at once (CALLCENTER_CASE_NUMBER), so the
 dialplan can hand a caller whose node died to a person, with the draft, never to a second IVR.
+Before a RECORD FILE whose recording the flow files as a draft, it also sets
+CALLCENTER_RECORDING (the file name) and CALLCENTER_REPORT_KEYS (what that draft needs
+besides the file: `report_keys()`), so the dialplan's `recover` script on a live node can
+file the draft if this node dies while the caller speaks.
 
 A hang-up anywhere is fed to the engine as `Hangup()` (during RECORD FILE as a recording
 ended by hangup, so what the caller said is filed); the engine then asks only for the
@@ -46,6 +50,7 @@ and the caller handed to a person; so does `draining()` (service shutdown).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -75,7 +80,7 @@ from callcenter.ivr.engine import (
     Transfer,
     WaitDigit,
 )
-from callcenter.ivr.flow import DTMF_KEYS, Flow
+from callcenter.ivr.flow import CHANNEL_VARIABLES, DTMF_KEYS, ActionState, Flow, RecordState
 
 log = structlog.get_logger(__name__)
 
@@ -87,13 +92,20 @@ CASE_VARIABLE = "CALLCENTER_CASE_NUMBER"
 # node took the call and never starts it again on another node when this one is lost
 # (config/asterisk/extensions.conf, [callcenter-agi] and ivr-lost).
 NODE_VARIABLE = "CALLCENTER_NODE"
+# Set before RECORD FILE (FastAGI driver): the recording's file name and what its draft needs.
+RECORDING_VARIABLE = CHANNEL_VARIABLES["recording"]
+REPORT_KEYS_VARIABLE = CHANNEL_VARIABLES["report_keys"]
+# The draft action's args the recovering node knows by itself (the file, the channel).
+_KNOWN_ON_RECOVERY = frozenset({"recording", "recording_ms", "caller", "call_id"})
+# Context read from the channel is bounded: it is only ever a file name or a few keys.
+_MAX_CHANNEL_VALUE = 256
 BEEP_PROMPT = "beep"
 # A recording that stopped on its own this close to max_seconds hit the limit.
 _MAX_LENGTH_SLACK_MS = 500
 # Routes that continue an earlier conversation about a case (the case number comes with them).
 CASE_ROUTES = frozenset({"voicemail", "callback"})
 # Service calls that file a new draft: their `case_number` is the call's draft.
-DRAFT_ACTIONS = frozenset({"create_draft", "voicemail_draft"})
+DRAFT_ACTIONS = frozenset({"create_draft", "voicemail_draft", "recover_draft"})
 
 
 # ----------------------------------------------------------------------------- requests
@@ -168,6 +180,35 @@ def caller_from(raw: str | None, region: str = "CN") -> str | None:
         return normalise_phone(raw, region)
     except InvalidPhoneNumber:
         return None
+
+
+def report_keys(flow: Flow, state_name: str, variables: Mapping[str, str]) -> str | None:
+    """CALLCENTER_REPORT_KEYS for a recording made in `state_name`: the draft action its
+    `next` leads to and that action's other args as the caller chose them so far, e.g.
+    `draft=create_draft&kind=event&major=1&min_ms=1000` (`case_number` is the related case
+    of a voicemail). None when the recording does not lead straight to a draft action.
+
+    Names and values are `[A-Za-z0-9_]` only (a flow variable that is anything else is left
+    out), so the value needs no escaping on the channel and cannot carry a separator.
+    """
+    state = flow.states.get(state_name)
+    if not isinstance(state, RecordState):
+        return None
+    target = flow.states.get(state.next.target)
+    if not isinstance(target, ActionState) or target.call not in DRAFT_ACTIONS:
+        return None
+    values = {**variables, **state.next.assign}
+    pairs = [("draft", target.call)]
+    for name in target.args:
+        value = values.get(name)
+        if name in _KNOWN_ON_RECOVERY or not value or not _KEY_VALUE.fullmatch(value):
+            continue
+        pairs.append((name, value))
+    pairs.append(("min_ms", str(state.min_ms)))
+    return "&".join(f"{name}={value}" for name, value in pairs)
+
+
+_KEY_VALUE = re.compile(r"[A-Za-z0-9_]{1,40}")
 
 
 def _needs_channel(actions: Sequence[Action]) -> bool:
@@ -258,10 +299,19 @@ class CallExecutor:
         context = {"call_id": self.env.call_id}
         if self.caller:
             context["caller"] = self.caller
-        if self.route in CASE_ROUTES or "case_number" in self.flow.requires:
+        if self.route in CASE_ROUTES or "case_number" in self.flow.requires \
+                or "case_number" in self.flow.from_channel:
             number = yield from self._case_number_from_channel()
             if number:
                 context["case_number"] = number
+        for name in self.flow.from_channel:
+            if name == "case_number":
+                continue
+            result: AgiResult = yield Command(commands.get_variable(CHANNEL_VARIABLES[name]))
+            if result.result == "1" and result.data:
+                # Bounded here, judged by the service action that uses it (a hostile value is
+                # a logged rejection there, never a path or a command).
+                context[name] = result.data[:_MAX_CHANNEL_VALUE]
         return context
 
     def _case_number_from_channel(self) -> Generator[Request, Any, str | None]:
@@ -415,6 +465,8 @@ class CallExecutor:
             yield from self._play((BEEP_PROMPT,), "")
         target: RecordingTarget = yield NewRecording(action.name)
         max_ms = action.max_seconds * 1000
+        if self.node:
+            yield from self._mark_recording(target.ref)
         self.log.info("voice.recording", recording=target.ref, max_seconds=action.max_seconds)
         try:
             result = yield from self._command(commands.record_file(
@@ -437,6 +489,15 @@ class CallExecutor:
             return (yield from self._recorded(target.ref, duration_ms, "dtmf"))
         ended = "max_length" if duration_ms >= max_ms - _MAX_LENGTH_SLACK_MS else "silence"
         return (yield from self._recorded(target.ref, duration_ms, ended))
+
+    def _mark_recording(self, ref: str) -> Script:
+        """Name the recording on the channel before RECORD FILE: RECORD FILE runs on to its
+        end in Asterisk even when this node dies, and `recover` on a live node files it."""
+        keys = report_keys(self.flow, self.engine.state, self.engine.variables)
+        if keys is None:
+            return
+        yield from self._command(commands.set_variable(RECORDING_VARIABLE, ref))
+        yield from self._command(commands.set_variable(REPORT_KEYS_VARIABLE, keys))
 
     def _recorded(self, ref: str, duration_ms: int | None,
                   ended_by: str) -> Generator[Request, Any, RecordingDone]:

@@ -15,6 +15,7 @@ from types import MappingProxyType
 
 __all__ = [
     "ACTIONS",
+    "CHANNEL_VARIABLES",
     "DTMF_KEYS",
     "TRANSFER_TARGETS",
     "VALIDATORS",
@@ -39,6 +40,16 @@ DTMF_KEYS = "0123456789*#"
 
 # Where a transfer hands the call back to the dialplan (extensions.conf CALLCENTER_NEXT).
 TRANSFER_TARGETS = frozenset({"agent", "voicemail"})
+
+# Context a flow may read from the channel before it starts (`[flow] from_channel`): the
+# flow variable and the channel variable it comes from. The IVR itself sets them while it
+# runs (config/asterisk/extensions.conf), so a script run later on the same channel, on
+# another node, can see how far the first one got (`recover`).
+CHANNEL_VARIABLES: Mapping[str, str] = MappingProxyType({
+    "case_number": "CALLCENTER_CASE_NUMBER",
+    "recording": "CALLCENTER_RECORDING",
+    "report_keys": "CALLCENTER_REPORT_KEYS",
+})
 
 # Validators a `digits` state may name; the engine implements them.
 VALIDATORS = frozenset({"case_number", "phone", "score_1_5"})
@@ -94,6 +105,9 @@ ACTIONS: Mapping[str, ActionSpec] = MappingProxyType({
               "the reporter asks to be called back for the rating once the case is closed (回访)"),
         _spec("voicemail_draft", {"ok", "error"}, ("case_number",),
               "commit a voicemail as a draft flagged for transcription; ok sets case_number"),
+        _spec("recover_draft", {"ok", "nothing", "rejected", "error"}, ("case_number",),
+              "file the draft of a recording whose IVR node died (idempotent by the recording); "
+              "ok sets case_number, nothing: no recording to file or its draft is already named"),
     )
 })
 
@@ -251,6 +265,8 @@ class Flow:
     description: str = ""
     # Context variables the runtime must supply to start() (e.g. callback: case_number).
     requires: tuple[str, ...] = ()
+    # Context variables read from the channel first (CHANNEL_VARIABLES), e.g. recover.
+    from_channel: tuple[str, ...] = ()
 
     def state(self, name: str) -> State:
         return self.states[name]

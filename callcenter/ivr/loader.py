@@ -23,6 +23,7 @@ from typing import Any
 from callcenter.cases.lifecycle import CaseStatus
 from callcenter.ivr.flow import (
     ACTIONS,
+    CHANNEL_VARIABLES,
     DTMF_KEYS,
     INPUT_TYPES,
     PASS_THROUGH_TYPES,
@@ -53,7 +54,7 @@ PROMPTS_DIR = FLOWS_DIR / "prompts" / "zh"
 
 _NAME = re.compile(r"[a-z][a-z0-9_]*")
 _TOP_KEYS = frozenset({"flow", "defaults", "states"})
-_FLOW_KEYS = frozenset({"name", "description", "start", "requires"})
+_FLOW_KEYS = frozenset({"name", "description", "start", "requires", "from_channel"})
 _DEFAULT_KEYS = frozenset({"timeout", "tries", "no_input", "invalid", "too_short",
                            "max_seconds", "silence_seconds", "min_seconds"})
 # (low, high) bounds of the numeric settings.
@@ -302,6 +303,11 @@ def parse_flow(data: Mapping[str, Any], *, source: str = "<memory>", default_nam
     if "start" not in header:
         problems.add("missing; say which state the call begins in", key="[flow] start")
     requires = flow_reader.names("requires")
+    from_channel = flow_reader.names("from_channel")
+    for variable in from_channel:
+        if variable not in CHANNEL_VARIABLES:
+            problems.add(f"unknown channel context {variable!r}; one of {sorted(CHANNEL_VARIABLES)}",
+                         key="[flow] from_channel")
     description = flow_reader.string("description") if "description" in header else ""
     defaults = _read_defaults(_Reader(problems, None, defaults_raw, prefix="[defaults] "))
 
@@ -319,7 +325,7 @@ def parse_flow(data: Mapping[str, Any], *, source: str = "<memory>", default_nam
     problems.raise_if_any()
 
     flow = Flow(name=name, start=start or "", states=MappingProxyType(states), source=source,
-                description=description or "", requires=requires)
+                description=description or "", requires=requires, from_channel=from_channel)
     _check_references(problems, flow, known_prompts)
     problems.raise_if_any()
     _check_graph(problems, flow)

@@ -17,6 +17,11 @@ What each writes:
   the number was being read, a retried call) cannot queue it twice.
 - `rate_case`: the rating, only by the reporter (caller ID must match) on the hotline.
 - `voicemail_draft`: a draft flagged `needs_transcription` (+ `after_hours` outside staff hours).
+- `recover_draft` (the `recover` script, run by the dialplan's `ivr-lost` on a live node when
+  the caller's IVR node died): files the draft of the recording the dead node named on the
+  channel (CALLCENTER_RECORDING, CALLCENTER_REPORT_KEYS) through `create_draft` /
+  `voicemail_draft` as that node would have, so `source_ref = voice:<recording>` returns a
+  draft it did commit instead of doubling it.
 
 Category from the phone menu (decision, see docs/voice.md): a caller chooses only the kind
 (部件/事件) and the major category (大类); the minor category (小类) needs a person. The draft
@@ -30,6 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import re
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 
@@ -60,6 +66,13 @@ ACTION_TIMEOUT_SECONDS = 30.0
 # Transient database failures while filing a draft are retried (idempotent by source_ref).
 DRAFT_RETRY_DELAYS: tuple[float, ...] = (0.2, 1.0)
 RECORDING_WORD = "录音"
+# What `recover_draft` may file, from CALLCENTER_REPORT_KEYS (callcenter.ivr.executor.report_keys).
+RECOVERABLE = frozenset({"create_draft", "voicemail_draft"})
+_KEY_NAME = re.compile(r"[a-z][a-z0-9_]{0,31}")
+_KEY_VALUE = re.compile(r"[A-Za-z0-9_]{1,40}")
+_MAX_KEYS_CHARS = 256
+# Set by the recovering node itself, never taken from the channel.
+_NOT_FROM_KEYS = frozenset({"draft", "min_ms", "recording", "recording_ms", "caller", "call_id"})
 
 
 def utcnow() -> dt.datetime:
@@ -124,6 +137,23 @@ def voicemail_text(seconds: int, related: str | None) -> str:
     return text + "。"
 
 
+def parse_report_keys(text: str) -> dict[str, str] | None:
+    """CALLCENTER_REPORT_KEYS (`draft=create_draft&kind=event&major=1&min_ms=1000`) as a
+    dict, or None for anything the IVR would not have written (the channel is not ours
+    alone: a dialplan edit or another script may have set it)."""
+    if not text or len(text) > _MAX_KEYS_CHARS:
+        return None
+    keys: dict[str, str] = {}
+    for part in text.split("&"):
+        name, sep, value = part.partition("=")
+        if not sep or name in keys or not _KEY_NAME.fullmatch(name) or not _KEY_VALUE.fullmatch(value):
+            return None
+        keys[name] = value
+    if keys.get("draft") not in RECOVERABLE or not keys.get("min_ms", "0").isdigit():
+        return None
+    return keys
+
+
 def is_mobile(phone: str) -> bool:
     """Whether an E.164 number can receive an SMS (a mobile, not a landline)."""
     try:
@@ -182,6 +212,7 @@ class VoiceActions:
             "rate_case": self._rate_case,
             "request_callback": self._request_callback,
             "voicemail_draft": self._voicemail_draft,
+            "recover_draft": self._recover_draft,
         }
 
     async def invoke(self, action: Invoke, call: CallInfo) -> ActionResult:
@@ -305,6 +336,50 @@ class VoiceActions:
                  related=related, recording=ref, recording_state=check.state.value,
                  reporter=mask_number(caller), flags=flags)
         return "ok", {"case_number": view.number}
+
+    async def _recover_draft(self, args: Mapping[str, str | None], call: CallInfo) -> Outcome:
+        """The draft of a recording whose IVR node died mid-call, filed here as it would have
+        been there. `nothing` when there is no recording to file or the channel already names
+        its draft; `rejected` (logged) for a name or keys the IVR would not have written."""
+        ref = args.get("recording") or ""
+        raw_keys = args.get("report_keys") or ""
+        named = args.get("case_number") or None
+        if not ref:
+            log.info("voice.recover_nothing", call_id=call.call_id, reason="no_recording", case_number=named)
+            return "nothing", {}
+        keys = parse_report_keys(raw_keys)
+        if not self.recordings.is_own_ref(ref) or keys is None:
+            log.warning("voice.recover_rejected", call_id=call.call_id, recording=repr(ref[:80]),
+                        report_keys=repr(raw_keys[:80]),
+                        reason="recording name" if not self.recordings.is_own_ref(ref) else "report keys")
+            return "rejected", {}
+        related = keys.get("case_number")
+        if named and named != related:
+            # Set after the recording started: the dead node committed this recording's draft.
+            log.info("voice.recover_nothing", call_id=call.call_id, reason="already_filed",
+                     case_number=named, recording=ref)
+            return "nothing", {}
+        check = self.recordings.check(ref)
+        if check.flags:
+            log.warning("voice.recover_nothing", call_id=call.call_id, reason=f"recording {check.state.value}",
+                        recording=ref, detail=check.detail)
+            return "nothing", {}
+        speech = await asyncio.to_thread(self.recordings.speech, ref)
+        heard_ms = speech.speech_ms if speech is not None else check.duration_ms
+        if heard_ms < int(keys.get("min_ms", "0")):
+            # The engine's rule for a take: too little speech is a silent try, not a report.
+            log.info("voice.recover_nothing", call_id=call.call_id, reason="silent", recording=ref,
+                     speech_ms=heard_ms)
+            return "nothing", {}
+        draft_args: dict[str, str | None] = {name: value for name, value in keys.items()
+                                             if name not in _NOT_FROM_KEYS}
+        draft_args.update(recording=ref, recording_ms=str(check.duration_ms),
+                          caller=args.get("caller"), call_id=args.get("call_id"))
+        handler = self._create_draft if keys["draft"] == "create_draft" else self._voicemail_draft
+        outcome, values = await handler(draft_args, call)
+        log.info("voice.recovered", call_id=call.call_id, draft=keys["draft"], recording=ref,
+                 case_number=values.get("case_number"), outcome=outcome)
+        return outcome, values
 
     async def _set_contact(self, args: Mapping[str, str | None], call: CallInfo) -> Outcome:
         number, contact = args.get("case_number"), self._phone(args.get("contact"))

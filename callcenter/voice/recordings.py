@@ -39,6 +39,9 @@ DEFAULT_SPEECH_DBFS = -40.0
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
 _HINT = re.compile(r"[a-z][a-z0-9_]{0,31}")
 _MAX_ID_CHARS = 40
+# What new_target() names, and nothing else: a ref that comes back from the channel
+# (CALLCENTER_RECORDING, read by `recover`) must match it before any file is touched.
+_OWN_REF = re.compile(r"[a-z][a-z0-9_]{0,31}-[0-9]{8}T[0-9]{6}-[A-Za-z0-9._-]{1,40}-[0-9a-f]{8}\.wav")
 
 
 class RecordingState(enum.StrEnum):
@@ -153,6 +156,12 @@ class RecordingStore:
         stamp = (now or dt.datetime.now(dt.UTC)).strftime("%Y%m%dT%H%M%S")
         stem = f"{kind}-{stamp}-{clean_id}-{secrets.token_hex(4)}"
         return RecordingTarget(asterisk_path=f"{self.asterisk_dir}/{stem}", ref=f"{stem}.{FORMAT}")
+
+    @staticmethod
+    def is_own_ref(ref: str) -> bool:
+        """Whether `ref` is a name this service gives recordings (`new_target`): flat, no
+        path, only the IVR's pattern. Anything else from the channel is refused."""
+        return _OWN_REF.fullmatch(ref) is not None
 
     def service_path(self, ref: str) -> Path | None:
         """The file behind a ref on the service's mount; None for a ref that is not ours."""

@@ -19,7 +19,7 @@ from callcenter.settings import VoiceSettings
 from callcenter.voice.runner import CallRunner, RunnerDeps
 
 # The routes the dialplan uses; each must have a flow, or start-up fails.
-REQUIRED_ROUTES: tuple[str, ...] = ("hotline", "status", "voicemail", "callback")
+REQUIRED_ROUTES: tuple[str, ...] = ("hotline", "status", "voicemail", "callback", "recover")
 
 
 def apply_overrides(flow: Flow, voice: VoiceSettings) -> Flow:

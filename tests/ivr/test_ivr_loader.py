@@ -92,7 +92,7 @@ def refused(tmp_path: Path, text: str) -> str:
 
 def test_every_shipped_flow_loads() -> None:
     flows = load_flows()
-    assert set(flows) == {"hotline", "status", "voicemail", "callback"}
+    assert set(flows) == {"hotline", "status", "voicemail", "callback", "recover"}
     assert {p.stem for p in FLOWS_DIR.glob("*.toml")} == set(flows)
     for flow in flows.values():
         assert flow.start in flow.states
@@ -124,6 +124,22 @@ def test_the_hotline_keys_are_the_contract() -> None:
     assert isinstance(contact, MenuState) and sorted(contact.keys) == ["1", "2"]
     record = flow.states["record"]
     assert isinstance(record, RecordState) and record.max_seconds > 0 and record.silence_seconds > 0
+
+
+def test_recover_reads_the_lost_ivr_s_trail_from_the_channel_and_always_ends_with_a_person() -> None:
+    flow = load_flows()["recover"]
+    assert flow.from_channel == ("case_number", "recording", "report_keys")
+    action = flow.states[flow.start]
+    assert isinstance(action, ActionState) and action.call == "recover_draft"
+    assert {o: t.target for o, t in action.outcomes.items()} == {
+        "ok": "to_person", "nothing": "to_person", "rejected": "to_person", "error": "to_person"}
+
+
+def test_from_channel_names_only_known_channel_context(tmp_path: Path) -> None:
+    text = GOOD.replace('start = "menu"', 'start = "menu"\nfrom_channel = ["recording", "secret"]')
+    assert "unknown channel context 'secret'" in refused(tmp_path, text)
+    fine = GOOD.replace('start = "menu"', 'start = "menu"\nfrom_channel = ["recording", "report_keys"]')
+    assert load_flow(write(tmp_path, fine), PROMPTS_DIR).from_channel == ("recording", "report_keys")
 
 
 def test_shipped_input_states_all_have_a_way_to_a_person_or_an_end() -> None:

@@ -5,8 +5,10 @@ throwaway PostgreSQL.
 The dialplan knows the nodes' FastAGI ports (CALLCENTER_AGI_NODES) and starts each call on
 the next one in turn (the test sets the turn so it knows where a call starts). Shown here:
 a node that is down is skipped; a node killed (-9) mid-IVR leaves its callers to the staff
-queue with their draft, never doubled; a node asked to stop (SIGTERM) closes its FastAGI
-port, says `draining` on /healthz, finishes the call it has and exits.
+queue with their draft, never doubled; a node killed while a caller speaks into RECORD FILE
+leaves the take to a survivor's `recover`, which files it once; a node asked to stop
+(SIGTERM) closes its FastAGI port, says `draining` on /healthz, finishes the call it has
+and exits.
 """
 
 from __future__ import annotations
@@ -272,7 +274,56 @@ async def test_kill_9_mid_ivr_hands_callers_to_the_queue_with_their_draft(start_
         assert "Playing 'callcenter/zh/service_unavailable" in call_log
         assert "Queue(" in call_log
     assert f"AGENT_ANSWERS case={draft.number}" in log  # the person is told which draft it is
-    assert node_b.logged("agi.call_started") == 0  # nothing went through the IVR again
+    # nothing went through the IVR again: node-b only ran `recover` for each lost call, which
+    # found A's draft already named on the channel and nothing recorded for B
+    started = [line for line in node_b.lines if " agi.call_started " in line]
+    assert len(started) == 2 and all("script=recover" in line for line in started), started
+    assert node_b.logged("voice.recovered") == 0
+
+
+async def test_kill_9_while_the_caller_speaks_files_the_take_once_on_a_survivor(
+        start_cluster: ClusterFactory) -> None:
+    cluster = await start_cluster("node-a", "node-b")
+    asterisk, node_a, node_b = cluster.asterisk, cluster.nodes["node-a"], cluster.nodes["node-b"]
+    recordings = asterisk.recording_dir
+    assert recordings is not None
+    ports = [node_a.agi_port, node_b.agi_port]
+
+    def speech_on_disk() -> bool:  # RECORD FILE has the caller's voice coming in (> 0.5 s of it)
+        return any(path.stat().st_size > 8_044 for path in recordings.glob("report-*.wav"))
+
+    with queue_agents(asterisk):
+        await asterisk.set_agi_nodes(ports, first=0)
+        tag = asterisk.call(cluster.report("w60"), callerid=A)
+        await eventually(lambda: node_a.logged("voice.recording") >= 1, 60, "A's take started on node-a")
+        await eventually(speech_on_disk, 30, "A speaking into RECORD FILE")
+        node_a.process.kill()
+        node_a.process.wait(10)
+        killed_at = time.monotonic()
+        await asterisk.wait_idle(150)
+
+    call_log = asterisk.log_of(tag)
+    (draft,) = await cluster.drafts(A)  # not lost, not doubled
+    assert len(await cluster.all_drafts()) == 1
+    # the take the caller finished after the node's death: on the volume, named by the draft
+    assert draft.recording_ref is not None and draft.source_ref == f"voice:{draft.recording_ref}"
+    take = recordings / draft.recording_ref
+    assert take.is_file() and take.stat().st_size > 16_044, call_log[-3000:]  # > 1 s of audio
+    assert take.stat().st_mtime > killed_at - 1  # still being written after the kill
+    assert (draft.kind, draft.category_major) == ("event", "01")  # the keys A pressed on node-a
+    assert "needs_transcription" in draft.flags and "recording_empty" not in draft.flags
+    # filed by the survivor's `recover`, never by node-a (dead before the take ended)
+    assert "voice.draft_created" not in node_a.output()
+    recovered = [line for line in node_b.lines if " voice.recovered " in line]
+    assert len(recovered) == 1 and f"case_number={draft.number}" in recovered[0], node_b.output()[-3000:]
+    assert asterisk.agi_ports_tried(tag) == [node_a.agi_port]  # the IVR was not started again
+    assert asterisk.agi_ports_tried(tag, "recover")[-1] == node_b.agi_port
+    assert "IVR lost mid-call on node node-a (AGISTATUS=SUCCESS)" in call_log, call_log[-3000:]
+    assert f"Recovered on node-b: case {draft.number}" in call_log, call_log[-3000:]
+    # then as before: the apology, the queue, a person told which draft it is
+    assert "Playing 'callcenter/zh/service_unavailable" in call_log
+    assert "Queue(" in call_log
+    assert f"AGENT_ANSWERS case={draft.number}" in asterisk.log_since(0)
 
 
 async def test_sigterm_drains_the_call_in_progress_and_new_calls_go_elsewhere(
