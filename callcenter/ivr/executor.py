@@ -11,7 +11,9 @@ back the answer. Two drivers exist, both thin:
 Requests (what `start()` / `send()` / `throw()` return; None when the call is done):
 
     Command(line)       send one AGI command; answer with its AgiResult, or throw the
-                        AgiError it raised (AgiHangup on HANGUP / 511 / a closed link)
+                        AgiError it raised (AgiHangup on HANGUP / 511 / a closed link);
+                        `live_only`: throw AgiHangup without sending it when the driver
+                        already saw the hang-up
     Service(invoke)     perform the flow's service call; answer with an ActionResult
     NewRecording(name)  pick where RECORD FILE writes; answer with a RecordingTarget
     CheckSpeech(ref)    what the recording holds; answer with Audio(duration_ms, speech_ms),
@@ -38,9 +40,9 @@ With a `node` (the FastAGI driver), the call starts with SET VARIABLE CALLCENTER
 and a committed draft's number goes on the channel at once (CALLCENTER_CASE_NUMBER), so the
 dialplan can hand a caller whose node died to a person, with the draft, never to a second IVR.
 Before a RECORD FILE whose recording the flow files as a draft, it also sets
-CALLCENTER_RECORDING (the file name) and CALLCENTER_REPORT_KEYS (what that draft needs
-besides the file: `report_keys()`), so the dialplan's `recover` script on a live node can
-file the draft if this node dies while the caller speaks.
+CALLCENTER_REPORT_KEYS (what that draft needs besides the file: `report_keys()`, before the
+take's prompts) and CALLCENTER_RECORDING (the file name, after the beep), so the dialplan's
+`recover` script on a live node can file the draft if this node dies while the caller speaks.
 
 A hang-up anywhere is fed to the engine as `Hangup()` (during RECORD FILE as a recording
 ended by hangup, so what the caller said is filed); the engine then asks only for the
@@ -114,6 +116,9 @@ DRAFT_ACTIONS = frozenset({"create_draft", "voicemail_draft", "recover_draft"})
 @dataclass(frozen=True)
 class Command:
     line: str
+    # Only worth sending while the caller is there: a driver that already knows of a hang-up
+    # throws AgiHangup instead (SET VARIABLE alone would not tell, it works on a dead channel).
+    live_only: bool = False
 
 
 @dataclass(frozen=True)
@@ -242,6 +247,7 @@ class CallExecutor:
         self.transferred_to: str | None = None
         self.draft_number: str | None = None
         self._case_set: str | None = None  # CALLCENTER_CASE_NUMBER already on the channel
+        self._keys_set: str | None = None  # CALLCENTER_REPORT_KEYS already on the channel
         self._current: list[Action] = []
         self._script: Script | None = None
 
@@ -457,6 +463,12 @@ class CallExecutor:
         return result.digit
 
     def _record(self, action: Record, skip_prompts: bool = False) -> Generator[Request, Any, Event]:
+        # For `recover` (docstring above): the keys before the prompts, the file name after
+        # the beep; neither is sent once the driver knows the caller hung up (live_only).
+        keys = report_keys(self.flow, self.engine.state, self.engine.variables) if self.node else None
+        if keys is not None and keys != self._keys_set:
+            yield Command(commands.set_variable(REPORT_KEYS_VARIABLE, keys), live_only=True)
+            self._keys_set = keys
         # Barge-in: a key during the instructions (or the prompts before them) goes
         # straight to the beep; the key itself is not part of the report.
         if not skip_prompts:
@@ -465,8 +477,10 @@ class CallExecutor:
             yield from self._play((BEEP_PROMPT,), "")
         target: RecordingTarget = yield NewRecording(action.name)
         max_ms = action.max_seconds * 1000
-        if self.node:
-            yield from self._mark_recording(target.ref)
+        if keys is not None:
+            # RECORD FILE runs on to its end in Asterisk even when this node dies; with the
+            # file named on the channel, `recover` on a live node files it.
+            yield Command(commands.set_variable(RECORDING_VARIABLE, target.ref), live_only=True)
         self.log.info("voice.recording", recording=target.ref, max_seconds=action.max_seconds)
         try:
             result = yield from self._command(commands.record_file(
@@ -489,15 +503,6 @@ class CallExecutor:
             return (yield from self._recorded(target.ref, duration_ms, "dtmf"))
         ended = "max_length" if duration_ms >= max_ms - _MAX_LENGTH_SLACK_MS else "silence"
         return (yield from self._recorded(target.ref, duration_ms, ended))
-
-    def _mark_recording(self, ref: str) -> Script:
-        """Name the recording on the channel before RECORD FILE: RECORD FILE runs on to its
-        end in Asterisk even when this node dies, and `recover` on a live node files it."""
-        keys = report_keys(self.flow, self.engine.state, self.engine.variables)
-        if keys is None:
-            return
-        yield from self._command(commands.set_variable(RECORDING_VARIABLE, ref))
-        yield from self._command(commands.set_variable(REPORT_KEYS_VARIABLE, keys))
 
     def _recorded(self, ref: str, duration_ms: int | None,
                   ended_by: str) -> Generator[Request, Any, RecordingDone]:

@@ -21,6 +21,7 @@ from typing import Any, Protocol
 
 import structlog
 
+from callcenter.agi.errors import AgiHangup
 from callcenter.agi.server import AgiCall
 from callcenter.ivr import Flow
 from callcenter.ivr.executor import (
@@ -150,6 +151,8 @@ class CallRunner:
     async def _perform(self, step: Request) -> Any:
         match step:
             case Command():
+                if step.live_only and self.call.hung_up:
+                    raise AgiHangup("the caller hung up")
                 return await self.call.command(step.line)
             case Service():
                 return await self.deps.actions.invoke(step.invoke, self.info)
