@@ -39,10 +39,10 @@ What one command does (the contract both drivers used to carry twice):
 With a `node` (the FastAGI driver), the call starts with SET VARIABLE CALLCENTER_NODE <node>
 and a committed draft's number goes on the channel at once (CALLCENTER_CASE_NUMBER), so the
 dialplan can hand a caller whose node died to a person, with the draft, never to a second IVR.
-Before a RECORD FILE whose recording the flow files as a draft, it also sets
-CALLCENTER_REPORT_KEYS (what that draft needs besides the file: `report_keys()`, before the
-take's prompts) and CALLCENTER_RECORDING (the file name, after the beep), so the dialplan's
-`recover` script on a live node can file the draft if this node dies while the caller speaks.
+Before a take whose recording the flow files as a draft (before its prompts), it also sets
+CALLCENTER_RECORDING (the file name RECORD FILE will write) and CALLCENTER_REPORT_KEYS (what
+that draft needs besides the file: `report_keys()`), so the dialplan's `recover` script on
+a live node can file the draft if this node dies while the caller speaks.
 
 A hang-up anywhere is fed to the engine as `Hangup()` (during RECORD FILE as a recording
 ended by hangup, so what the caller said is filed); the engine then asks only for the
@@ -463,24 +463,24 @@ class CallExecutor:
         return result.digit
 
     def _record(self, action: Record, skip_prompts: bool = False) -> Generator[Request, Any, Event]:
-        # For `recover` (docstring above): the keys before the prompts, the file name after
-        # the beep; neither is sent once the driver knows the caller hung up (live_only).
+        target: RecordingTarget = yield NewRecording(action.name)
+        # For `recover` (docstring above), before this take's prompts: RECORD FILE runs on to
+        # its end in Asterisk even when this node dies, and with the take named on the
+        # channel a live node files it. Both name this take (never one the last of an earlier
+        # one); neither is sent once the driver knows the caller hung up (live_only).
         keys = report_keys(self.flow, self.engine.state, self.engine.variables) if self.node else None
-        if keys is not None and keys != self._keys_set:
-            yield Command(commands.set_variable(REPORT_KEYS_VARIABLE, keys), live_only=True)
-            self._keys_set = keys
+        if keys is not None:
+            yield Command(commands.set_variable(RECORDING_VARIABLE, target.ref), live_only=True)
+            if keys != self._keys_set:
+                yield Command(commands.set_variable(REPORT_KEYS_VARIABLE, keys), live_only=True)
+                self._keys_set = keys
         # Barge-in: a key during the instructions (or the prompts before them) goes
         # straight to the beep; the key itself is not part of the report.
         if not skip_prompts:
             yield from self._play(action.prompt_ids, DTMF_KEYS)
         if action.beep:  # ours, not RECORD FILE's BEEP: slim Asterisk images have no core sounds
             yield from self._play((BEEP_PROMPT,), "")
-        target: RecordingTarget = yield NewRecording(action.name)
         max_ms = action.max_seconds * 1000
-        if keys is not None:
-            # RECORD FILE runs on to its end in Asterisk even when this node dies; with the
-            # file named on the channel, `recover` on a live node files it.
-            yield Command(commands.set_variable(RECORDING_VARIABLE, target.ref), live_only=True)
         self.log.info("voice.recording", recording=target.ref, max_seconds=action.max_seconds)
         try:
             result = yield from self._command(commands.record_file(

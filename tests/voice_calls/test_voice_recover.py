@@ -51,11 +51,11 @@ async def test_the_lost_take_is_filed_once_with_its_recording_and_categories(
         voice: Voice, agi_logs: list[dict[str, Any]], no_tracebacks: Any) -> None:
     lost = await lost_mid_take(voice)
     ref = lost.variables["CALLCENTER_RECORDING"]
-    # both set before RECORD FILE: the keys before the instructions, the file name after the beep
+    # both set before the take's instructions, so before RECORD FILE
     set_at = {argv[2]: i for i, argv in enumerate(lost.argvs)
               if argv[:2] == ["SET", "VARIABLE"] and argv[2] in TRAIL}
-    record_at = next(i for i, argv in enumerate(lost.argvs) if argv[:2] == ["RECORD", "FILE"])
-    assert set_at["CALLCENTER_REPORT_KEYS"] < set_at["CALLCENTER_RECORDING"] == record_at - 1
+    instructions_at = next(i for i, argv in enumerate(lost.argvs) if "callcenter/zh/record_instructions" in argv)
+    assert set(set_at) == set(TRAIL) and max(set_at.values()) < instructions_at
     assert lost.argvs[record_at][2].endswith("/" + ref.removesuffix(".wav"))
     assert lost.variables["CALLCENTER_REPORT_KEYS"] == "draft=create_draft&kind=event&major=1&min_ms=1000"
     assert "CALLCENTER_CASE_NUMBER" not in lost.variables
