@@ -1,7 +1,7 @@
 """The FastAGI route table: `agi_network_script` -> the IVR flow of the same name.
 
 `agi://callcenter:4573/hotline` runs `ivr_scripts/hotline.toml`, likewise `status`,
-`voicemail` and `callback` (config/asterisk/extensions.conf). A query string is ignored
+`voicemail`, `callback` and `recover` (config/asterisk/extensions.conf). A query string is ignored
 for routing (`hotline?x=1` is `hotline`). A script with no flow is answered by the AGI
 core's unknown-route handler: a warning in our log, a VERBOSE line in Asterisk's, and the
 session ends cleanly so the dialplan goes on; other calls are not affected.
@@ -65,7 +65,7 @@ def call_handler(flow: Flow, deps: RunnerDeps, route: str,
 
 def build_routes(flows: Mapping[str, Flow], deps: RunnerDeps,
                  track: Callable[[int], None] | None = None) -> dict[str, AgiHandler]:
-    """One route per flow, named like the flow; the dialplan's four routes must be there."""
+    """One route per flow, named like the flow; the dialplan's five routes must be there."""
     missing = [route for route in REQUIRED_ROUTES if route not in flows]
     if missing:
         raise ValueError(f"no IVR flow for FastAGI route(s) {missing}; flows found: {sorted(flows)}")

@@ -15,6 +15,7 @@ import pytest
 
 from callcenter.ivr.prompt_ids import prompt_ids
 from callcenter.settings import AgiSettings, PromptSettings, Settings, load_settings
+from callcenter.voice.routes import REQUIRED_ROUTES
 
 yaml = pytest.importorskip("yaml")
 
@@ -255,7 +256,8 @@ def test_agi_nodes_in_the_dialplan_are_the_service_nodes(compose: dict[str, Any]
             match = re.fullmatch(r"callcenter-agi,s,1\((\w+)\)", step.args)
             assert match, f"[{step.context}] {step.exten}: Gosub({step.args})"
             scripts.add(match.group(1))
-    assert scripts == {"hotline", "status", "voicemail", "callback"}
+    assert scripts == {"hotline", "status", "voicemail", "callback", "recover"}
+    assert scripts == set(REQUIRED_ROUTES)  # every script the dialplan runs has a flow
     assert "4573" not in "".join(s.args for s in steps)
     # host:port of each node, written once in [globals]: service nodes of the compose file
     nodes = globals_()["CALLCENTER_AGI_NODES"].split("&")
@@ -304,6 +306,11 @@ def test_hotline_did_reaches_the_ivr() -> None:
     assert {"agent", "voicemail", "hangup", "status", "i", "service-down", "ivr-lost"} <= extens
     lost = [s for s in steps if s.context == "hotline" and s.exten == "ivr-lost"]
     assert [s.app for s in lost][-2:] == ["Playback", "Goto"] and lost[-1].args == "agent,1"
+    # a take the lost IVR had named is filed on a live node before the apology and the queue
+    recover = [i for i, s in enumerate(lost) if s.app == "Gosub" and s.args == "callcenter-agi,s,1(recover)"]
+    assert len(recover) == 1 and recover[0] < [s.app for s in lost].index("Playback")
+    down = [s for s in steps if s.context == "hotline" and s.exten == "voicemail-down"]
+    assert [s.args for s in down if s.app == "Gosub"] == ["callcenter-agi,s,1(recover)"]
 
 
 def test_dialplan_jumps_land_on_existing_contexts() -> None:
