@@ -56,7 +56,8 @@ async def test_the_lost_take_is_filed_once_with_its_recording_and_categories(
               if argv[:2] == ["SET", "VARIABLE"] and argv[2] in TRAIL}
     instructions_at = next(i for i, argv in enumerate(lost.argvs) if "callcenter/zh/record_instructions" in argv)
     assert set(set_at) == set(TRAIL) and max(set_at.values()) < instructions_at
-    assert lost.argvs[record_at][2].endswith("/" + ref.removesuffix(".wav"))
+    (recorded,) = [argv for argv in lost.argvs if argv[:2] == ["RECORD", "FILE"]]
+    assert recorded[2].endswith("/" + ref.removesuffix(".wav"))  # the take RECORD FILE writes
     assert lost.variables["CALLCENTER_REPORT_KEYS"] == "draft=create_draft&kind=event&major=1&min_ms=1000"
     assert "CALLCENTER_CASE_NUMBER" not in lost.variables
 
