@@ -44,7 +44,7 @@ from functools import partial
 from typing import Any
 
 import structlog
-from sqlalchemy import Connection, Table, and_, bindparam, func, or_, select, update
+from sqlalchemy import Connection, Table, and_, bindparam, func, literal, or_, select, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
@@ -129,6 +129,7 @@ _TAKE = (update(OUTBOX)
 # Spelled out: an IN list would be an expanding parameter, which executemany refuses.
 _OPEN = or_(OUTBOX.c.status == "sending", OUTBOX.c.status == "in_doubt", OUTBOX.c.status == "pending")
 _RELEASED = {"lease_owner": None, "lease_expires_at": None}
+TAKEN_BACK = "lease expired, held by "
 _PARTS_OF = (select(*_PART_COLUMNS).where(SUBMITS.c.outbox_id.in_(bindparam("ids", expanding=True)))
              .order_by(SUBMITS.c.outbox_id, SUBMITS.c.seq))
 
@@ -363,8 +364,10 @@ class OutboxSender:
         async with self.sessions() as session, session.begin():
             rows = (await session.execute(
                 update(OUTBOX).where(OUTBOX.c.status == "sending", expired)
-                .values(status="in_doubt", not_before=now, lease_owner=None, lease_expires_at=None)
-                .returning(OUTBOX.c.id, OUTBOX.c.lease_owner))).all()
+                # SET reads the row as it was: the message keeps whose lease ran out.
+                .values(status="in_doubt", not_before=now, lease_owner=None, lease_expires_at=None,
+                        last_error=literal(TAKEN_BACK).concat(func.coalesce(OUTBOX.c.lease_owner, "?")))
+                .returning(OUTBOX.c.id, OUTBOX.c.last_error))).all()
             if not rows:
                 return 0
             ids = [r.id for r in rows]
@@ -373,7 +376,8 @@ class OutboxSender:
                 .values(status="in_doubt", in_doubt_since=now, last_error="lease expired mid-submit"))
         self._m_taken_back.inc(len(rows))
         log.warning("sms.outbox.leases_taken_back", node=self.node, messages=len(rows),
-                    owners=sorted({r.lease_owner or "?" for r in rows}))
+                    outbox_ids=sorted(ids)[:50],
+                    owners=sorted({(r.last_error or "").removeprefix(TAKEN_BACK) for r in rows}))
         return len(rows)
 
     # ---- claiming ---------------------------------------------------------------------------

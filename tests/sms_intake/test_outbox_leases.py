@@ -132,7 +132,7 @@ async def test_a_live_lease_is_never_taken_back_and_an_expired_one_is(services: 
     clock.advance(seconds=LEASE + 1)
     assert await node_b.take_back_expired() == 1
     dead = (await rows(services))[-1]
-    assert (dead.status, dead.lease_owner) == ("in_doubt", None)
+    assert (dead.status, dead.lease_owner, dead.last_error) == ("in_doubt", None, "lease expired, held by node-a")
     assert [p.status for p in await parts(services) if p.outbox_id == dead.id] == ["in_doubt"]
     assert gateway_b.submitted == []
     stuck.cancel()
