@@ -48,6 +48,7 @@ from sqlalchemy import Connection, Table, and_, bindparam, func, literal, or_, s
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from callcenter.cluster.nodes import live_node_ids
 from callcenter.db.tables import CaseRow, OutboxRow
 from callcenter.db.tables_sms import (
     SmsIdBasesRow,
@@ -201,6 +202,9 @@ class OutboxSender:
     # True while the in-doubt and sweep passes run as leased jobs, once across the nodes
     # (callcenter/jobs.py); the loop then keeps its claims and what is per node.
     leased_sweeps: bool = False
+    # `[node] dead_after_seconds`: another node's expired claims are taken back only once its
+    # heartbeat is this old. None: by the lease alone (no node registry).
+    dead_after: float | None = None
     _wake: asyncio.Event = field(init=False, default_factory=asyncio.Event)
     # The writer's transaction and the in-doubt/sweep passes must not interleave in one
     # process: two overlapping transactions would each miss the other's row.
@@ -214,6 +218,8 @@ class OutboxSender:
     _queue: list[tuple[_Item, asyncio.Future[Any]]] = field(init=False, default_factory=list)
     _writer: asyncio.Task[None] | None = field(init=False, default=None)
     _lost: set[int] = field(init=False, default_factory=set)
+    # Messages of this node's batches not yet committed (claimed, submitting or answered).
+    _in_flight: set[int] = field(init=False, default_factory=set)
     _statements: dict[str, Any] = field(init=False, default_factory=dict)
     # Batches still being submitted or committed after their pass returned.
     _settling: set[asyncio.Task[None]] = field(init=False, default_factory=set)
@@ -356,9 +362,22 @@ class OutboxSender:
         log.info("sms.outbox.recovered", node=self.node, taken_back=taken, bases=getattr(self.bases, "value", None))
 
     async def take_back_expired(self, *, own: bool = False) -> int:
-        """Claims whose lease ran out (or, with `own`, this node's) become in doubt; returns how many."""
+        """Claims whose lease ran out and whose node is gone (or, with `own`, this node's) become
+        in doubt; returns how many.
+
+        An expired lease alone is not enough: a live node whose renewal waited on a row lock
+        (another node stalled mid-transaction holds it) is still submitting, and taking its
+        claims back would send them twice. So the owner must also have missed its heartbeats
+        (`[node] dead_after_seconds`) or said it stopped; this node's own expired claims are
+        taken back when no batch of its still holds them (their commit failed).
+        """
         now = self.now()
         expired = or_(OUTBOX.c.lease_expires_at.is_(None), OUTBOX.c.lease_expires_at < now)
+        if self.dead_after is not None:
+            gone = or_(OUTBOX.c.lease_owner.is_(None),
+                       OUTBOX.c.lease_owner.not_in(live_node_ids(self.engine.dialect.name, self.dead_after)),
+                       and_(OUTBOX.c.lease_owner == self.node, OUTBOX.c.id.not_in(sorted(self._in_flight))))
+            expired = and_(expired, gone)
         if own:
             expired = or_(expired, OUTBOX.c.lease_owner == self.node)
         async with self.sessions() as session, session.begin():
@@ -539,6 +558,7 @@ class OutboxSender:
         """
         limit = asyncio.Semaphore(max(1, self.smpp.window))
         in_flight = {m.id for m in batch}
+        self._in_flight |= in_flight
         renewer = asyncio.create_task(self._renew(in_flight), name="sms-outbox-lease")
         waiting = len(batch)
         all_started = asyncio.Event()
@@ -554,6 +574,7 @@ class OutboxSender:
                 return await self._commit(message)
             finally:
                 in_flight.discard(message.id)
+                self._in_flight.discard(message.id)
 
         async def send_all() -> None:
             try:
