@@ -6,7 +6,8 @@ The dialplan knows the nodes' FastAGI ports (CALLCENTER_AGI_NODES) and starts ea
 the next one in turn (the test sets the turn so it knows where a call starts). Shown here:
 a node that is down is skipped; a node killed (-9) mid-IVR leaves its callers to the staff
 queue with their draft, never doubled; a node killed while a caller speaks into RECORD FILE
-leaves the take to a survivor's `recover`, which files it once; a node asked to stop
+(a report or a voicemail) leaves the take to a survivor's `recover`, which files it once; a
+node asked to stop
 (SIGTERM) closes its FastAGI port, says `draining` on /healthz, finishes the call it has
 and exits.
 """
@@ -328,6 +329,34 @@ async def test_kill_9_while_the_caller_speaks_files_the_take_once_on_a_survivor(
     assert "Playing 'callcenter/zh/service_unavailable" in call_log
     assert "Queue(" in call_log
     assert f"AGENT_ANSWERS case={draft.number}" in asterisk.log_since(0)
+
+
+async def test_kill_9_mid_voicemail_files_the_message_on_a_survivor(start_cluster: ClusterFactory) -> None:
+    cluster = await start_cluster("node-a", "node-b")
+    asterisk, node_a, node_b = cluster.asterisk, cluster.nodes["node-a"], cluster.nodes["node-b"]
+    recordings = asterisk.recording_dir
+    assert recordings is not None
+    await asterisk.set_agi_nodes([node_a.agi_port, node_b.agi_port], first=0)
+    # straight into the voicemail leg (after hours / the queue gave up): a key to the beep, speak
+    script = "|".join(["w1.5", "d*", "w1.5", "p" + cluster.speech.path("report_streetlight"), "w0.5", "d#", "w30"])
+    tag = asterisk.call(script, callerid=B, extension="voicemail")
+    await eventually(lambda: node_a.logged("voice.recording") >= 1, 60, "B's message started on node-a")
+    await eventually(lambda: any(p.stat().st_size > 8_044 for p in recordings.glob("voicemail-*.wav")),
+                     30, "B speaking into RECORD FILE")
+    node_a.process.kill()
+    node_a.process.wait(10)
+    await asterisk.wait_idle(150)
+
+    call_log = asterisk.log_of(tag)
+    (message,) = await cluster.drafts(B)
+    assert len(await cluster.all_drafts()) == 1
+    assert "voicemail" in message.flags and message.recording_ref is not None
+    assert (recordings / message.recording_ref).stat().st_size > 16_044
+    assert "voice.voicemail_created" not in node_a.output()
+    assert node_b.logged("voice.recovered") == 1, node_b.output()[-3000:]
+    assert asterisk.agi_ports_tried(tag, "voicemail") == [node_a.agi_port]
+    assert f"Voicemail recovered on node-b: case {message.number}" in call_log, call_log[-3000:]
+    assert "Playing 'callcenter/zh/system_busy" in call_log  # never silence
 
 
 async def test_sigterm_drains_the_call_in_progress_and_new_calls_go_elsewhere(
