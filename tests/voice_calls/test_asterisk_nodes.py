@@ -7,9 +7,8 @@ the next one in turn (the test sets the turn so it knows where a call starts). S
 a node that is down is skipped; a node killed (-9) mid-IVR leaves its callers to the staff
 queue with their draft, never doubled; a node killed while a caller speaks into RECORD FILE
 (a report or a voicemail) leaves the take to a survivor's `recover`, which files it once; a
-node asked to stop
-(SIGTERM) closes its FastAGI port, says `draining` on /healthz, finishes the call it has
-and exits.
+node asked to stop (SIGTERM) closes its FastAGI port, says `draining` on /healthz, finishes
+the call it has and exits.
 """
 
 from __future__ import annotations
