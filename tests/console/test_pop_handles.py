@@ -11,8 +11,14 @@ import pytest
 from sqlalchemy import func, select
 
 from callcenter.app import Services
-from callcenter.console.pop_handles import (KEY_BYTES, KEY_NAME, PopExpired, PopInvalid, PopSealer,
-                                            new_key)
+from callcenter.console.pop_handles import (
+    KEY_BYTES,
+    KEY_NAME,
+    PopExpired,
+    PopInvalid,
+    PopSealer,
+    new_key,
+)
 from callcenter.db.engine import create_engine
 from callcenter.db.tables import SharedKeyRow
 from callcenter.service.shared_keys import shared_key
