@@ -44,7 +44,7 @@ _AAD = b"callcenter screen-pop handle v1"
 
 
 class PopRefused(Exception):
-    """A handle that gives no number; `code` and `message` are what the console is told."""
+    """A handle that gives no number; `code` is the error the console is told."""
 
     code = "pop_invalid"
 
