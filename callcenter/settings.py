@@ -34,6 +34,10 @@ class DatabaseSettings(_Section):
     url: str = "sqlite:///var/callcenter.db"
     echo: bool = False
     pool_size: int = Field(default=10, ge=1, le=500)
+    # PostgreSQL ends a session of ours left idle inside a transaction this long (0: never).
+    # A node stopped mid-transaction (a stalled VM, SIGSTOP) would otherwise hold its row locks,
+    # and every other node's writes to those rows would wait until it woke.
+    idle_in_transaction_timeout: float = Field(default=30.0, ge=0, le=3600)
 
     @field_validator("url")
     @classmethod

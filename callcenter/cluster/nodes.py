@@ -13,7 +13,7 @@ import os
 from dataclasses import dataclass, field
 
 import structlog
-from sqlalchemy import delete, select, update
+from sqlalchemy import Select, delete, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -28,6 +28,12 @@ NODES = ClusterNodeRow.__table__
 
 #: Rows of nodes not seen for this long are deleted (they are history, not members).
 FORGET_AFTER = dt.timedelta(days=7)
+
+
+def live_node_ids(dialect: str, dead_after_seconds: float) -> Select[tuple[str]]:
+    """Ids of the nodes live now: a heartbeat within `dead_after_seconds` and no clean stop."""
+    return select(NODES.c.node_id).where(
+        NODES.c.stopped_at.is_(None), NODES.c.last_seen_at >= store_now(dialect, -dead_after_seconds))
 
 
 @dataclass(frozen=True)

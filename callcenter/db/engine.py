@@ -89,9 +89,13 @@ def create_engine(settings: DatabaseSettings) -> AsyncEngine:
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         event.listen(engine.sync_engine.pool, "reset", _sqlite_reset)
         return engine
+    connect_args = {}
+    if settings.idle_in_transaction_timeout:
+        timeout_ms = int(settings.idle_in_transaction_timeout * 1000)
+        connect_args["options"] = f"-c idle_in_transaction_session_timeout={timeout_ms}"
     return create_async_engine(
         url, echo=settings.echo, pool_size=settings.pool_size, max_overflow=settings.pool_size,
-        pool_pre_ping=True,
+        pool_pre_ping=True, connect_args=connect_args,
     )
 
 

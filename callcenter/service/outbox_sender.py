@@ -44,10 +44,11 @@ from functools import partial
 from typing import Any
 
 import structlog
-from sqlalchemy import Connection, Table, and_, bindparam, func, or_, select, update
+from sqlalchemy import Connection, Table, and_, bindparam, func, literal, or_, select, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from callcenter.cluster.nodes import live_node_ids
 from callcenter.db.tables import CaseRow, OutboxRow
 from callcenter.db.tables_sms import (
     SmsIdBasesRow,
@@ -129,6 +130,7 @@ _TAKE = (update(OUTBOX)
 # Spelled out: an IN list would be an expanding parameter, which executemany refuses.
 _OPEN = or_(OUTBOX.c.status == "sending", OUTBOX.c.status == "in_doubt", OUTBOX.c.status == "pending")
 _RELEASED = {"lease_owner": None, "lease_expires_at": None}
+TAKEN_BACK = "lease expired, held by "
 _PARTS_OF = (select(*_PART_COLUMNS).where(SUBMITS.c.outbox_id.in_(bindparam("ids", expanding=True)))
              .order_by(SUBMITS.c.outbox_id, SUBMITS.c.seq))
 
@@ -200,6 +202,9 @@ class OutboxSender:
     # True while the in-doubt and sweep passes run as leased jobs, once across the nodes
     # (callcenter/jobs.py); the loop then keeps its claims and what is per node.
     leased_sweeps: bool = False
+    # `[node] dead_after_seconds`: another node's expired claims are taken back only once its
+    # heartbeat is this old. None: by the lease alone (no node registry).
+    dead_after: float | None = None
     _wake: asyncio.Event = field(init=False, default_factory=asyncio.Event)
     # The writer's transaction and the in-doubt/sweep passes must not interleave in one
     # process: two overlapping transactions would each miss the other's row.
@@ -213,6 +218,8 @@ class OutboxSender:
     _queue: list[tuple[_Item, asyncio.Future[Any]]] = field(init=False, default_factory=list)
     _writer: asyncio.Task[None] | None = field(init=False, default=None)
     _lost: set[int] = field(init=False, default_factory=set)
+    # Messages of this node's batches not yet committed (claimed, submitting or answered).
+    _in_flight: set[int] = field(init=False, default_factory=set)
     _statements: dict[str, Any] = field(init=False, default_factory=dict)
     # Batches still being submitted or committed after their pass returned.
     _settling: set[asyncio.Task[None]] = field(init=False, default_factory=set)
@@ -355,16 +362,31 @@ class OutboxSender:
         log.info("sms.outbox.recovered", node=self.node, taken_back=taken, bases=getattr(self.bases, "value", None))
 
     async def take_back_expired(self, *, own: bool = False) -> int:
-        """Claims whose lease ran out (or, with `own`, this node's) become in doubt; returns how many."""
+        """Claims whose lease ran out and whose node is gone (or, with `own`, this node's) become
+        in doubt; returns how many.
+
+        An expired lease alone is not enough: a live node whose renewal waited on a row lock
+        (another node stalled mid-transaction holds it) is still submitting, and taking its
+        claims back would send them twice. So the owner must also have missed its heartbeats
+        (`[node] dead_after_seconds`) or said it stopped; this node's own expired claims are
+        taken back when no batch of its still holds them (their commit failed).
+        """
         now = self.now()
         expired = or_(OUTBOX.c.lease_expires_at.is_(None), OUTBOX.c.lease_expires_at < now)
+        if self.dead_after is not None:
+            gone = or_(OUTBOX.c.lease_owner.is_(None),
+                       OUTBOX.c.lease_owner.not_in(live_node_ids(self.engine.dialect.name, self.dead_after)),
+                       and_(OUTBOX.c.lease_owner == self.node, OUTBOX.c.id.not_in(sorted(self._in_flight))))
+            expired = and_(expired, gone)
         if own:
             expired = or_(expired, OUTBOX.c.lease_owner == self.node)
         async with self.sessions() as session, session.begin():
             rows = (await session.execute(
                 update(OUTBOX).where(OUTBOX.c.status == "sending", expired)
-                .values(status="in_doubt", not_before=now, lease_owner=None, lease_expires_at=None)
-                .returning(OUTBOX.c.id, OUTBOX.c.lease_owner))).all()
+                # SET reads the row as it was: the message keeps whose lease ran out.
+                .values(status="in_doubt", not_before=now, lease_owner=None, lease_expires_at=None,
+                        last_error=literal(TAKEN_BACK).concat(func.coalesce(OUTBOX.c.lease_owner, "?")))
+                .returning(OUTBOX.c.id, OUTBOX.c.last_error))).all()
             if not rows:
                 return 0
             ids = [r.id for r in rows]
@@ -373,7 +395,8 @@ class OutboxSender:
                 .values(status="in_doubt", in_doubt_since=now, last_error="lease expired mid-submit"))
         self._m_taken_back.inc(len(rows))
         log.warning("sms.outbox.leases_taken_back", node=self.node, messages=len(rows),
-                    owners=sorted({r.lease_owner or "?" for r in rows}))
+                    outbox_ids=sorted(ids)[:50],
+                    owners=sorted({(r.last_error or "").removeprefix(TAKEN_BACK) for r in rows}))
         return len(rows)
 
     # ---- claiming ---------------------------------------------------------------------------
@@ -535,6 +558,7 @@ class OutboxSender:
         """
         limit = asyncio.Semaphore(max(1, self.smpp.window))
         in_flight = {m.id for m in batch}
+        self._in_flight |= in_flight
         renewer = asyncio.create_task(self._renew(in_flight), name="sms-outbox-lease")
         waiting = len(batch)
         all_started = asyncio.Event()
@@ -550,6 +574,7 @@ class OutboxSender:
                 return await self._commit(message)
             finally:
                 in_flight.discard(message.id)
+                self._in_flight.discard(message.id)
 
         async def send_all() -> None:
             try:

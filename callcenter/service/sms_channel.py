@@ -59,7 +59,7 @@ def build_sms_services(settings: Settings, *, sessions: async_sessionmaker[Async
         except InvalidPhoneNumber as exc:
             raise RosterError(f"sms.shift_leader_phone: {exc}") from exc
     outbox = OutboxSender(sessions=sessions, smpp=settings.smpp, settings=settings.sms, metrics=metrics,
-                          region=region, node=settings.node_id())
+                          region=region, node=settings.node_id(), dead_after=settings.node.dead_after_seconds)
     cases.on_outbox = outbox.wake
     tasks = TaskService(sessions=sessions, grids=grids, roster=roster,
                         escalation_minutes=settings.sms.task_escalation_minutes, shift_leader_phone=leader,

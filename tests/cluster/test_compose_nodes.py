@@ -4,7 +4,9 @@ Docker images cannot be pulled where the suite runs, so the file is parsed (PyYA
 resolved as Compose resolves them) and what two nodes depend on is checked: distinct node ids
 and host ports, one database and one SMPP account, health checks that gate Asterisk and the
 second node's start, and every node's FastAGI listener reachable through the address the
-dialplan uses. The single-file cross-references (volumes, AMI, prompts) are
+dialplan uses; and that the images build from nothing but their base images (no `# syntax=`
+frontend to fetch). scripts/compose-check runs the file for real (docs/deployment.md). The
+single-file cross-references (volumes, AMI, prompts) are
 tests/voice/test_deployment_files.py's.
 """
 
@@ -142,3 +144,17 @@ def test_stop_grace_period_lets_a_node_drain_its_calls(compose: dict[str, Any]) 
         grace = service(compose, name).get("stop_grace_period", "10s")
         needed = s.voice.drain_seconds + s.voice.drain_handover_seconds
         assert seconds(grace) > needed, f"{name}: stop_grace_period {grace}, the drain takes up to {needed:.0f} s"
+
+
+def test_built_images_need_no_registry_but_their_base_image(compose: dict[str, Any]) -> None:
+    """A `# syntax=` line makes BuildKit fetch that frontend image from a registry before the
+    build starts, so `docker compose up --build` failed on an engine that has the base images
+    but no registry (scripts/compose-check with scripts/compose-standins). The built-in
+    frontend has every instruction these Dockerfiles use."""
+    built = [svc["build"] for svc in compose["services"].values() if isinstance(svc.get("build"), dict)]
+    assert built
+    for build in built:
+        dockerfile = (ROOT / build.get("context", ".") / build.get("dockerfile", "Dockerfile")).resolve()
+        lines = dockerfile.read_text(encoding="utf-8").splitlines()
+        directives = [line for line in lines if re.match(r"#\s*syntax\s*=", line, re.IGNORECASE)]
+        assert not directives, f"{dockerfile.relative_to(ROOT)}: {directives}"

@@ -533,10 +533,16 @@ async def test_three_nodes_one_killed_mid_burst_and_mid_call_lose_nothing_and_do
                 resp = resps.get((submit["session"], submit["sequence"]), {})
                 print(f"{dest}: session {submit['session']} seq {submit['sequence']} t {submit['t']} ms -> "
                       f"status {resp.get('status')} id {resp.get('message_id')} t {resp.get('t')}")
-            print(query(url, "SELECT s.outbox_id, s.seq, s.status, s.attempts, s.smsc_message_id, s.smsc_link, "
-                             "s.submitted_at, s.accepted_at, s.in_doubt_since, s.receipt_state, o.status, o.attempts "
-                             "FROM sms_submits s JOIN outbox o ON o.id = s.outbox_id WHERE s.recipient = :r",
-                        r="+" + dest))
+            rows = query(url, "SELECT s.outbox_id, s.seq, s.status, s.attempts, s.smsc_message_id, s.smsc_link, "
+                              "s.submitted_at, s.accepted_at, s.in_doubt_since, s.receipt_state, o.status, o.attempts, "
+                              "o.last_error FROM sms_submits s JOIN outbox o ON o.id = s.outbox_id WHERE s.recipient = :r",
+                         r="+" + dest)
+            print(rows)
+            print(query(url, "SELECT * FROM sms_receipts_unmatched WHERE recipient = :r", r="+" + dest))
+            for node in nodes:  # what each node logged about those messages
+                marks = {f"outbox_id={row[0]} " for row in rows} | {f"+{dest[:5]}****{dest[-4:]}"}
+                print(f"--- {node.name}", *(line for line in node.log_text().splitlines()
+                                            if any(mark in line for mark in marks) or "taken_back" in line), sep="\n")
         print(f"victim session {sessions[v]}, killed at simulator t ~ {point.killed_t} ms")
     assert not twice, f"{len(twice)} texts submitted more than once"
     per_destination = collections.Counter(dest for dest, _ in accepted)

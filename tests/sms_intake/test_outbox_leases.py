@@ -12,9 +12,10 @@ import itertools
 from pathlib import Path
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from callcenter.app import Services
+from callcenter.cluster.nodes import NodeRegistry
 from callcenter.cases.model import Channel
 from callcenter.db.tables import OutboxRow
 from callcenter.db.tables_sms import SmsSubmitRow
@@ -68,7 +69,7 @@ def second_node(services: Services, clock: Clock) -> OutboxSender:
     """Another node's sender on the same store."""
     first = services.sms.outbox  # type: ignore[union-attr]
     return OutboxSender(sessions=services.sessions, smpp=first.smpp, settings=first.settings,
-                        metrics=services.metrics, node="node-b", now=clock)
+                        metrics=services.metrics, node="node-b", now=clock, dead_after=first.dead_after)
 
 
 async def enqueue(services: Services, clock: Clock, bodies: list[str]) -> list[int]:
@@ -132,7 +133,7 @@ async def test_a_live_lease_is_never_taken_back_and_an_expired_one_is(services: 
     clock.advance(seconds=LEASE + 1)
     assert await node_b.take_back_expired() == 1
     dead = (await rows(services))[-1]
-    assert (dead.status, dead.lease_owner) == ("in_doubt", None)
+    assert (dead.status, dead.lease_owner, dead.last_error) == ("in_doubt", None, "lease expired, held by node-a")
     assert [p.status for p in await parts(services) if p.outbox_id == dead.id] == ["in_doubt"]
     assert gateway_b.submitted == []
     stuck.cancel()
@@ -220,3 +221,36 @@ async def test_a_receipt_queued_by_the_case_service_wakes_the_sender(services: S
     finally:
         stop.set()
         await running
+
+
+async def test_an_expired_lease_stays_with_a_node_that_still_beats(
+        services: Services, clock: Clock, settings: Settings) -> None:
+    """A lease can run out while its node lives: its renewal waited on a row lock held by a
+    node stalled mid-transaction. Taking such claims back sent them twice (the stalled node's
+    locks made every node's renewals wait, then it took all their claims on waking)."""
+    use_clock(services, clock)
+    node_a = services.sms.outbox  # type: ignore[union-attr]
+    node_a.node = "node-a"
+    node_b = second_node(services, clock)
+    assert node_b.dead_after == settings.node.dead_after_seconds
+    a_beats = NodeRegistry("node-a", services.engine, settings.node)
+    await a_beats.join()
+    ids = await enqueue(services, clock, ["受理编号261203000045：已受理。", "受理编号261203000053：已受理。"])
+    async with services.sessions() as session, session.begin():
+        await session.execute(update(OutboxRow).where(OutboxRow.id.in_(ids)).values(
+            status="sending", lease_owner="node-a", lease_expires_at=clock()))
+    clock.advance(seconds=LEASE + 1)
+    # Node A beats: another node leaves its expired claims alone.
+    assert await node_b.take_back_expired() == 0
+    assert {(r.status, r.lease_owner) for r in await rows(services)} == {("sending", "node-a")}
+    # Node A itself takes back what no batch of its holds any more (a commit that failed),
+    # but not a message one of its batches is still sending.
+    node_a._in_flight.add(ids[1])
+    assert await node_a.take_back_expired() == 1
+    assert [(r.status, r.last_error) for r in await rows(services)] == [
+        ("in_doubt", "lease expired, held by node-a"), ("sending", None)]
+    # Once node A stops (or misses its heartbeats), the rest is taken back by another node.
+    node_a._in_flight.clear()
+    await a_beats.leave()
+    assert await node_b.take_back_expired() == 1
+    assert [r.status for r in await rows(services)] == ["in_doubt", "in_doubt"]
