@@ -107,7 +107,8 @@ class StaffDialer:
         self.window = dt.timedelta(seconds=settings.staff_dial_ring_seconds + settings.callback_ring_seconds
                                    + MARGIN_SECONDS)
         self._starting: set[str] = set()  # case numbers between the check and the log entry
-        self._calls: dict[str, tuple[int, str]] = {}  # ActionID -> (case id, case number)
+        # ActionID -> (case id, case number, when placed) until the call's outcome is heard
+        self._calls: dict[str, tuple[int, str, dt.datetime]] = {}
         self._pending: set[asyncio.Task[None]] = set()
 
     @property
@@ -159,7 +160,8 @@ class StaffDialer:
                     raise StaffCallRefused(409, "busy", "正在呼叫中，请勿重复点击")
                 session.add(CaseLogRow(case_id=case.id, at=now, actor=actor[:128], action=ACTION, changes={
                     "outcome": CALLING, "interface": interface, "phone": mask_number(case.reporter_phone)}))
-            self._calls[action_id] = (case.id, number)
+            self._forget_old(now)
+            self._calls[action_id] = (case.id, number, now)
             try:
                 await self.ami.originate_staff_dial(interface, case.reporter_phone, number, action_id=action_id)
             except (AmiError, ValueError) as exc:
@@ -171,7 +173,7 @@ class StaffDialer:
             self._starting.discard(number)
         log.info("voice.staff_call_placed", case_number=number, actor=actor, interface=interface,
                  phone=mask_number(case.reporter_phone), action_id=action_id)
-        self._changed(number)
+        self._changed(number, case.status)
         return StaffCall(case_number=number, action_id=action_id, interface=interface)
 
     # ---- outcomes from AMI
@@ -182,12 +184,12 @@ class StaffDialer:
             found = self._calls.get(event.get("ActionID") or "")
             if found is not None and (event.get("Response") or "").casefold() != "success":
                 del self._calls[event.get("ActionID") or ""]
-                self._spawn(self._log(*found, STAFF_REASONS.get(event.get("Reason") or "", "staff_failed")))
+                self._spawn(self._log(found[0], found[1], STAFF_REASONS.get(event.get("Reason") or "", "staff_failed")))
         elif event.name == "UserEvent" and event.get("UserEvent") == USER_EVENT:
             found = self._calls.pop(event.get("Ref") or "", None)
             if found is not None:
                 status = (event.get("DialStatus") or "").strip().upper()
-                self._spawn(self._log(*found, REPORTER_STATUSES.get(status, "reporter_failed")))
+                self._spawn(self._log(found[0], found[1], REPORTER_STATUSES.get(status, "reporter_failed")))
 
     def _spawn(self, coro: object) -> None:
         task = asyncio.get_running_loop().create_task(coro)  # type: ignore[arg-type]
@@ -198,12 +200,19 @@ class StaffDialer:
         async with self.sessions() as session, session.begin():
             session.add(CaseLogRow(case_id=case_id, at=self.now(), actor="voice", action=ACTION,
                                    changes={"outcome": outcome}))
+            status = await session.scalar(select(CaseRow.status).where(CaseRow.id == case_id))
         log.info("voice.staff_call_outcome", case_number=number, outcome=outcome)
-        self._changed(number)
+        self._changed(number, status)
 
-    def _changed(self, number: str) -> None:
+    def _changed(self, number: str, status: str | None) -> None:
+        """The open case pages reload it and show the new log entry."""
         if self.events is not None:
-            self.events.publish("case_updated", {"number": number, "status": "staff_call"})
+            self.events.publish("case_updated", {"number": number, "status": status})
+
+    def _forget_old(self, now: dt.datetime) -> None:
+        """Calls whose outcome never came (Asterisk restarted mid-call) are not waited for forever."""
+        for action_id in [a for a, (_, _, at) in self._calls.items() if at < now - 4 * self.window]:
+            del self._calls[action_id]
 
     async def drain(self) -> None:
         while self._pending:
