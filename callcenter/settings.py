@@ -254,6 +254,10 @@ class SmsSettings(_Section):
     shift_leader_phone: str = ""
     outbox_poll_interval: float = Field(default=1.0, gt=0)
     outbox_batch: int = Field(default=50, ge=1, le=10_000)
+    # A claim takes at most what this node may submit in this many seconds at its share of
+    # the account's rate (when the gateway paces), so a node that dies leaves little claimed
+    # and not yet sent: such messages wait for `in_doubt_wait` before another node sends them.
+    outbox_claim_seconds: float = Field(default=2.0, gt=0, le=3600)
     # The sender's group writer (submit_sm_resps and receipts): after the first item of a group it
     # waits this long for more, unless `outbox_group_max` are already queued.
     outbox_group_linger: float = Field(default=0.002, ge=0, le=0.1)

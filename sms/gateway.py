@@ -254,6 +254,11 @@ class SmppGateway:
     def ready(self) -> bool:
         return self.client.is_bound
 
+    @property
+    def parts_per_second(self) -> float:
+        """The rate submits are paced at (this node's share of the account's cap)."""
+        return self.client.rate
+
     def bind_states(self) -> dict[str, int]:
         return {role: int(state) for role, state in self.client.bind_states.items()}
 

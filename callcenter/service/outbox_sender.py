@@ -37,6 +37,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import math
 import zlib
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -466,13 +467,20 @@ class OutboxSender:
                         lease_expires_at=None), failed)
         return messages
 
+    def batch_size(self) -> int:
+        """`outbox_batch`, or less: what the gateway's pace sends in `outbox_claim_seconds`."""
+        pace = getattr(self.gateway, "parts_per_second", None)
+        if not pace or pace <= 0:
+            return self.settings.outbox_batch
+        return max(1, min(self.settings.outbox_batch, math.ceil(pace * self.settings.outbox_claim_seconds)))
+
     def _choose(self, conn: Connection, now: dt.datetime) -> list[int]:
         """Due messages with no earlier open message in their thread (case, or recipient without one).
 
         Two index reads and a check here, rather than one correlated NOT EXISTS: PostgreSQL
         planned that as a quadratic scan whenever a burst had outrun the table statistics.
         """
-        batch = self.settings.outbox_batch
+        batch = self.batch_size()
         candidates = conn.execute(_DUE, {"now": now, "limit": batch * 4}).all()
         if not candidates:
             return []

@@ -254,3 +254,33 @@ async def test_an_expired_lease_stays_with_a_node_that_still_beats(
     await a_beats.leave()
     assert await node_b.take_back_expired() == 1
     assert [r.status for r in await rows(services)] == ["in_doubt", "in_doubt"]
+
+
+class PacedGateway(HoldingGateway):
+    """A gateway that says at what rate it submits, as the SMPP gateway does (its share of the
+    account's rate)."""
+
+    def __init__(self, parts_per_second: float) -> None:
+        super().__init__()
+        self.parts_per_second = parts_per_second
+
+
+async def test_a_claim_holds_no_more_than_the_gateway_sends_in_a_few_seconds(
+        services: Services, clock: Clock, settings: Settings) -> None:
+    """What a node has claimed but not yet sent when it dies waits `in_doubt_wait` before
+    another node sends it: at 5 parts/s a claim takes 2 s of it (10 messages), not 50."""
+    use_clock(services, clock)
+    node = services.sms.outbox  # type: ignore[union-attr]
+    assert (settings.sms.outbox_batch, settings.sms.outbox_claim_seconds) == (50, 2.0)
+    await enqueue(services, clock, [f"受理编号26120300{i:04d}：已受理。" for i in range(30)])
+    node.gateway = PacedGateway(parts_per_second=5.0)
+    assert node.batch_size() == 10
+    claimed = await node._claim(clock())
+    assert len(claimed) == 10
+    assert sum(r.status == "sending" for r in await rows(services)) == 10
+    # A gateway that does not pace (or paces fast) leaves the batch at outbox_batch.
+    node.gateway = PacedGateway(parts_per_second=500.0)
+    assert node.batch_size() == 50
+    node.gateway = HoldingGateway()
+    assert node.batch_size() == 50
+    assert len(await node._claim(clock())) == 20
