@@ -4,6 +4,7 @@ and hidden or disabled when the call cannot be made. AMI is the scripted peer on
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from callcenter.cases.model import Channel
@@ -20,6 +21,8 @@ from tests.console.test_console_browser import (  # noqa: F401 - fixtures
     chord,
     keys,
     live,
+    screenshot,
+    shots,
     sign_in,
     wait,
 )
@@ -50,7 +53,8 @@ def connect_ami(live: LiveConsole) -> tuple[ScriptedAmi, AmiClient]:
     return live.run(start())
 
 
-def test_the_button_calls_by_keyboard_and_says_what_happens(live: LiveConsole, browser: Any) -> None:  # noqa: F811
+def test_the_button_calls_by_keyboard_and_says_what_happens(live: LiveConsole, browser: Any,  # noqa: F811
+                                                            shots: Path) -> None:  # noqa: F811
     from selenium.webdriver.common.keys import Keys
 
     peer, client = connect_ami(live)
@@ -71,6 +75,7 @@ def test_the_button_calls_by_keyboard_and_says_what_happens(live: LiveConsole, b
         wait(browser, lambda d: "回拨市民" in by_id(d, "d-log").text)
         assert "正在呼叫坐席话机" in by_id(browser, "d-log").text
         assert PHONE not in browser.page_source
+        screenshot(browser, shots / "call-reporter.png")
 
         # Asterisk goes away while the page still offers the button: the refusal is shown.
         later = live.draft(reporter_phone="13912345678")
