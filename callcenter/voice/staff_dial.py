@@ -78,7 +78,7 @@ def utcnow() -> dt.datetime:
 
 
 def refusal_for(*, has_phone: bool, private: bool, role_sees_numbers: bool, interface: str | None,
-                dialer_up: bool) -> StaffCallRefused | None:
+                dialer_up: bool, under_way: bool = False) -> StaffCallRefused | None:
     """The first reason a call cannot be placed (None: it can); shared by the button's state
     and the click, so the two never disagree."""
     if not has_phone:
@@ -89,6 +89,8 @@ def refusal_for(*, has_phone: bool, private: bool, role_sees_numbers: bool, inte
         return StaffCallRefused(409, "no_interface", "您的账号未绑定话机，请联系管理员设置坐席分机")
     if not dialer_up:
         return StaffCallRefused(503, "ami_down", "呼叫系统暂不可用，请稍后再试")
+    if under_way:
+        return StaffCallRefused(409, "busy", "正在呼叫中，请勿重复点击")
     return None
 
 
@@ -110,6 +112,10 @@ class StaffDialer:
         # ActionID -> (case id, case number, when placed) until the call's outcome is heard
         self._calls: dict[str, tuple[int, str, dt.datetime]] = {}
         self._pending: set[asyncio.Task[None]] = set()
+
+    def under_way(self, last_outcome: str | None, last_at: dt.datetime | None) -> bool:
+        """Whether the case's last staff_call entry is a call still in progress."""
+        return last_outcome == CALLING and last_at is not None and _aware(last_at) > self.now() - self.window
 
     @property
     def available(self) -> bool:
@@ -155,8 +161,7 @@ class StaffDialer:
                     select(CaseLogRow.at, CaseLogRow.changes)
                     .where(CaseLogRow.case_id == case.id, CaseLogRow.action == ACTION)
                     .order_by(CaseLogRow.id.desc()).limit(1))).first()
-                if last is not None and (last.changes or {}).get("outcome") == CALLING \
-                        and _aware(last.at) > now - self.window:
+                if last is not None and self.under_way((last.changes or {}).get("outcome"), last.at):
                     raise StaffCallRefused(409, "busy", "正在呼叫中，请勿重复点击")
                 session.add(CaseLogRow(case_id=case.id, at=now, actor=actor[:128], action=ACTION, changes={
                     "outcome": CALLING, "interface": interface, "phone": mask_number(case.reporter_phone)}))

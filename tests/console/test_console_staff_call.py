@@ -115,7 +115,8 @@ async def test_rings_the_staff_phone_then_the_reporter_and_logs_it(
         "staff:王芳", "calling", "PJSIP/1001")
     assert entry.changes["phone"] == "+86138****5678"
 
-    # A second click while that call is under way places nothing.
+    # While that call is under way the case says so, and a second click places nothing.
+    assert (await console.get_json(f"/console/api/cases/{number}"))["call_reporter"]["reason"] == "busy"
     again, _ = await click(console, number, 409)
     assert (again["error"], again["message"]) == ("busy", "正在呼叫中，请勿重复点击")
     assert len(peer.named("Originate")) == 1

@@ -74,6 +74,9 @@ def test_the_button_calls_by_keyboard_and_says_what_happens(live: LiveConsole, b
         # The log shows the call (live update); the page never held the number.
         wait(browser, lambda d: "回拨市民" in by_id(d, "d-log").text)
         assert "正在呼叫坐席话机" in by_id(browser, "d-log").text
+        # while the call is under way the button stays off, the status still says what happens
+        wait(browser, lambda d: not by_id(d, "btn-call-reporter").is_enabled())
+        assert "正在呼叫您的话机" in by_id(browser, "call-reporter-status").text
         assert PHONE not in browser.page_source
         screenshot(browser, shots / "call-reporter.png")
 
