@@ -77,6 +77,13 @@ def test_the_button_calls_by_keyboard_and_says_what_happens(live: LiveConsole, b
         # while the call is under way the button stays off, the status still says what happens
         wait(browser, lambda d: not by_id(d, "btn-call-reporter").is_enabled())
         assert "正在呼叫您的话机" in by_id(browser, "call-reporter-status").text
+        # Asterisk says the call ended (the dialplan's UserEvent): the page shows it, the button is back.
+        action_id = peer.named("Originate")[0]["ActionID"][0]
+        live.loop.call_soon_threadsafe(peer.emit, [
+            "Event: UserEvent", "Privilege: user,all", "UserEvent: CallcenterStaffDial", f"Ref: {action_id}",
+            f"Case: {number}", "DialStatus: NOANSWER"])
+        wait(browser, lambda d: "市民未接听" in by_id(d, "d-log").text)
+        wait(browser, lambda d: by_id(d, "btn-call-reporter").is_enabled())
         assert PHONE not in browser.page_source
         screenshot(browser, shots / "call-reporter.png")
 

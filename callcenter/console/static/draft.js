@@ -271,12 +271,11 @@ async function callReporter() {
   try {
     const data = await post(`/console/api/cases/${encodeURIComponent(number)}/call-reporter`);
     status.textContent = data.message;
+    // stays off: the case's live update says when the call is over (call_reporter.possible)
   } catch (error) {
     status.classList.add("error");
     status.textContent = error.message;
-  } finally {
-    // another click is for after this call: the server refuses one while it rings anyway
-    setTimeout(() => { if (baseline && baseline.number === number) button.disabled = !(baseline.call_reporter || {}).possible; }, 5000);
+    if (baseline && baseline.number === number) button.disabled = !(baseline.call_reporter || {}).possible;
   }
 }
 
