@@ -13,8 +13,8 @@ from callcenter.cases.catalogue import Catalogue
 from callcenter.cases.grids import GridIndex
 from callcenter.cases.messages import MessageTemplates
 from callcenter.cluster import Cluster
-from callcenter.events import EventHub
 from callcenter.db.engine import create_engine, make_sessionmaker
+from callcenter.events import EventHub
 from callcenter.metrics import MetricsRegistry
 from callcenter.service.cases import CaseService
 from callcenter.service.sms_channel import SmsServices, build_sms_services

@@ -36,10 +36,10 @@ from callcenter.console.serialise import (
     log_json,
     may_see_phone,
     phone_out,
-    sees_numbers,
-    text_out,
     recordings_root,
     resolve_recording,
+    sees_numbers,
+    text_out,
     visible_flags,
 )
 from callcenter.console.signin import api

@@ -31,7 +31,7 @@ from tests.voice_calls.ami_peer import ScriptedAmi
 PHONE = "13812345678"
 
 
-def connect_ami(live: LiveConsole) -> tuple[ScriptedAmi, AmiClient]:
+def connect_ami(live: LiveConsole) -> tuple[ScriptedAmi, AmiClient]:  # noqa: F811
     """The scripted AMI peer and a dialer on the live console's own loop."""
     services = live.services
     assert services is not None

@@ -99,7 +99,7 @@ async def _ended(voice: RealVoice, number: str) -> list[tuple[str, str]] | None:
 async def test_the_dialplan_dials_nothing_but_digits(ami_voice: RealVoice) -> None:  # noqa: F811
     """The context checks the number itself: an Originate with anything else in it (here a
     second channel smuggled in with `&`) rings the staff phone and dials nobody."""
-    voice, asterisk = ami_voice, ami_voice.asterisk
+    voice = ami_voice
     ami = voice.channel.ami
     assert ami is not None
     seen: list[Event] = []
