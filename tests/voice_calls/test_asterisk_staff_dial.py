@@ -117,3 +117,27 @@ async def test_the_dialplan_dials_nothing_but_digits(ami_voice: RealVoice) -> No
     # The Originate's own DialBegin (the staff phone) is the only one: no trunk was dialled.
     assert [e.get("DialString") for e in seen if e.name == "DialBegin"] == ["agent@test-agent/n"]
     await voice.settle(60)
+
+
+async def test_a_busy_staff_phone_is_logged_and_nobody_is_dialled(ami_voice: RealVoice) -> None:  # noqa: F811
+    """The staff member's phone is busy: Asterisk's OriginateResponse (Reason 5) is logged as
+    坐席话机忙, the reporter is never dialled, and the case may be called again."""
+    voice = ami_voice
+    dialer = voice.services.staff_dialer
+    assert dialer is not None and voice.channel.ami is not None
+    seen: list[Event] = []
+    voice.channel.ami.on_event(seen.append)
+    from callcenter.console.auth import StaffStore
+
+    await StaffStore(voice.services.sessions, voice.services.settings.console).create_account(
+        "sunli", "孙丽", "staff", PASSWORD)
+    # test-citizen: a number ending in 2 is busy; here it stands for the staff phone
+    await set_queue_interface(voice.services.sessions, "sunli", "Local/13800000002@test-citizen/n")
+    account = await StaffStore(voice.services.sessions, voice.services.settings.console).authenticate(
+        "sunli", PASSWORD)
+    case = await voice.case(REPORTER)
+    await dialer.call_reporter(case.number, account_id=account.id, actor=account.actor, role_sees_numbers=False)
+    logged = await until(lambda: _ended(voice, case.number), "the busy staff phone is logged", limit=60)
+    assert logged == [("staff:孙丽", "calling"), ("voice", "staff_busy")]
+    assert not [e for e in seen if e.name == "DialBegin" and REPORTER in (e.get("DialString") or "")]
+    await voice.settle(60)
