@@ -338,9 +338,9 @@ class AmiSettings(_Section):
     def _has_number(cls, value: str) -> str:
         if "{number}" not in value:
             raise ValueError("must contain {number}, e.g. PJSIP/{number}@carrier")
-        if re.search(r"[,|\s${}]", value.replace("{number}", "")):
-            # Dial() takes it apart at commas; ${...} would be evaluated by the dialplan.
-            raise ValueError("only a channel such as PJSIP/{number}@carrier (no commas, spaces or $)")
+        if re.search(r"[,|&\s${}]", value.replace("{number}", "")):
+            # Dial() takes it apart at commas and &; ${...} would be evaluated by the dialplan.
+            raise ValueError("one channel such as PJSIP/{number}@carrier (no commas, &, |, spaces or $)")
         return value
 
 

@@ -219,3 +219,15 @@ async def test_asterisk_refusing_the_originate_is_a_503_and_logged(
     assert [e.changes["outcome"] for e in await staff_calls(services, number)] == ["calling", "refused"]
     peer.refuse_originate = False
     await click(console, number, 202)  # the refused attempt does not hold the case
+
+
+@pytest.mark.parametrize("channel", ["PJSIP/{number}@carrier,30,D(1)", "PJSIP/{number}@${EVIL}",
+                                     "PJSIP/{number} @carrier", "PJSIP/{number}@carrier&Local/1@x", "PJSIP/{number}|x"])
+def test_a_trunk_the_dialplan_would_take_apart_is_refused_at_start_up(channel: str) -> None:
+    """The staff-dial context splices callback_channel into Dial(): options or variables in it
+    would reach Dial, so settings refuse them."""
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="no commas, &"):
+        AmiSettings(callback_channel=channel)
+    assert AmiSettings(callback_channel="Local/{number}@test-citizen/n").callback_channel.endswith("/n")
