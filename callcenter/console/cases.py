@@ -91,14 +91,14 @@ async def _call_reporter_state(state: ConsoleState, view: CaseView, session: Con
     from callcenter.voice.staff_dial import refusal_for
 
     dialer = state.services.staff_dialer
-    interface = await dialer.interface_of(session.account.id) if dialer is not None else None
+    if dialer is None:  # no AMI on this node: the button is not shown at all
+        return {"possible": False, "reason": "ami_off", "message": "未接入呼叫系统"}
+    interface = await dialer.interface_of(session.account.id)
     last = next((e for e in reversed(view.log) if e.action == "staff_call"), None)
     refused = refusal_for(has_phone=bool(view.reporter_phone), private=view.anonymous or view.confidential,
                           role_sees_numbers=may_see_phone(session, state),
-                          interface=interface if dialer is not None else "-",
-                          dialer_up=dialer is not None and dialer.available,
-                          under_way=dialer is not None and last is not None
-                          and dialer.under_way(last.changes.get("outcome"), last.at))
+                          interface=interface, dialer_up=dialer.available,
+                          under_way=last is not None and dialer.under_way(last.changes.get("outcome"), last.at))
     return {"possible": refused is None, "reason": refused.code if refused else None,
             "message": refused.message if refused else None}
 

@@ -197,12 +197,12 @@ async def test_every_refusal_is_a_clear_4xx_in_chinese(
     assert await staff_calls(services, public) == []  # nothing was placed, nothing logged
 
 
-async def test_without_ami_the_button_says_the_call_system_is_unavailable(
+async def test_without_ami_there_is_no_button_and_a_click_says_the_call_system_is_unavailable(
         console_factory: Any, services: Services) -> None:
     await set_queue_interface(services.sessions, "wangfang", "PJSIP/1001")
     console = await (await console_factory()).signed_in("wangfang")
     number = await draft(services, PHONE)
-    assert (await console.get_json(f"/console/api/cases/{number}"))["call_reporter"]["reason"] == "ami_down"
+    assert (await console.get_json(f"/console/api/cases/{number}"))["call_reporter"]["reason"] == "ami_off"
     refused, _ = await click(console, number, 503)
     assert refused["message"] == "呼叫系统暂不可用，请稍后再试"
 

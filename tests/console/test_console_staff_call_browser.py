@@ -102,11 +102,18 @@ def test_the_button_calls_by_keyboard_and_says_what_happens(live: LiveConsole, b
 
 
 def test_hidden_without_a_number_disabled_with_the_reason_otherwise(live: LiveConsole, browser: Any) -> None:  # noqa: F811
+    # Without AMI on the node: no button at all.
+    public = live.draft(reporter_phone=PHONE)
+    sign_in(browser, live, view=f"#/case/{public}")
+    wait(browser, lambda d: by_id(d, "d-number").text == public)
+    assert not by_id(browser, "btn-call-reporter").is_displayed()
+    assert by_id(browser, "call-reporter-status").text == ""
+
     peer, client = connect_ami(live)
     try:
         without = live.draft(channel=Channel.STAFF, reporter_phone=None)
         confidential = live.draft(reporter_phone=PHONE, confidential=True)
-        sign_in(browser, live, view=f"#/case/{without}")
+        browser.execute_script("location.hash = arguments[0]", f"#/case/{without}")
         wait(browser, lambda d: by_id(d, "d-number").text == without)
         assert not by_id(browser, "btn-call-reporter").is_displayed()
 

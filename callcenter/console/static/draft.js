@@ -248,15 +248,16 @@ function show(data, { keepForm }) {
 
 let callStatusFor = null; // the case whose 回拨市民 status line is showing
 
-/** 回拨市民: hidden without a number; disabled, saying why, when it cannot work for this reader. */
+/** 回拨市民: hidden without a number or without AMI; disabled, saying why, when it cannot work for this reader. */
 function showCallReporter(data) {
-  const state = data.call_reporter || { possible: false, reason: "no_phone" };
+  const state = data.call_reporter || { possible: false, reason: "ami_off" };
   const button = $("btn-call-reporter");
-  button.hidden = state.reason === "no_phone";
+  const hidden = state.reason === "no_phone" || state.reason === "ami_off";
+  button.hidden = hidden;
   button.disabled = !state.possible;
   if (callStatusFor !== data.number) {
     callStatusFor = null;
-    setText("call-reporter-status", state.possible || state.reason === "no_phone" ? "" : state.message);
+    setText("call-reporter-status", state.possible || hidden ? "" : state.message);
     $("call-reporter-status").classList.remove("error");
   }
 }
