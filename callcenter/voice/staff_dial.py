@@ -26,6 +26,7 @@ import datetime as dt
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import phonenumbers
 import structlog
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -147,7 +148,7 @@ class StaffDialer:
         assert self.ami is not None and interface is not None and case.reporter_phone is not None
         try:
             national_number(case.reporter_phone, self.region)
-        except (InvalidPhoneNumber, ValueError) as exc:
+        except (InvalidPhoneNumber, ValueError, phonenumbers.NumberParseException) as exc:
             log.warning("voice.staff_call_bad_number", case_number=number, phone=mask_number(case.reporter_phone))
             raise StaffCallRefused(422, "no_phone", "该案件的电话号码无法拨打") from exc
         if number in self._starting:
