@@ -231,3 +231,19 @@ def test_a_trunk_the_dialplan_would_take_apart_is_refused_at_start_up(channel: s
     with pytest.raises(ValidationError, match="no commas, &"):
         AmiSettings(callback_channel=channel)
     assert AmiSettings(callback_channel="Local/{number}@test-citizen/n").callback_channel.endswith("/n")
+
+
+async def test_a_stored_number_no_carrier_can_dial_is_refused_not_a_crash(
+        console_factory: Any, services: Services, ami: tuple[ScriptedAmi, AmiClient]) -> None:
+    """A number written before today's checks (an old import): a 422, and nothing sent to Asterisk."""
+    from sqlalchemy import update
+
+    peer, _ = ami
+    await set_queue_interface(services.sessions, "wangfang", "PJSIP/1001")
+    console = await (await console_factory()).signed_in("wangfang")
+    number = await draft(services, PHONE)
+    async with services.sessions() as session, session.begin():
+        await session.execute(update(CaseRow).where(CaseRow.number == number).values(reporter_phone="+86 12"))
+    refused, _ = await click(console, number, 422)
+    assert (refused["error"], refused["message"]) == ("no_phone", "该案件的电话号码无法拨打")
+    assert peer.named("Originate") == []
