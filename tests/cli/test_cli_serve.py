@@ -173,7 +173,7 @@ def test_the_readme_commands_exist_as_written() -> None:
 
     texts = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
     lines = [(path.name, line) for path in texts for line in path.read_text(encoding="utf-8").splitlines()]
-    scripts = {m.group(1) for _, line in lines for m in re.finditer(r"(?<![\w/.])(scripts/[a-z_]+)\b", line)}
+    scripts = {m.group(1) for _, line in lines for m in re.finditer(r"(?<![\w/.])(scripts/[a-z_]+(?:-[a-z_]+)*)\b", line)}
     assert {"scripts/serve", "scripts/test", "scripts/callcenter"} <= scripts
     for script in scripts:
         assert os.access(ROOT / script, os.X_OK), script
