@@ -158,6 +158,9 @@ class ConsoleSettings(_Section):
     phone_visible_roles: list[Literal["staff", "shift_leader"]] = ["shift_leader"]
     # How often the console looks for drafts created by other processes (SMS, AGI, API).
     poll_seconds: float = Field(default=2.0, gt=0, le=60)
+    # Lifetime of a screen-pop handle (来电句柄, the caller's number sealed for roles that may
+    # not see it); each screen-pop answer gives a fresh one.
+    pop_ttl_minutes: int = Field(default=60, ge=1, le=24 * 60)
 
 
 # Retry rules for submit_sm_resp errors: retries allowed and the delay between them.

@@ -25,6 +25,7 @@ from callcenter.console.inputs import (
     read_input,
 )
 from callcenter.console.queries import CaseBrief
+from callcenter.console.screen_pop import open_pop
 from callcenter.console.serialise import (
     AUDIO_TYPES,
     brief_json,
@@ -216,9 +217,7 @@ async def create_draft(request: web.Request, session: ConsoleSession) -> web.Str
     phone = body.reporter_phone or None
     channel = Channel.STAFF
     if body.pop:
-        phone = state.pop_phone(body.pop)
-        if phone is None:
-            raise fail(404, "pop_expired", "来电信息已过期，请手工填写电话号码", "pop")
+        phone = await open_pop(state, session, body.pop, "，请手工填写电话号码")
         channel = Channel.PHONE
     if not body.description.strip():
         raise fail(422, "invalid", "请填写问题描述", "description")

@@ -12,6 +12,7 @@ from aiohttp import web
 from callcenter.cases.phones import InvalidPhoneNumber, normalise_phone
 from callcenter.console.auth import ConsoleSession
 from callcenter.console.inputs import fail
+from callcenter.console.pop_handles import PopSealer
 from callcenter.console.screen_pop import pop_case_number
 from callcenter.console.serialise import may_see_phone, sees_numbers
 from callcenter.console.signin import SESSION_COOKIE
@@ -31,7 +32,8 @@ def _sse(event: str, data: dict[str, Any], event_id: int | None = None) -> bytes
     return ("\n".join(lines) + "\n\n").encode("utf-8")
 
 
-def _for_subscriber(state: ConsoleState, event: HubEvent, session: ConsoleSession) -> dict[str, Any] | None:
+def _for_subscriber(state: ConsoleState, pops: PopSealer, event: HubEvent,
+                    session: ConsoleSession) -> dict[str, Any] | None:
     """What this console may see of an event; None when it is someone else's."""
     data = dict(event.data)
     if event.type == "screen_pop":
@@ -51,7 +53,7 @@ def _for_subscriber(state: ConsoleState, event: HubEvent, session: ConsoleSessio
             return {"pop": None, "phone": None, "phone_display": None, "call_id": data.get("call_id"),
                     "case_number": case_number}
         visible = may_see_phone(session, state)
-        return {"pop": state.remember_pop(phone), "phone": phone if visible else None,
+        return {"pop": pops.seal(phone), "phone": phone if visible else None,
                 "phone_display": phone if visible else mask_number(phone), "call_id": data.get("call_id"),
                 "case_number": case_number}
     # Phone fields and numbers in any text, as this role may see them (docs/privacy.md).
@@ -69,6 +71,7 @@ async def events(request: web.Request) -> web.StreamResponse:
     session = await state.staff.resolve(token, touch=False)
     if session is None:
         raise fail(401, "session_expired" if token else "unauthorized", "登录已超时，请重新登录")
+    pops = await state.pop_sealer()
     response = web.StreamResponse(headers={"Content-Type": "text/event-stream; charset=utf-8",
                                            "Cache-Control": "no-store", "X-Accel-Buffering": "no"})
     await response.prepare(request)
@@ -90,7 +93,7 @@ async def events(request: web.Request) -> web.StreamResponse:
                     break
                 await response.write(b": keepalive\n\n")
                 continue
-            payload = _for_subscriber(state, event, session)
+            payload = _for_subscriber(state, pops, event, session)
             if payload is not None:
                 await response.write(_sse(event.type, payload, event.id))
     return response

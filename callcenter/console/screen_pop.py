@@ -1,5 +1,6 @@
 """Screen pop (来电弹屏): the caller's open cases and history, and the draft the IVR filed
-during the call. The number reaches consoles that may not see it only as an opaque handle."""
+during the call. The number reaches consoles that may not see it only as an opaque handle
+(`pop`, console/pop_handles.py) that any node opens."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from callcenter.cases.phones import InvalidPhoneNumber, normalise_phone
 from callcenter.console.auth import ConsoleSession
 from callcenter.console.inputs import fail
 from callcenter.console.pages import index
+from callcenter.console.pop_handles import PopExpired, PopRefused
 from callcenter.console.serialise import brief_json, may_see_phone
 from callcenter.console.signin import api
 from callcenter.console.state import ConsoleState, state_of
@@ -22,13 +24,23 @@ from callcenter.privacy import mask_number
 log = structlog.get_logger(__name__)
 
 
-def _screen_pop_phone(state: ConsoleState, request: web.Request) -> str:
+async def open_pop(state: ConsoleState, session: ConsoleSession, handle: str, hint: str = "") -> str:
+    """The number a handle holds; a clear 4xx (logged) for an expired, altered or forged one.
+
+    `hint` ends the message, e.g. what the person can do instead."""
+    try:
+        return (await state.pop_sealer()).open(handle)
+    except PopRefused as exc:
+        log.warning("console.pop_refused", actor=session.account.actor, reason=exc.code, detail=str(exc))
+        if isinstance(exc, PopExpired):
+            raise fail(404, exc.code, "来电信息已过期" + hint, "pop") from exc
+        raise fail(400, exc.code, "来电信息无效" + hint, "pop") from exc
+
+
+async def _screen_pop_phone(state: ConsoleState, session: ConsoleSession, request: web.Request) -> str:
     pop = request.query.get("pop")
     if pop:
-        phone = state.pop_phone(pop[:64])
-        if phone is None:
-            raise fail(404, "pop_expired", "来电信息已过期", "pop")
-        return phone
+        return await open_pop(state, session, pop)
     raw = request.query.get("phone", "")
     try:
         return normalise_phone(raw, state.services.settings.cases.default_region)
@@ -71,13 +83,13 @@ async def _screen_pop_json(request: web.Request, session: ConsoleSession) -> web
             log.info("console.screen_pop", actor=session.account.actor, case_number=number)
             return json_response({"phone_display": None, "phone": None, "pop": None, "open_cases": [],
                                   "history": [], "case": call_case})
-    phone = _screen_pop_phone(state, request)
+    phone = await _screen_pop_phone(state, session, request)
     open_cases, history = await state.queries.by_phone(phone)
     visible = may_see_phone(session, state)
     log.info("console.screen_pop", actor=session.account.actor, caller=mask_number(phone))
     return json_response({
         "phone_display": phone if visible else mask_number(phone), "phone": phone if visible else None,
-        "pop": state.remember_pop(phone),
+        "pop": (await state.pop_sealer()).seal(phone),
         "open_cases": [brief_json(state, b, session) for b in open_cases],
         "history": [brief_json(state, b, session) for b in history], "case": call_case})
 

@@ -1,12 +1,10 @@
 """The console's per-app state: the wired services plus what only the console keeps
-(staff store, read queries, the event hub, screen-pop handles)."""
+(staff store, read queries, the event hub, the screen-pop sealer)."""
 
 from __future__ import annotations
 
 import asyncio
-import secrets
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
@@ -14,11 +12,11 @@ from aiohttp import web
 
 from callcenter.app import Services
 from callcenter.console.auth import StaffStore
+from callcenter.console.pop_handles import KEY_NAME, PopSealer, new_key
 from callcenter.console.queries import ConsoleQueries
 from callcenter.events import DraftWatcher, EventHub
+from callcenter.service.shared_keys import shared_key
 from callcenter.settings import ConsoleSettings
-
-POP_TTL_SECONDS = 3600.0
 
 
 @dataclass
@@ -29,7 +27,7 @@ class ConsoleState:
     hub: EventHub
     watcher: DraftWatcher
     static: dict[str, Path]
-    pops: dict[str, tuple[str, float]] = field(default_factory=dict)
+    pops: PopSealer | None = None
     task: asyncio.Task[None] | None = None
 
     @property
@@ -40,18 +38,13 @@ class ConsoleState:
     def tz(self) -> ZoneInfo:
         return ZoneInfo(self.services.settings.cases.timezone)
 
-    def remember_pop(self, phone: str) -> str:
-        """An opaque handle on a caller's number, for consoles that may not see it."""
-        now = time.monotonic()
-        for key in [k for k, (_, expiry) in self.pops.items() if expiry < now]:
-            del self.pops[key]
-        token = secrets.token_urlsafe(12)
-        self.pops[token] = (phone, now + POP_TTL_SECONDS)
-        return token
-
-    def pop_phone(self, token: str) -> str | None:
-        found = self.pops.get(token)
-        return found[0] if found and found[1] >= time.monotonic() else None
+    async def pop_sealer(self) -> PopSealer:
+        """Seals and opens screen-pop handles with the key every node shares (read from the
+        store once, made there by the first node that needs it)."""
+        if self.pops is None:
+            key = await shared_key(self.services.engine, KEY_NAME, new_key)
+            self.pops = PopSealer(key, self.settings.pop_ttl_minutes * 60.0)
+        return self.pops
 
 
 console_key: web.AppKey[ConsoleState] = web.AppKey("console", ConsoleState)

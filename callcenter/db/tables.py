@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Boolean, Float, ForeignKey, Index, Integer, String, Text
+from sqlalchemy import JSON, BigInteger, Boolean, Float, ForeignKey, Index, Integer, LargeBinary, String, Text
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from callcenter.db.base import Base
@@ -250,6 +250,17 @@ class ClusterLeaseRow(Base):
     holder: Mapped[str] = mapped_column(String(64), comment="node id")
     acquired_at: Mapped[dt.datetime]
     expires_at: Mapped[dt.datetime] = mapped_column(comment="store clock")
+
+
+class SharedKeyRow(Base):
+    """A secret every node must agree on (the console's screen-pop key), made once by the first
+    node that needs it, so several nodes share it without configuration."""
+
+    __tablename__ = "shared_keys"
+
+    name: Mapped[str] = mapped_column(String(32), primary_key=True, comment="what the key is for")
+    secret: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[dt.datetime]
 
 
 from callcenter.db import tables_sms  # noqa: E402,F401

@@ -362,7 +362,7 @@ async def test_screen_pop_shows_the_callers_cases_and_files_a_draft_with_their_n
     assert view.log[0].actor == "staff:王芳"
     assert (await staff.get_json("/console/screen-pop?phone=abc", status=422))["message"] == "电话号码无效"
     assert (await staff.send("POST", "/console/api/cases", {"pop": "nope", "description": "x"},
-                             status=404))["error"] == "pop_expired"
+                             status=400))["error"] == "pop_invalid"
 
 
 # ---------------------------------------------------------------------------- dashboard
