@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import structlog
 from sqlalchemy import text
@@ -12,13 +13,16 @@ from callcenter.cases.catalogue import Catalogue
 from callcenter.cases.grids import GridIndex
 from callcenter.cases.messages import MessageTemplates
 from callcenter.cluster import Cluster
-from callcenter.events import EventHub
 from callcenter.db.engine import create_engine, make_sessionmaker
+from callcenter.events import EventHub
 from callcenter.metrics import MetricsRegistry
 from callcenter.service.cases import CaseService
 from callcenter.service.sms_channel import SmsServices, build_sms_services
 from callcenter.service.tokens import TokenStore
 from callcenter.settings import Settings
+
+if TYPE_CHECKING:
+    from callcenter.voice.staff_dial import StaffDialer
 
 log = structlog.get_logger(__name__)
 
@@ -46,6 +50,8 @@ class Services:
     sms: SmsServices | None = None
     cluster: Cluster | None = None
     state: NodeState = field(default_factory=NodeState)
+    # Set by the voice channel when AMI is on: the console's 回拨市民 places calls through it.
+    staff_dialer: StaffDialer | None = None
 
     async def check_database(self) -> None:
         async with self.engine.connect() as conn:

@@ -327,14 +327,23 @@ class AmiSettings(_Section):
     callback_channel: str = "PJSIP/{number}@carrier"
     callback_context: str = "callcenter-callback"
     callback_caller_id: str = "075512319"
-    # Seconds the citizen's phone rings before the call-back is given up.
+    # Seconds the citizen's phone rings before the call-back is given up (also when staff
+    # call a reporter from the console: the carrier leg of callcenter-staff-dial).
     callback_ring_seconds: int = Field(default=45, ge=5, le=300)
+    # Staff call a reporter back from the console (回拨市民): the staff member's own phone
+    # (staff_accounts.queue_interface) rings first, this long; when they answer the dialplan
+    # context dials the reporter through `callback_channel` with `callback_caller_id`.
+    staff_dial_context: str = Field(default="callcenter-staff-dial", pattern=r"^[A-Za-z0-9_-]{1,79}$")
+    staff_dial_ring_seconds: int = Field(default=30, ge=5, le=120)
 
     @field_validator("callback_channel")
     @classmethod
     def _has_number(cls, value: str) -> str:
         if "{number}" not in value:
             raise ValueError("must contain {number}, e.g. PJSIP/{number}@carrier")
+        if re.search(r"[,|&\s${}]", value.replace("{number}", "")):
+            # Dial() takes it apart at commas and &; ${...} would be evaluated by the dialplan.
+            raise ValueError("one channel such as PJSIP/{number}@carrier (no commas, &, |, spaces or $)")
         return value
 
 

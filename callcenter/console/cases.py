@@ -35,11 +35,12 @@ from callcenter.console.serialise import (
     flag_labels,
     local_iso,
     log_json,
+    may_see_phone,
     phone_out,
-    sees_numbers,
-    text_out,
     recordings_root,
     resolve_recording,
+    sees_numbers,
+    text_out,
     visible_flags,
 )
 from callcenter.console.signin import api
@@ -80,7 +81,27 @@ async def queue(request: web.Request, session: ConsoleSession) -> web.StreamResp
 
 async def case_payload(state: ConsoleState, view: CaseView, session: ConsoleSession) -> dict[str, Any]:
     inbound = await state.queries.inbound_for(view.number) if view.channel == Channel.SMS.value else []
-    return case_json(state, view, session, await state.queries.outbox_for(view.id), inbound)
+    payload = case_json(state, view, session, await state.queries.outbox_for(view.id), inbound)
+    payload["call_reporter"] = await _call_reporter_state(state, view, session)
+    return payload
+
+
+async def _call_reporter_state(state: ConsoleState, view: CaseView, session: ConsoleSession) -> dict[str, Any]:
+    """Whether the 回拨市民 button works for this reader, and if not why (the same check the
+    click makes). Never the number: only whether there is one."""
+    from callcenter.voice.staff_dial import refusal_for
+
+    dialer = state.services.staff_dialer
+    if dialer is None:  # no AMI on this node: the button is not shown at all
+        return {"possible": False, "reason": "ami_off", "message": "未接入呼叫系统"}
+    interface = await dialer.interface_of(session.account.id)
+    last = next((e for e in reversed(view.log) if e.action == "staff_call"), None)
+    refused = refusal_for(has_phone=bool(view.reporter_phone), private=view.anonymous or view.confidential,
+                          role_sees_numbers=may_see_phone(session, state),
+                          interface=interface, dialer_up=dialer.available,
+                          under_way=last is not None and dialer.under_way(last.changes.get("outcome"), last.at))
+    return {"possible": refused is None, "reason": refused.code if refused else None,
+            "message": refused.message if refused else None}
 
 
 @api
@@ -289,3 +310,23 @@ async def request_callback(request: web.Request, session: ConsoleSession) -> web
         raise fail(status, exc.code, message, "phone" if exc.code == "invalid" and body.phone else None) from exc
     return json_response({"case_number": view.case_number, "status": view.status,
                           "phone": phone_out(view.phone, session, state)})
+
+
+@api
+async def call_reporter(request: web.Request, session: ConsoleSession) -> web.StreamResponse:
+    """回拨市民: ring this staff member's phone, then the reporter (callcenter/voice/staff_dial.py).
+    The answer says what happens, never the number, whatever the role."""
+    from callcenter.voice.staff_dial import StaffCallRefused
+
+    state = state_of(request)
+    dialer = state.services.staff_dialer
+    if dialer is None:
+        raise fail(503, "ami_down", "呼叫系统暂不可用，请稍后再试")
+    try:
+        call = await dialer.call_reporter(request.match_info["number"], account_id=session.account.id,
+                                          actor=session.account.actor,
+                                          role_sees_numbers=may_see_phone(session, state))
+    except StaffCallRefused as exc:
+        raise fail(exc.status, exc.code, exc.message) from exc
+    return json_response({"case_number": call.case_number, "status": "calling",
+                          "message": "正在呼叫您的话机…接听后将自动拨打市民电话"}, status=202)

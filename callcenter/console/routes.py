@@ -70,5 +70,6 @@ def add_routes(app: web.Application) -> None:
     r.add_post("/console/api/cases/{number}/reject", cases.reject_case)
     r.add_post("/console/api/cases/{number}/merge", cases.merge_case)
     r.add_post("/console/api/cases/{number}/callback", cases.request_callback)
+    r.add_post("/console/api/cases/{number}/call-reporter", cases.call_reporter)
     r.add_get("/console/api/cases/{number}/duplicates", cases.duplicates)
     r.add_get("/console/api/cases/{number}/recording", cases.recording)

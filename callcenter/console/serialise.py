@@ -29,6 +29,7 @@ ACTION_LABELS = {
     "created": "创建草稿", "updated": "修改转写", "submitted": "提交立案", "rejected": "不予立案",
     "merged": "合并至主案件", "merged_in": "并入重复案件", "platform_event": "平台状态变更", "rated": "评价",
     "task_sent": "派发监督员任务", "task_answered": "监督员回复", "task_escalated": "任务超时，已升级值班长",
+    "staff_call": "回拨市民", "callback_requested": "登记回访", "callback": "回访",
 }
 NOTICE_STATE_LABELS = {"sent": "已发送", "waiting": "待回复", "escalated": "已升级", "answered": "已回复"}
 
@@ -110,7 +111,8 @@ def flag_labels(flags: list[str]) -> list[str]:
 
 ACTOR_KINDS = {"platform": "城管平台", "sms": "短信通道", "agi": "语音通道", "phone": "语音通道",
                "gateway": "短信网关", "open311": "网络上报", "system": "系统", "admin": "管理员",
-               "supervisor": "监督员", "ivr": "语音导航"}
+               "supervisor": "监督员", "ivr": "语音导航",
+               "voice": "呼叫系统"}
 
 
 def actor_label(actor: str) -> str:

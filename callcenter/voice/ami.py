@@ -356,6 +356,39 @@ class AmiClient:
         log.info("ami.callback_originated", case_number=number, phone=mask_number(phone), action_id=action_id)
         return action_id
 
+    async def originate_staff_dial(self, interface: str, phone: str, case_number: str, *,
+                                   action_id: str | None = None) -> str:
+        """Ring a staff member's own phone (`interface`, e.g. PJSIP/1001); when they answer,
+        the `staff_dial_context` dialplan dials the reporter through the carrier trunk.
+
+        The number travels only in channel variables (digits, checked again by the
+        dialplan); the staff phone is shown the case number, not the citizen's. Returns the
+        ActionID: the staff leg's `OriginateResponse` and the dialplan's `UserEvent:
+        CallcenterStaffDial` (when the call ends) carry it. Raises as `originate_callback`.
+        """
+        number = CaseNumber.parse(case_number).value
+        dial = national_number(phone, self.region)
+        settings = self.settings
+        prefix, _, suffix = settings.callback_channel.partition("{number}")
+        action_id = action_id or self.new_action_id("staffdial")
+        await self.action("Originate", {
+            "Channel": interface,
+            "Context": settings.staff_dial_context,
+            "Exten": "s",
+            "Priority": "1",
+            "CallerID": f'"回拨 {number}" <{number}>',
+            "Timeout": str(settings.staff_dial_ring_seconds * 1000),
+            "Async": "true",
+            "Variable": [f"CALLCENTER_CASE_NUMBER={number}", f"CALLCENTER_DIAL_NUMBER={dial}",
+                         f"CALLCENTER_DIAL_PREFIX={prefix}", f"CALLCENTER_DIAL_SUFFIX={suffix}",
+                         f"CALLCENTER_DIAL_CID={settings.callback_caller_id}",
+                         f"CALLCENTER_DIAL_SECONDS={settings.callback_ring_seconds}",
+                         f"CALLCENTER_STAFF_CALL={action_id}"],
+        }, action_id=action_id)
+        log.info("ami.staff_dial_originated", case_number=number, interface=interface,
+                 phone=mask_number(phone), action_id=action_id)
+        return action_id
+
     async def queue_status(self, queue: str | None = None) -> QueueSnapshot:
         """The staff queue's callers and members (QueueStatus)."""
         name = queue or self.queue

@@ -30,6 +30,7 @@ from callcenter.voice.callbacks import CallbackService
 from callcenter.voice.metrics import VoiceMetrics
 from callcenter.voice.recordings import RecordingStore, check_recording_dirs
 from callcenter.voice.queue_follow import QueueFollower
+from callcenter.voice.staff_dial import StaffDialer
 from callcenter.voice.records import CallRecords
 from callcenter.voice.routes import apply_overrides, build_routes
 from callcenter.voice.runner import RunnerDeps
@@ -91,6 +92,7 @@ class VoiceChannel:
         self.routes: dict[str, AgiHandler] = build_routes(self.flows, self.deps, self._track)
         self.ami: AmiClient | None = None
         self.queue_follower: QueueFollower | None = None
+        self.staff_dialer: StaffDialer | None = None
         if settings.ami.enabled:
             self.ami = AmiClient(settings.ami, queue=settings.voice.queue, metrics=self.metrics,
                                  region=settings.cases.default_region)
@@ -98,6 +100,10 @@ class VoiceChannel:
             self.queue_follower = QueueFollower(self.call_records, services.sessions, services.events,
                                                 queues={settings.voice.queue}, metrics=self.metrics)
             self.ami.on_event(self.queue_follower)
+            self.staff_dialer = StaffDialer(services.sessions, self.ami, settings.ami,
+                                            region=settings.cases.default_region, events=services.events)
+            self.ami.on_event(self.staff_dialer.on_event)
+            services.staff_dialer = self.staff_dialer
             if self.callbacks is not None:
                 self.callbacks.ami = self.ami
                 self.ami.on_event(self.callbacks.on_event)
@@ -160,6 +166,8 @@ class VoiceChannel:
             await self.callbacks.stop()
         if self.ami is not None:
             await self.ami.stop()
+        if self.staff_dialer is not None:
+            await self.staff_dialer.drain()
         if self.queue_follower is not None:
             await self.queue_follower.stop()
 

@@ -1,7 +1,7 @@
 """docs/privacy.md in the console: generated spellings of Chinese numbers, typed into
 descriptions and addresses and given as the reporter's number, read back through the queue,
 the case page and its log by a 接线员 (may not see numbers) and a 值班长 (may, unless the
-reporter is anonymous or confidential). A real server on 127.0.0.1, SQLite and PostgreSQL."""
+reporter is anonymous or confidential); and 回拨市民's answer, which carries none for anyone. A real server on 127.0.0.1, SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
@@ -109,3 +109,61 @@ def test_console_shows_numbers_only_to_roles_that_may_see_them(
     assert status == 200, text
     stored = served.run(served.services.cases.get(number, with_log=False))  # type: ignore[union-attr]
     assert stored.description == description.strip() + "（已核实）"
+
+
+@pytest.fixture
+def served_with_ami(served: ThreadedApp) -> Iterator[ThreadedApp]:
+    """`served` with 回拨市民 able to place calls: the scripted AMI peer on a real socket, and
+    both staff members with a phone."""
+    from callcenter.settings import AmiSettings
+    from callcenter.voice.ami import AmiClient
+    from callcenter.voice.queue_follow import set_queue_interface
+    from callcenter.voice.staff_dial import StaffDialer
+    from tests.voice_calls.ami_peer import ScriptedAmi
+
+    services = served.services
+    assert services is not None
+
+    async def start() -> tuple[ScriptedAmi, AmiClient]:
+        peer = ScriptedAmi()
+        await peer.start()
+        ami = AmiSettings(enabled=True, host="127.0.0.1", port=peer.port, username=peer.username,
+                          secret=peer.secret)
+        client = AmiClient(ami, queue="hotline-agents")
+        await client.start()
+        assert await client.wait_connected(10)
+        services.staff_dialer = StaffDialer(services.sessions, client, ami, events=services.events)
+        for username, phone in (("wangfang", "PJSIP/1001"), ("zhaomin", "PJSIP/1003")):
+            await set_queue_interface(services.sessions, username, phone)
+        return peer, client
+
+    peer, client = served.run(start())
+    try:
+        yield served
+    finally:
+        served.run(client.stop())
+        served.run(peer.stop())
+
+
+@E2E
+@given(reporter=spellings(), privacy=st.sampled_from(["public", "anonymous", "confidential"]))
+def test_calling_a_reporter_back_never_hands_the_number_to_the_browser(
+        served_with_ami: ThreadedApp, reporter: Spelled, privacy: str) -> None:
+    """回拨市民: the answer carries no number for any role (the call goes through Asterisk),
+    and the case page afterwards (with the staff_call log entries) masks as before."""
+    served = served_with_ami
+    status, text = served.request("POST", "/api/v1/cases", role=Role.STAFF, json_body={
+        "description": "井盖缺失", "reporter_phone": reporter.api_form,
+        "anonymous": privacy == "anonymous", "confidential": privacy == "confidential"})
+    assert status == 201, text
+    number = json.loads(text)["number"]
+    private = privacy != "public"
+    operator, leader = Browser(served, "wangfang"), Browser(served, "zhaomin")
+    # Public: the operator's call goes out, the leader's is then a repeat (409 busy). Private:
+    # only the leader, whose role may see numbers, may call.
+    expected = {"wangfang": 403 if private else 202, "zhaomin": 202 if private else 409}
+    for browser, name, may_see in ((operator, "wangfang", False), (leader, "zhaomin", not private)):
+        status, answer = browser.send("POST", f"/console/api/cases/{number}/call-reporter", {})
+        assert status == expected[name], answer
+        assert not leaks(answer, reporter.national), answer
+        assert leaks(browser.get(f"/console/api/cases/{number}"), reporter.national) is may_see

@@ -190,6 +190,13 @@ exten => _X.,1,GotoIf($["${{EXTEN:-1}}" = "2"]?busy)
  same => n(ring),Ringing()
  same => n,Wait(120)
 
+; a carrier trunk as a real one behaves (Local/<number>@test-carrier/n): it tells the caller
+; who answered (a connected-line update, as a carrier's P-Asserted-Identity does), then the
+; citizen of test-citizen takes the call
+[test-carrier]
+exten => _X.,1,Set(CONNECTEDLINE(num)=${{EXTEN}})
+ same => n,Goto(test-citizen,${{EXTEN}},1)
+
 ; a staff member's phone as a queue member (Local/agent@test-agent): answers and talks
 [test-agent]
 exten => agent,1,NoOp(AGENT_ANSWERS case=${{CALLCENTER_CASE_NUMBER}} on ${{CHANNEL}})

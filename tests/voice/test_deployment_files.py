@@ -332,6 +332,11 @@ def test_dialplan_jumps_land_on_existing_contexts() -> None:
         assert endpoint.get("context") in contexts, f"endpoint {endpoint.name}"
     callback = [s for s in steps if s.context == "callcenter-callback"]
     assert any(s.app == "Gosub" and s.args == "callcenter-agi,s,1(callback)" for s in callback)
+    # the contexts the service originates into exist (settings defaults)
+    from callcenter.settings import AmiSettings
+
+    defaults = AmiSettings()
+    assert {defaults.callback_context, defaults.staff_dial_context} <= contexts
 
 
 def test_queue_in_the_dialplan_exists_in_queues_conf() -> None:

@@ -12,6 +12,7 @@ const FIELD_LABELS = {
   description: "问题描述", category: "类别", grid: "网格", address: "地址", category_code: "类别",
   grid_code: "网格", kind: "部件/事件", category_edition: "分类版本", reporter_phone: "电话号码",
   channel: "渠道", into: "合并至", from: "并入", reason: "原因", platform_number: "案卷号", rating: "评价",
+  outcome: "结果", interface: "坐席话机", phone: "电话号码",
 };
 const HIDDEN_CHANGES = new Set(["kind", "category_edition"]);
 // Supervisor-task entries (task_sent, task_answered, task_escalated) have fields of their own.
@@ -50,6 +51,7 @@ export function initDraft({ flash, changed, next, reasons, tree }) {
     guarded(save);
   });
   $("btn-submit").addEventListener("click", () => guarded(submit));
+  $("btn-call-reporter").addEventListener("click", () => callReporter());
   $("reject-form").addEventListener("submit", (event) => {
     event.preventDefault();
     // Like merge: the first press only asks; the second, within 8 s, rejects.
@@ -201,6 +203,7 @@ function show(data, { keepForm }) {
   setText("d-phone", data.reporter_phone || "无");
   setText("d-created", formatTime(data.created_at));
   setText("d-master", data.master_number || "—");
+  showCallReporter(data);
 
   $("d-recording-box").hidden = !data.has_recording;
   const audio = $("d-audio");
@@ -243,9 +246,51 @@ function show(data, { keepForm }) {
   loadCaseNotices(data.number).catch(() => {});
 }
 
+let callStatusFor = null; // the case whose 回拨市民 status line is showing
+
+/** 回拨市民: hidden without a number or without AMI; disabled, saying why, when it cannot work for this reader. */
+function showCallReporter(data) {
+  const state = data.call_reporter || { possible: false, reason: "ami_off" };
+  const button = $("btn-call-reporter");
+  const hidden = state.reason === "no_phone" || state.reason === "ami_off";
+  button.hidden = hidden;
+  button.disabled = !state.possible;
+  if (callStatusFor !== data.number) {
+    callStatusFor = null;
+    setText("call-reporter-status", state.possible || hidden ? "" : state.message);
+    $("call-reporter-status").classList.remove("error");
+  }
+}
+
+async function callReporter() {
+  if (!baseline) return;
+  const number = baseline.number, status = $("call-reporter-status"), button = $("btn-call-reporter");
+  button.disabled = true;
+  callStatusFor = number;
+  status.classList.remove("error");
+  status.textContent = "正在发起呼叫…";
+  try {
+    const data = await post(`/console/api/cases/${encodeURIComponent(number)}/call-reporter`);
+    status.textContent = data.message;
+    // stays off: the case's live update says when the call is over (call_reporter.possible)
+  } catch (error) {
+    status.classList.add("error");
+    status.textContent = error.message;
+    if (baseline && baseline.number === number) button.disabled = !(baseline.call_reporter || {}).possible;
+  }
+}
+
 const VALUE_LABELS = {
   channel: { sms: "短信", phone: "电话", staff: "坐席录入", open311: "网络上报" },
   reason: { duplicate: "重复反映", out_of_scope: "不属于城管受理范围", invalid: "信息无效" },
+  outcome: {
+    calling: "正在呼叫坐席话机", staff_no_answer: "坐席未接听", staff_busy: "坐席话机忙", staff_hangup: "坐席挂断",
+    staff_congestion: "线路拥塞", staff_failed: "坐席话机呼叫失败", reporter_answered: "市民已接听",
+    reporter_no_answer: "市民未接听", reporter_busy: "市民忙线", reporter_congestion: "线路拥塞",
+    reporter_unavailable: "外线不可用", reporter_cancelled: "坐席在市民接听前挂断",
+    reporter_invalid_number: "号码无效，未拨出", reporter_failed: "呼叫失败", ami_down: "呼叫系统不可用",
+    refused: "呼叫系统拒绝",
+  },
 };
 
 function describeValue(key, value) {
