@@ -62,7 +62,7 @@ from tests.support.serve_nodes import (
     local_tcp_ports,
     serve_environment,
 )
-from tests.support.smsc import SmscSimulator, smsc, smsc_simulator  # noqa: F401 - fixtures
+from tests.support.smsc import SmscSimulator, busiest_second, smsc, smsc_simulator  # noqa: F401 - fixtures
 from tests.voice_calls.conftest import number_heard
 
 pytestmark = pytest.mark.postgres
@@ -203,16 +203,6 @@ async def call_line(cluster: Cluster, node: int, line: int, numbering: Any) -> N
         call = Call(next(numbering), line, order)
         cluster.calls.append(call)
         await place_call(cluster, call)
-
-
-def busiest_second(times: list[float]) -> int:
-    """Most events in any window of one second (times sorted)."""
-    best, start = 0, 0
-    for end, t in enumerate(times):
-        while times[start] <= t - 1.0:
-            start += 1
-        best = max(best, end - start + 1)
-    return best
 
 
 async def until(check: Any, what: str, timeout: float) -> None:

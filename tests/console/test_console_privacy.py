@@ -115,24 +115,16 @@ def test_console_shows_numbers_only_to_roles_that_may_see_them(
 def served_with_ami(served: ThreadedApp) -> Iterator[ThreadedApp]:
     """`served` with 回拨市民 able to place calls: the scripted AMI peer on a real socket, and
     both staff members with a phone."""
-    from callcenter.settings import AmiSettings
     from callcenter.voice.ami import AmiClient
     from callcenter.voice.queue_follow import set_queue_interface
-    from callcenter.voice.staff_dial import StaffDialer
+    from tests.support.staff_dial import start_staff_dialer
     from tests.voice_calls.ami_peer import ScriptedAmi
 
     services = served.services
     assert services is not None
 
     async def start() -> tuple[ScriptedAmi, AmiClient]:
-        peer = ScriptedAmi()
-        await peer.start()
-        ami = AmiSettings(enabled=True, host="127.0.0.1", port=peer.port, username=peer.username,
-                          secret=peer.secret)
-        client = AmiClient(ami, queue="hotline-agents")
-        await client.start()
-        assert await client.wait_connected(10)
-        services.staff_dialer = StaffDialer(services.sessions, client, ami, events=services.events)
+        peer, client, _ = await start_staff_dialer(services)
         for username, phone in (("wangfang", "PJSIP/1001"), ("zhaomin", "PJSIP/1003")):
             await set_queue_interface(services.sessions, username, phone)
         return peer, client

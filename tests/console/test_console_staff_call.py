@@ -4,8 +4,7 @@ Asterisk placing such a call: tests/voice_calls/test_asterisk_staff_dial.py."""
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -19,8 +18,9 @@ from callcenter.service.cases import DraftInput
 from callcenter.settings import AmiSettings
 from callcenter.voice.ami import AmiClient
 from callcenter.voice.queue_follow import set_queue_interface
-from callcenter.voice.staff_dial import StaffDialer
 from tests.console.conftest import Console
+from tests.support.staff_dial import start_staff_dialer
+from tests.support.waiting import until
 from tests.voice_calls.ami_peer import ScriptedAmi
 
 PHONE = "13812345678"
@@ -29,17 +29,9 @@ PHONE = "13812345678"
 @pytest.fixture
 async def ami(services: Services) -> AsyncIterator[tuple[ScriptedAmi, AmiClient]]:
     """The scripted AMI peer, our AMI client logged in to it, and the dialer on the services."""
-    peer = ScriptedAmi()
-    await peer.start()
-    settings = AmiSettings(enabled=True, host="127.0.0.1", port=peer.port, username=peer.username,
-                           secret=peer.secret, reconnect_min=0.02, reconnect_max=0.1,
-                           callback_channel="PJSIP/{number}@carrier", callback_caller_id="075512319")
-    client = AmiClient(settings, queue="hotline-agents")
-    await client.start()
-    assert await client.wait_connected(10)
-    dialer = StaffDialer(services.sessions, client, settings, events=services.events)
-    client.on_event(dialer.on_event)
-    services.staff_dialer = dialer
+    peer, client, dialer = await start_staff_dialer(
+        services, reconnect_min=0.02, reconnect_max=0.1, callback_channel="PJSIP/{number}@carrier",
+        callback_caller_id="075512319")
     try:
         yield peer, client
     finally:
@@ -61,18 +53,6 @@ async def staff_calls(services: Services, number: str) -> list[CaseLogRow]:
         return list((await session.scalars(
             select(CaseLogRow).join(CaseRow, CaseRow.id == CaseLogRow.case_id)
             .where(CaseRow.number == number, CaseLogRow.action == "staff_call").order_by(CaseLogRow.id))).all())
-
-
-async def until(condition: Callable[[], Any], what: str, limit: float = 10.0) -> Any:
-    deadline = asyncio.get_running_loop().time() + limit
-    while True:
-        value = condition()
-        if asyncio.iscoroutine(value):
-            value = await value
-        if value:
-            return value
-        assert asyncio.get_running_loop().time() < deadline, f"never happened: {what}"
-        await asyncio.sleep(0.02)
 
 
 def variables(action: dict[str, list[str]]) -> dict[str, str]:

@@ -8,10 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from callcenter.cases.model import Channel
-from callcenter.settings import AmiSettings
 from callcenter.voice.ami import AmiClient
 from callcenter.voice.queue_follow import set_queue_interface
-from callcenter.voice.staff_dial import StaffDialer
 from tests.console.test_console_browser import (  # noqa: F401 - fixtures
     LiveConsole,
     active_id,
@@ -26,6 +24,7 @@ from tests.console.test_console_browser import (  # noqa: F401 - fixtures
     sign_in,
     wait,
 )
+from tests.support.staff_dial import start_staff_dialer
 from tests.voice_calls.ami_peer import ScriptedAmi
 
 PHONE = "13812345678"
@@ -37,16 +36,7 @@ def connect_ami(live: LiveConsole) -> tuple[ScriptedAmi, AmiClient]:  # noqa: F8
     assert services is not None
 
     async def start() -> tuple[ScriptedAmi, AmiClient]:
-        peer = ScriptedAmi()
-        await peer.start()
-        settings = AmiSettings(enabled=True, host="127.0.0.1", port=peer.port, username=peer.username,
-                               secret=peer.secret, reconnect_min=0.05, reconnect_max=0.2)
-        client = AmiClient(settings, queue="hotline-agents")
-        await client.start()
-        assert await client.wait_connected(10)
-        dialer = StaffDialer(services.sessions, client, settings, events=services.events)
-        client.on_event(dialer.on_event)
-        services.staff_dialer = dialer
+        peer, client, _ = await start_staff_dialer(services, reconnect_min=0.05, reconnect_max=0.2)
         await set_queue_interface(services.sessions, "wangfang", "PJSIP/1001")
         return peer, client
 

@@ -25,7 +25,7 @@ from callcenter.db import migrate
 from tests.sms_intake.test_sms_kill import query, serve_env
 from tests.sms_intake.test_sms_senders import enqueue
 from tests.support.serve_nodes import ServeProcess
-from tests.support.smsc import SmscSimulator
+from tests.support.smsc import SmscSimulator, busiest_second
 
 SERVICE = "12319"
 # Low enough that each node's token bucket, not its sender's own pace on a loaded machine, is
@@ -167,16 +167,6 @@ async def test_long_texts_through_three_nodes_one_killed_between_parts(
 
 def submit_times(events: list[dict[str, Any]], session: int | None = None) -> list[float]:
     return sorted(e["t"] / 1000.0 for e in events if session is None or e["session"] == session)
-
-
-def busiest_second(times: list[float]) -> int:
-    """Most submits in any window of one second."""
-    best, start = 0, 0
-    for end, t in enumerate(times):
-        while times[start] <= t - 1.0:
-            start += 1
-        best = max(best, end - start + 1)
-    return best
 
 
 @pytest.mark.postgres

@@ -44,3 +44,13 @@ def smsc(smsc_simulator: SmscSimulator) -> SmscSimulator:
         smsc_simulator.start()
     smsc_simulator.reset()
     return smsc_simulator
+
+
+def busiest_second(times: list[float]) -> int:
+    """Most events in any window of one second (times sorted)."""
+    best, start = 0, 0
+    for end, t in enumerate(times):
+        while times[start] <= t - 1.0:
+            start += 1
+        best = max(best, end - start + 1)
+    return best

@@ -34,6 +34,7 @@ from callcenter.voice import VoiceChannel
 from callcenter.voice.queue_follow import set_queue_interface
 from tests.support.asterisk import AsteriskPeer
 from tests.support.asterisk_fixtures import Sounds
+from tests.support.waiting import until as _until
 from tests.voice_calls.conftest import CALLER_E164, Clock, RealVoice
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -43,16 +44,7 @@ AGENT = "Local/agent@test-agent/n"
 
 
 async def until(condition: Callable[[], Any], what: str, limit: float = 60.0) -> Any:
-    """Poll an async or plain condition until it is truthy (a guard, not a timing check)."""
-    deadline = asyncio.get_running_loop().time() + limit
-    while True:
-        value = condition()
-        if asyncio.iscoroutine(value):
-            value = await value
-        if value:
-            return value
-        assert asyncio.get_running_loop().time() < deadline, f"never happened: {what}"
-        await asyncio.sleep(0.1)
+    return await _until(condition, what, limit, every=0.1)
 
 
 def ami_secret(asterisk: AsteriskPeer) -> str:

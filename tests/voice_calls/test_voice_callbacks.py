@@ -5,7 +5,6 @@ against the real Asterisk: tests/voice_calls/test_asterisk_ami.py."""
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -17,6 +16,7 @@ from callcenter.cases.lifecycle import CaseStatus
 from callcenter.settings import AmiSettings, CallbackSettings
 from callcenter.voice.ami import AmiClient
 from callcenter.voice.callbacks import CallbackRefused, CallbackService
+from tests.support.waiting import until as _until
 from tests.voice_calls.ami_peer import ScriptedAmi
 from tests.voice_calls.conftest import CALLER_E164, OTHER, Voice, sounds
 
@@ -34,15 +34,7 @@ class Now:
 
 
 async def until(condition: Callable[[], Any], what: str, limit: float = 10.0) -> Any:
-    deadline = asyncio.get_running_loop().time() + limit
-    while True:
-        value = condition()
-        if asyncio.iscoroutine(value):
-            value = await value
-        if value:
-            return value
-        assert asyncio.get_running_loop().time() < deadline, f"never happened: {what}"
-        await asyncio.sleep(0.01)
+    return await _until(condition, what, limit, every=0.01)
 
 
 @pytest_asyncio.fixture(loop_scope="session")
